@@ -1,0 +1,139 @@
+"""Model configuration: the architecture of the LLaMA-2-style decoder, loaded from the `model` section of a
+training config JSON.
+
+Every field is documented once, here; `README.md`'s config reference is checked against these docstrings by a
+test so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# tiktoken's GPT-2 encoding has 50257 ids (EOT = 50256). The model's vocabulary may be larger (padded to a
+# multiple of 64 for tensor-core friendly shapes) but never smaller, or some token ids would index past the
+# embedding table.
+GPT2_TOKENIZER_VOCAB = 50257
+
+
+def dataclass_from_dict(cls, values: dict[str, Any], where: str):
+    """Build dataclass `cls` from `values`, rejecting unknown keys and reporting missing required ones.
+
+    `where` names the config section in error messages ("model", "optim", ...).
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"config section '{where}' must be a JSON object, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in config section '{where}'; known keys are {sorted(known)}. "
+            "Remove or rename them."
+        )
+    missing = [
+        name
+        for name, f in known.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in values
+    ]
+    if missing:
+        raise ValueError(f"config section '{where}' is missing required field(s) {missing}; add them.")
+    return cls(**values)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the decoder. Defaults are the spec's 750M model (~699M parameters)."""
+
+    n_embd: int = 1280
+    """Width of the residual stream (hidden size)."""
+    n_head: int = 20
+    """Attention heads; head_dim = n_embd / n_head (64 in the spec, the usual choice for RoPE)."""
+    n_layer: int = 32
+    """Transformer blocks."""
+    block_size: int = 1024
+    """Context length in tokens; also the longest sequence RoPE tables are built for."""
+    vocab_size: int = 50304
+    """Embedding rows: GPT-2's 50257 ids padded up to a multiple of 64. Must be >= 50257."""
+    dropout: float = 0.1
+    """Dropout on attention probabilities, residual branches and embeddings during training."""
+    bias: bool = False
+    """Biases in linear layers. LLaMA uses none; Hugging Face export requires False."""
+    tie_weights: bool = True
+    """Share the token embedding with the output projection (lm_head)."""
+    ffn_multiple_of: int = 64
+    """SwiGLU hidden size = 2/3 * 4 * n_embd rounded up to a multiple of this (1280 -> 3456)."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency (LLaMA-2 uses 10000)."""
+    norm_eps: float = 1e-5
+    """Epsilon inside RMSNorm's square root (LLaMA-2 uses 1e-5)."""
+    fused_kernels: bool = True
+    """Use the fused Triton RMSNorm/SwiGLU kernels where they can run (CUDA); the PyTorch reference elsewhere."""
+    init_std: float = 0.02
+    """Standard deviation of the normal weight init; residual output projections get init_std/sqrt(2*n_layer)."""
+
+    def __post_init__(self):
+        for name in ("n_embd", "n_head", "n_layer", "block_size", "vocab_size", "ffn_multiple_of"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"for example n_head = {self.n_embd // 64} gives head_dim 64"
+            )
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim = n_embd / n_head = {self.head_dim} must be even for RoPE; change n_head")
+        if self.vocab_size < GPT2_TOKENIZER_VOCAB:
+            raise ValueError(
+                f"model.vocab_size ({self.vocab_size}) is smaller than the GPT-2 tokenizer's {GPT2_TOKENIZER_VOCAB} "
+                "ids; use 50304 (50257 padded to a multiple of 64)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
+            raise ValueError("model.norm_eps, model.rope_theta and model.init_std must be positive")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        """SwiGLU hidden size: LLaMA's 2/3 * 4 * d keeps the parameter count of a 4d GELU MLP with 3 matrices."""
+        hidden = int(2 * 4 * self.n_embd / 3)
+        return self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
+
+    def expected_num_params(self) -> int:
+        """Closed-form parameter count (tied embeddings counted once; no biases)."""
+        d, f = self.n_embd, self.ffn_hidden
+        per_layer = 4 * d * d + 3 * d * f + 2 * d
+        embed = self.vocab_size * d
+        head = 0 if self.tie_weights else self.vocab_size * d
+        biases = 0
+        if self.bias:
+            biases = self.n_layer * (4 * d + 2 * f + d)
+        return self.n_layer * per_layer + d + embed + head + biases
+
+    # Serialisation ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        return dataclass_from_dict(cls, values, "model")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelConfig:
+        """Load from a JSON file holding either a bare model config or a training config with a `model` section."""
+        with open(path) as f:
+            values = json.load(f)
+        if "model" in values and isinstance(values["model"], dict):
+            values = values["model"]
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["ModelConfig", "GPT2_TOKENIZER_VOCAB", "dataclass_from_dict"]
