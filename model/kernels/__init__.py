@@ -1,0 +1,99 @@
+"""The one dispatch point for the model's fused ops.
+
+`rms_norm(x, weight, eps, impl)` and `swiglu(gate, up, impl)` pick an implementation per call:
+
+- `impl="torch"`: the plain-PyTorch reference in `reference.py`, always.
+- `impl="triton"`: the fused Triton kernels (`rmsnorm_triton.py`, `swiglu_triton.py`); a ValueError if Triton is
+  not importable or the tensors can run neither on CUDA nor in the interpreter (`TRITON_INTERPRET=1`).
+- `impl="auto"` (the model's choice when `fused_kernels` is true): Triton when it is importable and the input is on
+  CUDA or the interpreter is on, otherwise the reference.
+
+Triton is imported lazily, so machines without it (or where it is broken) run the reference under "auto".
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from model.kernels.reference import rms_norm_reference, swiglu_reference
+
+IMPLS = ("auto", "triton", "torch")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton imports; cached, since the answer cannot change within a process."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # a broken install (missing libs) must fall back like a missing one
+        return False
+    return True
+
+
+def _triton_runnable(t: torch.Tensor) -> bool:
+    if t.is_cuda:
+        return True
+    from model.kernels.triton_support import interpreting
+
+    return interpreting()
+
+
+def _use_triton(op: str, impl: str, t: torch.Tensor, hidden: int) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"{op}: impl={impl!r} is not one of {IMPLS}")
+    if impl == "torch":
+        return False
+    if not triton_available():
+        if impl == "triton":
+            raise ValueError(f"{op}: impl='triton' but Triton cannot be imported; install triton or use impl='torch'")
+        return False
+    from model.kernels.triton_support import MAX_FUSED_HIDDEN
+
+    if impl == "triton":
+        if not _triton_runnable(t):
+            raise ValueError(
+                f"{op}: impl='triton' needs a CUDA tensor or TRITON_INTERPRET=1 (got a {t.device.type} tensor); "
+                "move the tensor to CUDA, set TRITON_INTERPRET=1, or use impl='torch'"
+            )
+        if hidden > MAX_FUSED_HIDDEN:
+            raise ValueError(f"{op}: last dimension {hidden} exceeds the fused kernels' {MAX_FUSED_HIDDEN}; use impl='torch'")
+        return True
+    return _triton_runnable(t) and hidden <= MAX_FUSED_HIDDEN
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, impl: str = "auto") -> torch.Tensor:
+    """RMSNorm over the last dimension in the Hugging Face Llama order (see `reference.rms_norm_reference`)."""
+    if x.dim() < 1 or weight.shape != (x.shape[-1],):
+        raise ValueError(
+            f"rms_norm: weight shape {tuple(weight.shape)} must be (hidden,) = ({x.shape[-1] if x.dim() else '?'},) "
+            f"for x of shape {tuple(x.shape)}"
+        )
+    if weight.device != x.device:
+        raise ValueError(f"rms_norm: x is on {x.device} but weight is on {weight.device}; put both on one device")
+    if _use_triton("rms_norm", impl, x, x.shape[-1]):
+        from model.kernels.rmsnorm_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """SwiGLU activation `silu(gate) * up` for two tensors of one shape, dtype and device."""
+    if gate.shape != up.shape or gate.dtype != up.dtype or gate.device != up.device:
+        raise ValueError(
+            f"swiglu: gate {tuple(gate.shape)} {gate.dtype} on {gate.device} and up {tuple(up.shape)} {up.dtype} on "
+            f"{up.device} must match in shape, dtype and device (no broadcasting)"
+        )
+    if gate.dim() < 1:
+        raise ValueError("swiglu: gate and up must have at least one dimension")
+    if _use_triton("swiglu", impl, gate, gate.shape[-1]):
+        from model.kernels.swiglu_triton import swiglu_triton
+
+        return swiglu_triton(gate, up)
+    return swiglu_reference(gate, up)
+
+
+__all__ = ["IMPLS", "rms_norm", "swiglu", "rms_norm_reference", "swiglu_reference", "triton_available"]
