@@ -59,7 +59,9 @@ def _use_triton(op: str, impl: str, t: torch.Tensor, hidden: int) -> bool:
                 "move the tensor to CUDA, set TRITON_INTERPRET=1, or use impl='torch'"
             )
         if hidden > MAX_FUSED_HIDDEN:
-            raise ValueError(f"{op}: last dimension {hidden} exceeds the fused kernels' {MAX_FUSED_HIDDEN}; use impl='torch'")
+            raise ValueError(
+                f"{op}: last dimension {hidden} exceeds the fused kernels' limit {MAX_FUSED_HIDDEN}; use impl='torch'"
+            )
         return True
     return _triton_runnable(t) and hidden <= MAX_FUSED_HIDDEN
 

@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import torch
 
-from model.kernels.triton_support import COMPILE_OPTIONS, Kernel, as_rows, compute_dtype, interpreting, row_block, tl
+from model.kernels.triton_support import (
+    COMPILE_OPTIONS,
+    Kernel,
+    aot_signature,
+    as_rows,
+    compute_dtype,
+    interpreting,
+    row_block,
+    tl,
+)
 
 # Programs per SM for the weight-gradient pass: enough resident warps to hide load latency while the partial
 # buffer (programs x hidden fp32) stays a few percent of the bytes the pass reads. Not tuned on a GPU yet.
@@ -161,41 +170,17 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
 def aot_builds(dtypes=("bf16", "fp32"), hiddens=(1280, 4096)) -> list[tuple[str, Kernel, dict, dict, int]]:
     """(label, kernel, signature, constexprs, num_warps) for each ahead-of-time build the checks compile.
 
-    Strides and sizes are typed i32 as the JIT types them for the model's shapes; products are 64-bit in-kernel.
+    Strides and sizes are i32 as the JIT types them for the model's shapes; row offsets are 64-bit in-kernel.
     """
     builds = []
     for dt in dtypes:
         for hidden in hiddens:
             block, num_warps = row_block(hidden)
             const = {"BLOCK": block, "COMPUTE": tl.float32}
-            fwd_sig = {
-                "X": f"*{dt}",
-                "W": f"*{dt}",
-                "Y": f"*{dt}",
-                "RSTD": "*fp32",
-                "stride_x": "i32",
-                "stride_y": "i32",
-                "n_cols": "i32",
-                "eps": "fp32",
-                "BLOCK": "constexpr",
-                "COMPUTE": "constexpr",
-            }
-            bwd_sig = {
-                "DY": f"*{dt}",
-                "X": f"*{dt}",
-                "W": f"*{dt}",
-                "RSTD": "*fp32",
-                "DX": f"*{dt}",
-                "DW_PARTIAL": "*fp32",
-                "stride_dy": "i32",
-                "stride_x": "i32",
-                "stride_dx": "i32",
-                "n_rows": "i32",
-                "n_cols": "i32",
-                "rows_per_program": "i32",
-                "BLOCK": "constexpr",
-                "COMPUTE": "constexpr",
-            }
+            fwd_types = {"X": f"*{dt}", "W": f"*{dt}", "Y": f"*{dt}", "RSTD": "*fp32", "eps": "fp32"}
+            bwd_types = {"DY": f"*{dt}", "X": f"*{dt}", "W": f"*{dt}", "RSTD": "*fp32", "DX": f"*{dt}"}
+            fwd_sig = aot_signature(rms_norm_fwd_kernel, fwd_types, const)
+            bwd_sig = aot_signature(rms_norm_bwd_kernel, {**bwd_types, "DW_PARTIAL": "*fp32"}, const)
             builds.append((f"rms_norm_fwd {dt} h={hidden}", rms_norm_fwd_kernel, fwd_sig, const, num_warps))
             builds.append((f"rms_norm_bwd {dt} h={hidden}", rms_norm_bwd_kernel, bwd_sig, const, num_warps))
     return builds

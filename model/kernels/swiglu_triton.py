@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from model.kernels.triton_support import COMPILE_OPTIONS, Kernel, as_rows, compute_dtype, tl
+from model.kernels.triton_support import COMPILE_OPTIONS, Kernel, aot_signature, as_rows, compute_dtype, tl
 
 # Columns per program: a power of two, masked at the row's end (3456 = 3 full blocks + one 384-wide tail).
 SWIGLU_BLOCK = 1024
@@ -134,11 +134,8 @@ def aot_builds(dtypes=("bf16", "fp32")) -> list[tuple[str, Kernel, dict, dict, i
     builds = []
     for dt in dtypes:
         const = {"BLOCK": SWIGLU_BLOCK, "COMPUTE": tl.float32}
-        fwd_sig = {"G": f"*{dt}", "U": f"*{dt}", "Y": f"*{dt}", "stride_g": "i32", "stride_u": "i32",
-                   "stride_y": "i32", "n_cols": "i32", "BLOCK": "constexpr", "COMPUTE": "constexpr"}
-        bwd_sig = {"DY": f"*{dt}", "G": f"*{dt}", "U": f"*{dt}", "DG": f"*{dt}", "DU": f"*{dt}",
-                   "stride_dy": "i32", "stride_g": "i32", "stride_u": "i32", "stride_dg": "i32", "stride_du": "i32",
-                   "n_cols": "i32", "BLOCK": "constexpr", "COMPUTE": "constexpr"}
+        fwd_sig = aot_signature(swiglu_fwd_kernel, {p: f"*{dt}" for p in ("G", "U", "Y")}, const)
+        bwd_sig = aot_signature(swiglu_bwd_kernel, {p: f"*{dt}" for p in ("DY", "G", "U", "DG", "DU")}, const)
         builds.append((f"swiglu_fwd {dt}", swiglu_fwd_kernel, fwd_sig, const, SWIGLU_WARPS))
         builds.append((f"swiglu_bwd {dt}", swiglu_bwd_kernel, bwd_sig, const, SWIGLU_WARPS))
     return builds

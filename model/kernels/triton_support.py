@@ -55,6 +55,14 @@ class Kernel:
         return self.jit[grid]
 
 
+def aot_signature(kernel: Kernel, types: dict[str, str], constexprs: dict) -> dict[str, str]:
+    """Full `ASTSource` signature of `kernel`: `types` for pointers and floats, "constexpr" for `constexprs`, and
+    "i32" for every other argument (sizes and strides, typed as the JIT types them for the model's shapes)."""
+    unknown = set(types) - set(kernel.jit.arg_names)
+    assert not unknown, f"{kernel.__name__} has no argument(s) {sorted(unknown)}"
+    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.jit.arg_names}
+
+
 def row_block(n_cols: int) -> tuple[int, int]:
     """Power-of-two block covering a whole row, and the warp count that keeps it in registers without spills.
 
