@@ -1,0 +1,32 @@
+# Set-up and the two commands of the README. `make test` and `make demo` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo lint install install-dev clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Stamps: reinstall when a requirements file changes.
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -r requirements-dev.txt
+	touch $(VENV)/.runtime-installed $@
+
+install: $(VENV)/.runtime-installed
+install-dev: $(VENV)/.dev-installed
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+demo: $(VENV)/.runtime-installed
+	$(BIN)/python scripts/model/smoke_test_arch.py --config configs/tiny/demo_cpu.json

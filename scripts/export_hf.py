@@ -1,0 +1,133 @@
+"""Export a model checkpoint (e.g. the GOLD checkpoint) to a Hugging Face `LlamaForCausalLM` directory.
+
+Usage:
+    python scripts/export_hf.py checkpoints/unified_v1_llama/gold exports/unified_v1_llama
+    python scripts/export_hf.py CHECKPOINT OUT_DIR --dtype bfloat16
+
+Then, with `transformers` installed:
+    from transformers import LlamaForCausalLM
+    model = LlamaForCausalLM.from_pretrained("exports/unified_v1_llama")
+
+CHECKPOINT is a directory with `model.safetensors` + `model_config.json` (written by `model.io`). The export is a
+rename table (our parameter names follow Meta's LLaMA code; RoPE already uses Hugging Face's rotate-half layout),
+so no weight is permuted or recomputed. The GPT-2 tokenizer is not written; load it with tiktoken (`data.tokenizer`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.config import ModelConfig  # noqa: E402
+from model.io import load_model_checkpoint  # noqa: E402
+
+EOT_TOKEN_ID = 50256  # GPT-2's <|endoftext|>: documents are separated by it, so it is both BOS and EOS
+
+# our name (regex) -> Hugging Face name
+RENAMES = [
+    (r"tok_embeddings\.weight", "model.embed_tokens.weight"),
+    (r"layers\.(\d+)\.attention\.wq\.(weight|bias)", r"model.layers.\1.self_attn.q_proj.\2"),
+    (r"layers\.(\d+)\.attention\.wk\.(weight|bias)", r"model.layers.\1.self_attn.k_proj.\2"),
+    (r"layers\.(\d+)\.attention\.wv\.(weight|bias)", r"model.layers.\1.self_attn.v_proj.\2"),
+    (r"layers\.(\d+)\.attention\.wo\.(weight|bias)", r"model.layers.\1.self_attn.o_proj.\2"),
+    (r"layers\.(\d+)\.feed_forward\.w1\.(weight|bias)", r"model.layers.\1.mlp.gate_proj.\2"),
+    (r"layers\.(\d+)\.feed_forward\.w3\.(weight|bias)", r"model.layers.\1.mlp.up_proj.\2"),
+    (r"layers\.(\d+)\.feed_forward\.w2\.(weight|bias)", r"model.layers.\1.mlp.down_proj.\2"),
+    (r"layers\.(\d+)\.attention_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
+    (r"layers\.(\d+)\.ffn_norm\.weight", r"model.layers.\1.post_attention_layernorm.weight"),
+    (r"norm\.weight", "model.norm.weight"),
+    (r"output\.weight", "lm_head.weight"),
+]
+
+
+def hf_name(name: str) -> str:
+    for pattern, replacement in RENAMES:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, replacement, name)
+    raise ValueError(f"no Hugging Face name for parameter '{name}'; add it to RENAMES in scripts/export_hf.py")
+
+
+def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
+    # LlamaConfig's attention_bias/mlp_bias cover q/k/v/o and gate/up/down; our one bias flag maps onto both.
+    bias = config.bias
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.ffn_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "initializer_range": config.init_std,
+        "rms_norm_eps": config.norm_eps,
+        # transformers >= 5 reads rope_parameters; older releases read rope_theta. Both are written.
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_theta": config.rope_theta,
+        "attention_bias": bias,
+        "mlp_bias": bias,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": EOT_TOKEN_ID,
+        "eos_token_id": EOT_TOKEN_ID,
+        "use_cache": True,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    model, config, metadata = load_model_checkpoint(checkpoint)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if config.tie_weights and name == "output.weight":
+            continue  # tied: Hugging Face re-ties lm_head to embed_tokens from tie_word_embeddings
+        state[hf_name(name)] = tensor.to(dtype).contiguous()
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
+    (tmp / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": EOT_TOKEN_ID, "eos_token_id": EOT_TOKEN_ID}, indent=2) + "\n"
+    )
+    (tmp / "export_metadata.json").write_text(
+        json.dumps({"source_checkpoint": str(checkpoint), "source_metadata": metadata}, indent=2, default=str) + "\n"
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="model checkpoint directory (model.safetensors + model_config.json)")
+    parser.add_argument("out_dir", help="output directory for the Hugging Face model (replaced if it exists)")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype of the exported weights"
+    )
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.checkpoint, args.out_dir, getattr(torch, args.dtype))
+    except ValueError as e:
+        raise SystemExit(f"export_hf: {e}") from None
+    print(f"exported {args.checkpoint} -> {out} (load with LlamaForCausalLM.from_pretrained('{out}'))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
