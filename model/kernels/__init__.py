@@ -4,10 +4,12 @@
 
 - `impl="torch"`: the plain-PyTorch reference in `reference.py`, always.
 - `impl="triton"`: the fused Triton kernels (`rmsnorm_triton.py`, `swiglu_triton.py`); a ValueError if Triton is
-  not importable or the tensors can run neither on CUDA nor in the interpreter (`TRITON_INTERPRET=1`).
+  not importable or the tensors can run neither on CUDA nor in the interpreter.
 - `impl="auto"` (the model's choice when `fused_kernels` is true): Triton when it is importable and the input is on
   CUDA or the interpreter is on, otherwise the reference.
 
+"The interpreter is on" means the process imported triton with `TRITON_INTERPRET=1` already set: Triton fixes the
+mode at import (see `triton_support.py`), so set the variable when starting the process, not later.
 Triton is imported lazily, so machines without it (or where it is broken) run the reference under "auto".
 """
 
@@ -55,8 +57,9 @@ def _use_triton(op: str, impl: str, t: torch.Tensor, hidden: int) -> bool:
     if impl == "triton":
         if not _triton_runnable(t):
             raise ValueError(
-                f"{op}: impl='triton' needs a CUDA tensor or TRITON_INTERPRET=1 (got a {t.device.type} tensor); "
-                "move the tensor to CUDA, set TRITON_INTERPRET=1, or use impl='torch'"
+                f"{op}: impl='triton' needs a CUDA tensor or Triton's CPU interpreter (got a {t.device.type} "
+                "tensor); move the tensor to CUDA, start the process with TRITON_INTERPRET=1 (it must be set before "
+                "triton is imported), or use impl='torch'"
             )
         if hidden > MAX_FUSED_HIDDEN:
             raise ValueError(

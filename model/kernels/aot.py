@@ -19,7 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from model.kernels import rmsnorm_triton, swiglu_triton
-from model.kernels.triton_support import COMPILE_OPTIONS
+from model.kernels.triton_support import COMPILE_OPTIONS, interpreting
 
 # The cards the project trains on: H100 (sm_90) and A100 (sm_80). Warp size is 32 on both.
 TARGETS = {"sm_90": GPUTarget("cuda", 90, 32), "sm_80": GPUTarget("cuda", 80, 32)}
@@ -60,7 +60,12 @@ def _resource_usage(cubin: bytes) -> tuple[int | None, int | None]:
 
 def build(label, kernel, signature, constexprs, num_warps, arch: str) -> Build:
     """Compile one variant for `arch` ("sm_90" or "sm_80"); raises whatever the compiler raises."""
-    src = ASTSource(kernel.jit, signature, constexprs)
+    if interpreting():
+        raise RuntimeError(
+            "ahead-of-time builds need Triton's compiled mode, but this process imported triton with "
+            "TRITON_INTERPRET=1; run them in a process without it"
+        )
+    src = ASTSource(kernel, signature, constexprs)
     compiled = triton.compile(src, target=TARGETS[arch], options={"num_warps": num_warps, **COMPILE_OPTIONS})
     regs, local = _resource_usage(compiled.asm["cubin"])
     return Build(

@@ -17,11 +17,11 @@ import torch
 
 from model.kernels.triton_support import (
     COMPILE_OPTIONS,
-    Kernel,
     aot_signature,
     as_rows,
     compute_dtype,
     interpreting,
+    jit,
     row_block,
     tl,
 )
@@ -34,7 +34,8 @@ BWD_PROGRAMS_PER_SM = 4
 INTERPRETER_BWD_PROGRAMS = 8
 
 
-def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, n_cols, eps, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+@jit
+def rms_norm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, n_cols, eps, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # 64-bit: rows x stride can pass 2^31 at long sequences
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -47,7 +48,8 @@ def _rms_norm_fwd(X, W, Y, RSTD, stride_x, stride_y, n_cols, eps, BLOCK: tl.cons
     tl.store(RSTD + row, rstd)
 
 
-def _rms_norm_bwd(
+@jit
+def rms_norm_bwd_kernel(
     DY,
     X,
     W,
@@ -81,10 +83,6 @@ def _rms_norm_bwd(
         dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / n_cols))
         tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
     tl.store(DW_PARTIAL + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
-
-
-rms_norm_fwd_kernel = Kernel(_rms_norm_fwd)
-rms_norm_bwd_kernel = Kernel(_rms_norm_bwd)
 
 
 def _bwd_programs(n_rows: int, device: torch.device) -> int:
@@ -167,7 +165,7 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
     return RMSNormFunction.apply(x, weight, eps)
 
 
-def aot_builds(dtypes=("bf16", "fp32"), hiddens=(1280, 4096)) -> list[tuple[str, Kernel, dict, dict, int]]:
+def aot_builds(dtypes=("bf16", "fp32"), hiddens=(1280, 4096)) -> list[tuple]:
     """(label, kernel, signature, constexprs, num_warps) for each ahead-of-time build the checks compile.
 
     Strides and sizes are i32 as the JIT types them for the model's shapes; row offsets are 64-bit in-kernel.

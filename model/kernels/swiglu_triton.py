@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from model.kernels.triton_support import COMPILE_OPTIONS, Kernel, aot_signature, as_rows, compute_dtype, tl
+from model.kernels.triton_support import COMPILE_OPTIONS, aot_signature, as_rows, compute_dtype, jit, tl
 
 # Columns per program: a power of two, masked at the row's end (3456 = 3 full blocks + one 384-wide tail).
 SWIGLU_BLOCK = 1024
 SWIGLU_WARPS = 4
 
 
-def _swiglu_fwd(G, U, Y, stride_g, stride_u, stride_y, n_cols, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+@jit
+def swiglu_fwd_kernel(G, U, Y, stride_g, stride_u, stride_y, n_cols, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -30,7 +31,8 @@ def _swiglu_fwd(G, U, Y, stride_g, stride_u, stride_y, n_cols, BLOCK: tl.constex
     tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
-def _swiglu_bwd(
+@jit
+def swiglu_bwd_kernel(
     DY,
     G,
     U,
@@ -57,10 +59,6 @@ def _swiglu_bwd(
     dg = dy * u * s * (1.0 + g * (1.0 - s))
     tl.store(DG + row * stride_dg + cols, dg.to(DG.dtype.element_ty), mask=mask)
     tl.store(DU + row * stride_du + cols, du.to(DU.dtype.element_ty), mask=mask)
-
-
-swiglu_fwd_kernel = Kernel(_swiglu_fwd)
-swiglu_bwd_kernel = Kernel(_swiglu_bwd)
 
 
 def _grid(n_rows: int, n_cols: int) -> tuple[int, int]:
@@ -129,7 +127,7 @@ def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return SwiGLUFunction.apply(gate, up)
 
 
-def aot_builds(dtypes=("bf16", "fp32")) -> list[tuple[str, Kernel, dict, dict, int]]:
+def aot_builds(dtypes=("bf16", "fp32")) -> list[tuple]:
     """(label, kernel, signature, constexprs, num_warps) for each ahead-of-time build the checks compile."""
     builds = []
     for dt in dtypes:

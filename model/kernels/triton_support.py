@@ -1,22 +1,30 @@
-"""Triton plumbing shared by the fused ops: availability, interpreter detection, and the `Kernel` wrapper.
+"""Triton plumbing shared by the fused ops: interpreter detection, the `jit` decorator, block sizes, reshaping.
 
-Why kernels are plain functions wrapped in `Kernel` instead of `@triton.jit`: in Triton 3.9 the `@triton.jit`
-decorator reads `TRITON_INTERPRET` once, when the decorated module is imported, and returns either a compiling
-`JITFunction` or an `InterpretedFunction` for good. That would make the mode depend on import order (pytest
-imports every test module into one process) and would leave no `JITFunction` to compile ahead of time for
-sm_90/sm_80 when the interpreter is on. `Kernel` holds both and picks one at each launch from
-`triton.knobs.runtime.interpret`, which reads the environment variable on every access, so a test can switch the
-interpreter on for its own duration with `monkeypatch.setenv("TRITON_INTERPRET", "1")`.
+Triton's interpreter mode is fixed per process, when `triton` is first imported. `@triton.jit` reads
+`TRITON_INTERPRET` at decoration time, and Triton's own library functions (`tl.sum`, `tl.sigmoid`, ...) are
+decorated when `triton.language` is imported: with the variable unset they are compiled-mode `JITFunction`s that the
+interpreter cannot call ("Cannot call @triton.jit'd outside of the scope of a kernel"); with it set they are
+`InterpretedFunction`s that the compiler cannot build (so no sm_90 ahead-of-time build in that process). Setting
+the variable later changes nothing that works. Hence:
 
-Import this module only after `triton_available()` said yes; it imports Triton at the top.
+- `INTERPRETER` records the mode Triton's library was built in, and `interpreting()` reports it;
+- `jit` decorates our kernels in that same mode, whatever the environment says when our modules are imported;
+- to run the kernels on the CPU, set `TRITON_INTERPRET=1` before the process imports triton (the kernel tests
+  start a subprocess for this, see `tests/test_kernels.py`).
+
+Import this module only after `model.kernels.triton_available()` said yes; it imports Triton at the top.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import triton
-import triton.language as tl  # noqa: F401  (re-exported for the kernel files)
+import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
+
+INTERPRETER = isinstance(tl.sum, InterpretedFunction)
 
 # Rows wider than this would not fit one program's registers; the dispatcher falls back to the reference.
 MAX_FUSED_HIDDEN = 65536
@@ -27,40 +35,22 @@ COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 def interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (`TRITON_INTERPRET=1`), read at call time."""
-    return bool(triton.knobs.runtime.interpret)
+    """True when this process runs Triton kernels in the CPU interpreter (TRITON_INTERPRET=1 at triton import)."""
+    return INTERPRETER
 
 
-class Kernel:
-    """A Triton kernel usable both compiled (CUDA, ahead-of-time builds) and in the interpreter.
-
-    `kernel[grid](*args, num_warps=...)` launches in whichever mode is active at that moment; `kernel.jit` is the
-    `JITFunction` that `triton.compile(ASTSource(...))` needs.
-    """
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.jit = JITFunction(fn)
-        self._interpreted: InterpretedFunction | None = None
-
-    @property
-    def __name__(self) -> str:
-        return self.fn.__name__
-
-    def __getitem__(self, grid):
-        if interpreting():
-            if self._interpreted is None:
-                self._interpreted = InterpretedFunction(self.fn)
-            return self._interpreted[grid]
-        return self.jit[grid]
+def jit(fn):
+    """`@triton.jit`, in the mode Triton's own library was built in, so our kernels can call `tl.sum` & co."""
+    return InterpretedFunction(fn) if INTERPRETER else JITFunction(fn)
 
 
-def aot_signature(kernel: Kernel, types: dict[str, str], constexprs: dict) -> dict[str, str]:
+def aot_signature(kernel: JITFunction, types: dict[str, str], constexprs: dict) -> dict[str, str]:
     """Full `ASTSource` signature of `kernel`: `types` for pointers and floats, "constexpr" for `constexprs`, and
     "i32" for every other argument (sizes and strides, typed as the JIT types them for the model's shapes)."""
-    unknown = set(types) - set(kernel.jit.arg_names)
-    assert not unknown, f"{kernel.__name__} has no argument(s) {sorted(unknown)}"
-    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in kernel.jit.arg_names}
+    names = [p.name for p in inspect.signature(kernel.fn).parameters.values()]
+    unknown = set(types) - set(names)
+    assert not unknown, f"{kernel.fn.__name__} has no argument(s) {sorted(unknown)}"
+    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
 
 
 def row_block(n_cols: int) -> tuple[int, int]:
