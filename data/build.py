@@ -1,0 +1,452 @@
+"""Build steps of the dataset pipeline, each usable alone, all driven by
+`scripts/unified_build/build_unified_dataset.py`:
+
+1. fetch     stream records from each input's loader, format them into documents, write `fetch-NNNNN.jsonl`
+             parts of `docs_per_part` documents (temp name, then rename: a rerun resumes after the last complete
+             part and skips the records it already consumed);
+2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, text) --
+             before tokenization, so a document never lands in two splits and a rebuild gives the same split;
+3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
+             every document) into uint16 `tok-NNNNN.<split>.bin` files;
+4. mix       assemble each mix (exactly its token budget per source, val split inside) and each eval set as
+             self-contained token directories; full shards are hard-linked, not copied.
+
+Work files live in `<work_dir>/<input>/`; every step's output is a complete file or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.demo_corpus import expand_path
+from data.formats import SkipRecord, get_formatter
+from data.lineage import build_node, root_node
+from data.source_config import Definitions, Input, input_targets
+from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
+from data.tokenizer import EOT, get_tokenizer, tokenizer_info
+
+SPLITS = ("train", "val", "eval")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------------ 1. fetch
+
+
+def iter_records(loader: dict) -> Iterator[dict]:
+    """Records of one loader in their dataset's own schema, in a stable order."""
+    kind = loader["type"]
+    if kind == "hf":
+        return _hf(loader)  # an IterableDataset, not an iterator: resuming uses its .skip()
+    if kind in ("jsonl", "parquet"):
+        import datasets
+
+        path = Path(expand_path(loader["path"]))
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() else [str(path)]
+        return iter(datasets.load_dataset("json" if kind == "jsonl" else "parquet", data_files=files, split="train",
+                                          streaming=True))
+    if kind in ("text", "code_dir"):
+        root = Path(expand_path(loader["path"]))
+        exts = tuple(loader.get("extensions", [".txt"] if kind == "text" else [".py"]))
+        exclude = [re.compile(p) for p in loader.get("exclude", [])]
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
+                                                     if p.is_file() and p.name.endswith(exts))
+        field = "text" if kind == "text" else "content"
+
+        def gen():
+            for p in files:
+                rel = p.relative_to(root).as_posix() if p != root else p.name
+                if any(x.search(rel) for x in exclude):
+                    continue
+                yield {field: p.read_text(encoding="utf-8", errors="replace"), "path": f"{root.name}/{rel}"}
+
+        return gen()
+    if kind == "python":
+        module, _, func = loader["callable"].partition(":")
+        return iter(getattr(importlib.import_module(module), func)(**loader.get("kwargs", {})))
+    raise ValueError(f"unknown loader type {kind!r}")
+
+
+def _skip(records, n: int):
+    if n and hasattr(records, "skip"):  # datasets.IterableDataset skips without decoding what it skips
+        return iter(records.skip(n))
+    return itertools.islice(records, n, None)
+
+
+def fetch_state(work: Path) -> dict:
+    """Totals over the complete fetched parts of one input."""
+    state = {"parts": 0, "records_read": 0, "documents": 0, "chars": 0, "skipped": Counter(), "exhausted": False,
+             "files": []}
+    for meta_path in sorted(work.glob("fetch-*.meta.json")):
+        meta = _read_json(meta_path)
+        state["parts"] += 1
+        for k in ("records_read", "documents", "chars"):
+            state[k] += meta[k]
+        state["skipped"].update(meta["skipped"])
+        state["exhausted"] |= meta["exhausted"]
+        state["files"].append({"path": meta["file"], "sha256": meta["sha256"], "documents": meta["documents"]})
+    return state
+
+
+def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, bar: tqdm | None = None) -> dict:
+    """Fetch until `target_chars` of formatted documents are on disk (or the source is exhausted). Resumable."""
+    work.mkdir(parents=True, exist_ok=True)
+    state = fetch_state(work)
+    if state["exhausted"] or state["chars"] >= target_chars:
+        return state
+    fmt = get_formatter(inp.formatter)
+    filt = inp.loader.get("filter")
+    filt_re = re.compile(filt["regex"]) if filt else None
+    records = iter(_skip(iter_records(inp.loader), state["records_read"]))
+    part = state["parts"]
+    while state["chars"] < target_chars and not state["exhausted"]:
+        docs, skipped, read = [], Counter(), 0
+        for record in records:
+            read += 1
+            try:
+                if filt_re and not filt_re.search(str(record.get(filt["field"], ""))):
+                    raise SkipRecord("loader_filter")
+                text = fmt(record, **inp.formatter_options)
+                docs.append(text)
+            except SkipRecord as s:
+                skipped[s.reason] += 1
+            if len(docs) >= docs_per_part:
+                break
+        else:
+            state["exhausted"] = True
+        name = f"fetch-{part:05d}.jsonl"
+        path = work / name
+        _atomic_write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        chars = sum(len(d) for d in docs)
+        meta = {"file": name, "sha256": sha256_file(path), "records_read": read, "documents": len(docs),
+                "chars": chars, "skipped": dict(skipped), "exhausted": state["exhausted"]}
+        _atomic_write_text(work / f"fetch-{part:05d}.meta.json", json.dumps(meta))  # the part counts from here on
+        state["parts"] += 1
+        state["records_read"] += read
+        state["documents"] += len(docs)
+        state["chars"] += chars
+        state["skipped"].update(skipped)
+        state["files"].append({"path": name, "sha256": meta["sha256"], "documents": len(docs)})
+        part += 1
+        if bar is not None:
+            bar.update(chars)
+    return state
+
+
+def _hf(loader: dict):
+    """An HF streaming dataset object (not an iterator), so resuming can use its `.skip()`."""
+    import datasets  # imported here: the demo and --dry-run never load the hub client
+
+    kwargs = {k: loader[k] for k in ("name", "data_dir", "data_files", "revision") if loader.get(k)}
+    return datasets.load_dataset(loader["path"], split=loader.get("split", "train"),
+                                 streaming=loader.get("streaming", True), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- 2. holdback
+
+
+def holdback_split(source: str, text: str, eval_share: float, val_share: float) -> str:
+    """'eval', 'val' or 'train' from a hash of (source, text): stable across runs, machines and worker counts."""
+    u = int.from_bytes(hashlib.sha256(f"{source}\x00{text}".encode()).digest()[:8], "little") / 2**64
+    return "eval" if u < eval_share else "val" if u < eval_share + val_share else "train"
+
+
+def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> list[Path]:
+    """Split every fetched part not yet split; returns the split meta files (resumable, atomic per part)."""
+    metas = []
+    for meta_path in sorted(work.glob("fetch-*.meta.json")):
+        part = meta_path.name[len("fetch-") : -len(".meta.json")]
+        out_meta = work / f"split-{part}.meta.json"
+        if not out_meta.exists():
+            buckets: dict[str, list[str]] = {s: [] for s in SPLITS}
+            with open(work / f"fetch-{part}.jsonl") as f:
+                for line in f:
+                    text = json.loads(line)["text"]
+                    buckets[holdback_split(inp.source, text, eval_share, val_share)].append(line)
+            for s in SPLITS:
+                _atomic_write_text(work / f"split-{part}.{s}.jsonl", "".join(buckets[s]))
+            _atomic_write_text(out_meta, json.dumps({s: len(buckets[s]) for s in SPLITS}))
+        metas.append(out_meta)
+    return metas
+
+
+# --------------------------------------------------------------------------------------------- 3. tokenize
+
+
+def tokenize_texts(texts: list[str]) -> np.ndarray:
+    """uint16 tokens of `texts`, EOT after every document. One thread: parallelism comes from processes."""
+    enc = get_tokenizer()
+    ids = enc.encode_ordinary_batch(texts, num_threads=1)
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+    out = np.empty(int(lengths.sum()), dtype=DTYPE)
+    pos = 0
+    for x in ids:
+        out[pos : pos + len(x)] = x
+        out[pos + len(x)] = EOT
+        pos += len(x) + 1
+    return out
+
+
+def _tokenize_part(job: tuple[str, str]) -> tuple[str, str, dict]:
+    work, part = Path(job[0]), job[1]
+    meta = {}
+    for s in SPLITS:
+        with open(work / f"split-{part}.{s}.jsonl") as f:
+            texts = [json.loads(line)["text"] for line in f]
+        tokens = tokenize_texts(texts)
+        out = work / f"tok-{part}.{s}.bin"
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tokens.tofile(tmp)
+        os.replace(tmp, out)
+        meta[s] = {"file": out.name, "documents": len(texts), "tokens": int(tokens.size),
+                   "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
+    _atomic_write_text(work / f"tok-{part}.meta.json", json.dumps(meta))
+    return job[0], part, meta
+
+
+def tokenize(works: list[Path], workers: int = 1, bar: tqdm | None = None) -> None:
+    """Tokenize every split part without a `tok-*.meta.json` yet, across `workers` processes."""
+    jobs = [(str(w), m.name[len("split-") : -len(".meta.json")]) for w in works
+            for m in sorted(w.glob("split-*.meta.json")) if not (w / m.name.replace("split-", "tok-")).exists()]
+    if not jobs:
+        return
+    if workers <= 1 or len(jobs) == 1:
+        results = map(_tokenize_part, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+        results = pool.imap_unordered(_tokenize_part, jobs)
+    try:
+        for _, _, meta in results:
+            if bar is not None:
+                bar.update(sum(v["tokens"] for v in meta.values()))
+    finally:
+        if workers > 1 and len(jobs) > 1:
+            pool.close()
+            pool.join()
+
+
+def token_state(work: Path) -> dict:
+    """Per split: tokens, documents and the list of complete token files in part order."""
+    state = {s: {"tokens": 0, "documents": 0, "files": []} for s in SPLITS}
+    for meta_path in sorted(work.glob("tok-*.meta.json")):
+        meta = _read_json(meta_path)
+        for s in SPLITS:
+            state[s]["tokens"] += meta[s]["tokens"]
+            state[s]["documents"] += meta[s]["documents"]
+            if meta[s]["tokens"]:
+                state[s]["files"].append({"path": meta[s]["file"], "num_tokens": meta[s]["tokens"],
+                                          "sha256": meta[s]["sha256"]})
+    return state
+
+
+def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
+    """Lineage of one input's tokens: tokenized <- fetched (dataset, config, filters, counts, file hashes)."""
+    fs, ts = fetch_state(work), token_state(work)
+    src = defs.sources[inp.source]
+    loader = {k: v for k, v in inp.loader.items() if k != "hint"}
+    fetched = build_node("fetched", inp.name, source=inp.source, loader=loader,
+                         dataset=loader.get("path") or loader.get("callable"), config=loader.get("name"),
+                         revision=loader.get("revision"), split=loader.get("split"), formatter=inp.formatter,
+                         formatter_options=inp.formatter_options, filters=[loader.get("filter")] if
+                         loader.get("filter") else [], records_read=fs["records_read"], documents=fs["documents"],
+                         skipped=dict(fs["skipped"]), exhausted=fs["exhausted"], files=fs["files"])
+    return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
+                      holdback={"method": "sha256(source \\0 text) / 2^64", "eval": src.eval_share,
+                                "val": src.val_share},
+                      splits={s: {"tokens": ts[s]["tokens"], "documents": ts[s]["documents"]} for s in SPLITS},
+                      inputs=[fetched])
+
+
+# -------------------------------------------------------------------------------------------------- 4. mix
+
+
+def _link_or_copy(src: Path, dst: Path) -> str:
+    try:
+        os.link(src, dst)
+        return "linked"
+    except OSError:  # another filesystem, or no hard links (some network mounts): copy instead
+        shutil.copyfile(src, dst)
+        return "copied"
+
+
+def take_tokens(files: list[dict], work: Path, budget: int, max_repeats: float, out_dir: Path, prefix: str,
+                where: str) -> tuple[list[dict], dict]:
+    """Put exactly `budget` tokens of a stream (the `files`, in order, repeated if needed) into `out_dir`: whole
+    files hard-linked, the last one cut to a prefix. Returns manifest file entries and counts."""
+    total = sum(f["num_tokens"] for f in files)
+    if budget and total == 0:
+        raise ValueError(f"{where}: no tokens available (empty source or everything filtered); check the fetch "
+                         f"counts in {work}")
+    if budget > total * max_repeats + 1e-9:
+        raise ValueError(f"{where}: needs {budget:,} tokens but the source has {total:,} and may repeat at most "
+                         f"{max_repeats:g}x; fetch more (or raise upsample in the definitions)")
+    entries, counts, left, rep = [], Counter(), budget, 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    while left > 0:
+        for f in files:
+            if left <= 0:
+                break
+            src = work / f["path"]
+            dst = out_dir / f"{prefix}-r{rep}-{f['path']}"
+            if f["num_tokens"] <= left:
+                counts[_link_or_copy(src, dst)] += 1
+                entries.append({"path": dst.name, "num_tokens": f["num_tokens"], "sha256": f["sha256"]})
+                left -= f["num_tokens"]
+            else:
+                tokens = np.fromfile(src, dtype=DTYPE, count=left)
+                tokens.tofile(dst)
+                counts["cut"] += 1
+                entries.append({"path": dst.name, "num_tokens": left,
+                                "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()})
+                left = 0
+        rep += 1
+    return entries, {"repeats": rep, **counts}
+
+
+def _plan_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _up_to_date(directory: Path, plan: str) -> bool:
+    mpath = directory / "manifest.json"
+    return mpath.is_file() and _read_json(mpath).get("plan_hash") == plan
+
+
+def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, float]], work_dir: Path,
+             lineage_kind: str, name: str, defs: Definitions, definitions_info: list[dict], command: list[str],
+             extra_subdirs: dict[str, Path] | None = None, allow_short: bool = False) -> dict:
+    """Write one token directory (atomically) from (source, input, files, budget, max_repeats) parts."""
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        files, per_source, children = [], {}, []
+        for source, inp, inp_files, budget, repeats in parts:
+            avail = sum(f["num_tokens"] for f in inp_files)
+            take = min(budget, int(avail * repeats)) if allow_short else budget
+            entries, counts = take_tokens(inp_files, work_dir / inp.name, take, repeats, tmp / source, inp.name,
+                                          f"{name}: source {source!r} input {inp.name!r}")
+            for e in entries:
+                e["path"] = f"{source}/{e['path']}"
+            files += entries
+            got = sum(e["num_tokens"] for e in entries)
+            s = per_source.setdefault(source, {"category": defs.sources[source].category, "target_tokens": 0,
+                                               "actual_tokens": 0, "repeats": 0, "inputs": {}})
+            s["target_tokens"] += budget
+            s["actual_tokens"] += got
+            s["repeats"] = max(s["repeats"], counts["repeats"])
+            s["inputs"][inp.name] = {"target_tokens": budget, "actual_tokens": got, **counts}
+            node = input_lineage(inp, work_dir / inp.name, defs)
+            children.append(build_node("taken", inp.name, source=source, target_tokens=budget, tokens=got,
+                                       repeats=counts["repeats"], files=entries, inputs=[node]))
+        total = sum(v["target_tokens"] for v in per_source.values())
+        extra = {"name": name, "sources": per_source, "target_tokens": total,
+                 "plan_hash": _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in parts])}
+        lineage = root_node(lineage_kind, name, command=command, definitions=definitions_info, inputs=children)
+        for sub, sub_dir in (extra_subdirs or {}).items():
+            os.replace(sub_dir, tmp / sub)
+            lineage.setdefault("contains", {})[sub] = _read_json(tmp / sub / "manifest.json")["fingerprint"]
+        manifest = write_manifest(tmp, files, lineage=lineage, extra=extra)
+        _replace_dir(tmp, directory)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def mix_plans(defs: Definitions, work_dir: Path) -> dict[str, dict]:
+    """What each output directory takes: {dir_name: {"kind", "parts": [...], "val_parts": [...]}}."""
+    plans = {}
+    for mix in defs.mixes.values():
+        parts, val_parts = [], []
+        for source in mix.percent:
+            src = defs.sources[source]
+            for split, total, out, repeats in (("train", mix.total_tokens, parts, src.upsample),
+                                               ("val", mix.val_tokens, val_parts, 1.0)):
+                if not total:
+                    continue
+                budget = mix.source_tokens(source, total)
+                shares = [int(budget * i.share) for i in src.inputs]
+                shares[-1] += budget - sum(shares)
+                for inp, b in zip(src.inputs, shares, strict=True):
+                    out.append((source, inp, token_state(work_dir / inp.name)[split]["files"], b, repeats))
+        plans[mix.name] = {"kind": "mix", "parts": parts, "val_parts": val_parts}
+    for ev in defs.eval_sets.values():
+        parts = []
+        for source in ev.sources:
+            for inp in defs.sources[source].inputs:
+                files = token_state(work_dir / inp.name)["eval"]["files"]
+                avail = sum(f["num_tokens"] for f in files)
+                cap = int(ev.max_tokens * inp.share / len(ev.sources)) if ev.max_tokens else avail
+                parts.append((source, inp, files, min(avail, cap), 1.0))
+        plans[ev.name] = {"kind": "eval_set", "parts": parts, "min_tokens": ev.min_tokens}
+    return plans
+
+
+def mix(defs: Definitions, work_dir: Path, out_root: Path, definitions_info: list[dict], command: list[str],
+        bar: tqdm | None = None) -> dict[str, dict]:
+    """Assemble every mix (with `val/` inside) and eval set under `out_root`; skip ones already up to date."""
+    results = {}
+    for name, plan in mix_plans(defs, work_dir).items():
+        directory = out_root / name
+        key = _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in plan["parts"] + plan.get("val_parts", [])])
+        if _up_to_date(directory, key):
+            results[name] = _read_json(directory / "manifest.json")
+        elif plan["kind"] == "mix":
+            subdirs = {}
+            if plan["val_parts"]:
+                val_tmp = out_root / f".{name}.val.tmp-{os.getpid()}"
+                assemble(val_tmp, plan["val_parts"], work_dir, "val_split", f"{name}/val", defs, definitions_info,
+                         command, allow_short=True)
+                subdirs["val"] = val_tmp
+            results[name] = assemble(directory, plan["parts"], work_dir, "mix", name, defs, definitions_info,
+                                     command, extra_subdirs=subdirs)
+            # the mix's plan hash covers its val split too, so an unchanged rerun is skipped as a whole
+            m = _read_json(directory / "manifest.json")
+            m["plan_hash"] = key
+            _atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
+            results[name] = m
+        else:
+            results[name] = assemble(directory, plan["parts"], work_dir, "eval_set", name, defs, definitions_info,
+                                     command, allow_short=True)
+            m = _read_json(directory / "manifest.json")
+            m["plan_hash"] = key
+            _atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
+            results[name] = m
+        if bar is not None:
+            bar.update(results[name]["num_tokens"])
+    return results
+
+
+def targets(defs: Definitions) -> dict[str, dict]:
+    """Per input: train/val tokens needed by the mixes and eval tokens wanted by its eval set."""
+    out = input_targets(defs)
+    for ev in defs.eval_sets.values():
+        n = sum(len(defs.sources[s].inputs) for s in ev.sources)
+        for s in ev.sources:
+            for inp in defs.sources[s].inputs:
+                out[inp.name]["eval"] = -(-ev.min_tokens // n) if ev.min_tokens else 0
+    for t in out.values():
+        t.setdefault("eval", 0)
+    return out

@@ -1,0 +1,170 @@
+"""Build the unified datasets: fetch -> hold back eval/val documents -> tokenize -> mix both phases.
+
+Full build (Hugging Face hub; the local IT-sec + Swiss law corpus must exist, see docs/DATASET.md):
+    python scripts/unified_build/build_unified_dataset.py
+    # = --sources data/sources/unified_phase1_circuit.json data/sources/unified_from_scratch.json --out-root data
+
+Plan only (sources, budgets, hold-back; no network, nothing written):
+    python scripts/unified_build/build_unified_dataset.py --dry-run
+
+Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` and the tests build):
+    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
+
+One step alone (each resumes from what is on disk):
+    python scripts/unified_build/build_unified_dataset.py --steps fetch
+    python scripts/unified_build/build_unified_dataset.py --steps holdback,tokenize
+    python scripts/unified_build/build_unified_dataset.py --steps mix
+
+Outputs under --out-root: unified_phase1_circuit/ and unified_6B/ (each with val/ inside),
+code_eval_tokenized/, retrieval_eval_tokenized/, general_eval_tokenized/, domain_eval_tokenized/;
+intermediate files under <out-root>/unified_work/. Rerunning resumes: complete parts are kept, up-to-date
+directories are skipped. Print a directory's lineage with `python -m data.lineage DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# runnable as a plain script from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tqdm import tqdm  # noqa: E402
+
+from data import build  # noqa: E402
+from data.source_config import load_definitions, missing_local_paths  # noqa: E402
+from data.token_dataset import sha256_file  # noqa: E402
+
+DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
+STEPS = ("fetch", "holdback", "tokenize", "mix")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--sources", nargs="+", default=DEFAULT_SOURCES,
+                    help="source definitions JSON file(s), merged (default: both phases of the spec's mix)")
+    ap.add_argument("--out-root", default="data", help="where the token directories go (default: data)")
+    ap.add_argument("--work-dir", default=None,
+                    help="intermediate fetched/split/tokenized parts (default: <out-root>/unified_work)")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"comma-separated subset of {','.join(STEPS)} to run (default: all)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="tokenizer processes (default: all cores)")
+    ap.add_argument("--docs-per-part", type=int, default=None,
+                    help="documents per fetched part, the unit of resume and of parallel tokenization "
+                         "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
+    ap.add_argument("--max-rounds", type=int, default=8,
+                    help="fetch/tokenize rounds per input while its token counts are short of the budget")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and preflight problems; touch nothing")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        ap.error(f"--steps: unknown step(s) {bad}; choose from {','.join(STEPS)}")
+    if args.workers < 1:
+        ap.error(f"--workers must be >= 1, got {args.workers}")
+    args.steps = steps
+    return args
+
+
+def print_plan(defs, tg, problems) -> None:
+    print(f"definitions: {', '.join(defs.files)}")
+    for m in defs.mixes.values():
+        print(f"\nmix {m.name}: {m.total_tokens:,} tokens (+ val {m.val_tokens:,})")
+        print(f"  {'source':22s} {'%':>6s} {'tokens':>15s} {'category':10s} {'upsample':>8s}  inputs")
+        for s, pct in m.percent.items():
+            src = defs.sources[s]
+            ins = ", ".join(f"{i.name}[{i.loader['type']}:{i.loader.get('path') or i.loader.get('callable')}"
+                            f"{':' + i.loader['name'] if i.loader.get('name') else ''} {i.formatter}]"
+                            for i in src.inputs)
+            print(f"  {s:22s} {pct:6.2f} {m.source_tokens(s):>15,} {src.category:10s} {src.upsample:>8g}  {ins}")
+    print("\nhold-back (share of documents, by sha256 of source + text, before tokenization):")
+    for s in defs.sources.values():
+        print(f"  {s.name:22s} eval {s.eval_share:6.3f} -> {s.eval_set or '-':28s} val {s.val_share:6.3f}")
+    print("\neval sets: " + ", ".join(f"{e.name} ({'+'.join(e.sources)}, min {e.min_tokens:,})"
+                                      for e in defs.eval_sets.values()))
+    print("\nper input: tokens to fetch (train after upsampling / val / eval minimum):")
+    for name, t in tg.items():
+        print(f"  {name:22s} {t['train']:>15,} {t['val']:>12,} {t['eval']:>12,}")
+    if problems:
+        print("\nPREFLIGHT PROBLEMS (a real build stops on these before any download):")
+        print("\n".join("  " + p for p in problems))
+    else:
+        print("\npreflight: OK")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        defs = load_definitions(*args.sources)
+    except ValueError as e:
+        raise SystemExit(f"error in source definitions: {e}") from None
+    tg = build.targets(defs)
+    problems = missing_local_paths(defs)
+    if args.dry_run:
+        print_plan(defs, tg, problems)
+        return 0
+    if problems:
+        raise SystemExit("cannot build:\n" + "\n".join("  " + p for p in problems))
+    out_root = Path(args.out_root)
+    work_dir = Path(args.work_dir) if args.work_dir else out_root / "unified_work"
+    definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
+    command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
+    full = all(s in args.steps for s in ("fetch", "holdback", "tokenize"))
+    inputs = defs.inputs()
+    for rnd in range(args.max_rounds if full else 1):
+        short = []
+        for inp in inputs:
+            src, t, work = defs.sources[inp.source], tg[inp.name], work_dir / inp.name
+            ts, fs = build.token_state(work), build.fetch_state(work)
+            have = {s: ts[s]["tokens"] for s in build.SPLITS}
+            if rnd and (fs["exhausted"] or all(have[s] >= t[s] for s in build.SPLITS)):
+                continue
+            tok_total = sum(have.values())
+            bpt = fs["chars"] / tok_total if tok_total and fs["chars"] else src.bytes_per_token
+            fracs = {"train": 1 - src.eval_share - src.val_share, "val": src.val_share, "eval": src.eval_share}
+            need_tokens = max(t[s] / fracs[s] for s in build.SPLITS if fracs[s] > 0)
+            target_chars = int(need_tokens * bpt * (1.05 + 0.1 * rnd)) + 1
+            short.append(inp)
+            if "fetch" in args.steps:
+                per_part = args.docs_per_part or (20000 if t["train"] > 100_000_000 else 500)
+                with tqdm(total=target_chars, initial=min(fs["chars"], target_chars), unit="char", unit_scale=True,
+                          desc=f"fetch {inp.name} (~{t['train']:,} train tokens)", disable=args.quiet) as bar:
+                    build.fetch(inp, work, target_chars, per_part, bar)
+            if "holdback" in args.steps and work.exists():
+                build.holdback(inp, work, src.eval_share, src.val_share)
+        if "tokenize" in args.steps and short:
+            with tqdm(unit="tok", unit_scale=True, desc=f"tokenize ({args.workers} workers)",
+                      disable=args.quiet) as bar:
+                build.tokenize([work_dir / i.name for i in short if (work_dir / i.name).exists()], args.workers, bar)
+        if not short:
+            break
+    if "mix" in args.steps:
+        total = sum(m.total_tokens + m.val_tokens for m in defs.mixes.values())
+        with tqdm(total=total, unit="tok", unit_scale=True, desc="mix", disable=args.quiet) as bar:
+            try:
+                results = build.mix(defs, work_dir, out_root, definitions_info, command, bar)
+            except ValueError as e:
+                raise SystemExit(f"mix failed: {e}") from None
+        for name, m in results.items():
+            print(f"{out_root / name}: {m['num_tokens']:,} tokens (target {m['target_tokens']:,})")
+            for s, v in m["sources"].items():
+                dev = (v["actual_tokens"] - v["target_tokens"]) / max(1, v["target_tokens"])
+                print(f"    {s:22s} target {v['target_tokens']:>13,} actual {v['actual_tokens']:>13,} "
+                      f"({dev:+.2%}) repeats {v['repeats']}")
+            if (out_root / name / "val").is_dir():
+                from data.token_dataset import TokenDataset
+
+                print(f"    val/: {TokenDataset(out_root / name / 'val').num_tokens:,} tokens")
+            min_tokens = next((e.min_tokens for e in defs.eval_sets.values() if e.name == name), 0)
+            if m["num_tokens"] < min_tokens:
+                print(f"    WARNING: {name} has {m['num_tokens']:,} tokens, below its min_tokens {min_tokens:,}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
