@@ -42,6 +42,8 @@ class OptimConfig:
     """AdamW epsilon."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping threshold (0 disables)."""
+    max_nonfinite_steps: int = 10
+    """Stop the run after this many consecutive steps with a NaN/inf loss or gradient (each one's update is skipped)."""
 
     def __post_init__(self):
         if self.max_iters <= 0:
@@ -54,6 +56,8 @@ class OptimConfig:
             raise ValueError(f"optim.min_lr ({self.min_lr}) must be between 0 and learning_rate ({self.learning_rate})")
         if self.learning_rate <= 0:
             raise ValueError(f"optim.learning_rate must be positive, got {self.learning_rate}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"optim.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("optim.grad_clip and optim.weight_decay must be >= 0")
 

@@ -1,0 +1,111 @@
+"""Process-group setup and the few collectives the trainer needs, plus `print0`, the one rank-0 output helper.
+
+Three ways to start are supported and all end in a torch.distributed process group initialised by DeepSpeed:
+- `deepspeed --num_gpus N launcher/train.py ...`: the launcher sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*;
+- `mpirun -np N python launcher/train.py ...`: DeepSpeed discovers the ranks through mpi4py;
+- `python launcher/train.py ...`: one process; we set the env:// variables ourselves so no MPI singleton is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+# Environment variables that reveal an MPI launch before any MPI call (OpenMPI, MPICH/Hydra, Intel MPI, Slurm PMI).
+_MPI_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
+_MPI_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+
+
+def launch_world_size() -> int:
+    """World size as the launcher announced it, readable before the process group exists (for early checks)."""
+    for name in ("WORLD_SIZE", *_MPI_SIZE_VARS):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 1
+
+
+def launch_rank() -> int:
+    for name in ("RANK", *_MPI_RANK_VARS):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, the accelerator's backend elsewhere)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ and not any(os.environ.get(v) for v in _MPI_SIZE_VARS):
+        # Plain `python launcher/train.py`: a one-process group over env://, without asking MPI.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    backend = "gloo" if get_accelerator().device_name() == "cpu" else None
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+    if get_accelerator().device_name() != "cpu":
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def is_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if is_initialized() else launch_rank()
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if is_initialized() else launch_world_size()
+
+
+def print0(*args, **kwargs) -> None:
+    """Print on rank 0 only (flushed, so lines from a launcher's pipe appear as they happen)."""
+    if rank() == 0:
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+def comm_device() -> torch.device:
+    """Device for collective tensors: gloo reduces CPU tensors, NCCL needs them on the GPU."""
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """All-reduce a short list of floats (float64) in one collective; identity without a process group."""
+    if not is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
+    torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX,
+                                        "min": torch.distributed.ReduceOp.MIN}[op])
+    return t.cpu().tolist()
+
+
+def all_gather_object(obj):
+    if not is_initialized():
+        return [obj]
+    out = [None] * world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_initialized():
+        torch.distributed.barrier()

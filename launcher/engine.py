@@ -1,0 +1,172 @@
+"""All DeepSpeed wiring: the engine JSON filled from the training config, AdamW parameter groups, the LR schedule,
+`deepspeed.initialize`, and what the run says about its gradient accumulation.
+
+The training config owns every hyperparameter (DESIGN, "One source of truth per value"). A ds_config in
+`ds_configs/` holds engine settings only; `build_ds_config` fills DeepSpeed's batch, clipping, optimizer and
+scheduler fields and refuses a ds_config that sets one of them to a different value.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from launcher.config import TrainConfig
+
+# Fields the launcher derives from the training config. A ds_config may repeat them only with the same value.
+TRAINER_OWNED = (
+    "train_micro_batch_size_per_gpu",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "optimizer",
+    "scheduler",
+)
+# Engine settings a ds_config may hold. DeepSpeed itself ignores unknown top-level keys, so a typo
+# ("zero_optimisation") would silently run without ZeRO; we reject anything not listed here instead.
+ENGINE_KEYS = {
+    "zero_optimization", "bf16", "bfloat16", "fp16", "data_types", "communication_data_type",
+    "prescale_gradients", "gradient_predivide_factor", "sparse_gradients", "steps_per_print",
+    "wall_clock_breakdown", "memory_breakdown", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    "activation_checkpointing", "flops_profiler", "comms_logger", "checkpoint", "aio", "dump_state",
+    "seq_parallel_communication_data_type", "timers", "compile", "torch_autocast", "amp",
+}
+ZERO1_FP32_ACCUM = "ds_configs/zero1_bf16_fp32accum.json"
+
+
+def load_ds_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"DeepSpeed config {path} does not exist; pass --deepspeed_config ds_configs/zero2_bf16.json "
+                         "or fix `deepspeed_config` in the training config")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"DeepSpeed config {path} is not valid JSON: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"DeepSpeed config {path} must be a JSON object")
+    return values
+
+
+def trainer_owned_values(cfg: TrainConfig, world_size: int, on_cuda: bool) -> dict[str, Any]:
+    """The DeepSpeed fields derived from the training config at this world size."""
+    accum = cfg.batch.grad_accum_steps(world_size)  # ValueError naming the GPU counts that work
+    o = cfg.optim
+    adam_params: dict[str, Any] = {
+        "lr": o.learning_rate, "betas": [o.beta1, o.beta2], "eps": o.adam_eps, "weight_decay": o.weight_decay,
+        # torch.optim.AdamW instead of DeepSpeed's FusedAdam: FusedAdam is a JIT-compiled CUDA op (needs nvcc on
+        # the pod and does not exist on the CPU accelerator); torch's fused CUDA AdamW is as fast and always there.
+        "torch_adam": True,
+    }
+    if on_cuda:
+        adam_params["fused"] = True
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch.micro_batch_size,
+        "train_batch_size": cfg.batch.global_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": o.grad_clip,
+        "optimizer": {"type": "AdamW", "params": adam_params},
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": o.max_iters,
+                # DeepSpeed requires a positive warmup; 1 step at ratio 0 is the closest to "no warmup".
+                "warmup_num_steps": max(1, o.warmup_iters),
+                "warmup_type": "linear",
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": o.min_lr / o.learning_rate,
+            },
+        },
+    }
+
+
+def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_cuda: bool) -> dict[str, Any]:
+    """The ds_config at `ds_path` plus the trainer-owned fields; ValueError on unknown or contradicting keys."""
+    user = load_ds_json(ds_path)
+    unknown = sorted(set(user) - ENGINE_KEYS - set(TRAINER_OWNED))
+    if unknown:
+        raise ValueError(f"DeepSpeed config {ds_path}: unknown key(s) {unknown}; engine settings allowed here are "
+                         f"{sorted(ENGINE_KEYS)} (if a new DeepSpeed key is meant, add it to ENGINE_KEYS in "
+                         "launcher/engine.py)")
+    ours = trainer_owned_values(cfg, world_size, on_cuda)
+    for key in TRAINER_OWNED:
+        if key not in user:
+            continue
+        theirs, mine = user[key], ours[key]
+        if key in ("optimizer", "scheduler"):
+            same = theirs == mine
+        else:
+            same = isinstance(theirs, (int, float)) and not isinstance(theirs, bool) and float(theirs) == float(mine)
+        if not same:
+            raise ValueError(
+                f"DeepSpeed config {ds_path} sets {key} = {json.dumps(theirs)}, but the training config gives "
+                f"{json.dumps(mine)} (batch/optim sections, world size {world_size}). Hyperparameters live in the "
+                f"training config only: delete {key!r} from {ds_path}."
+            )
+    zero = user.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ValueError(f"DeepSpeed config {ds_path}: zero_optimization must be an object")
+    if zero.get("stage", 0) == 3:
+        raise ValueError(f"DeepSpeed config {ds_path}: ZeRO stage 3 is not supported by this trainer (GOLD saves and "
+                         "eval read full weights on every rank); use stage 1 or 2")
+    if user.get("fp16", {}).get("enabled"):
+        raise ValueError(f"DeepSpeed config {ds_path}: fp16 is not supported (the spec trains in bf16); use bf16")
+    merged = copy.deepcopy(user)
+    merged.update(ours)
+    merged.setdefault("steps_per_print", 10**9)  # our own logger reports progress; DeepSpeed's would duplicate it
+    return merged
+
+
+def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """Micro-steps per optimizer step and the dtype gradients are accumulated in (see DESIGN, "Gradient
+    accumulation precision": ZeRO-2 accumulates in the parameter dtype; fp32 accumulation needs stage 1)."""
+    bf16 = bool(ds_config.get("bf16", ds_config.get("bfloat16", {})).get("enabled"))
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    requested = ds_config.get("data_types", {}).get("grad_accum_dtype")
+    param_dtype = "bf16" if bf16 else "fp32"
+    if not bf16:
+        dtype = "fp32"
+    elif requested in ("fp32", "float32") and stage in (0, 1):
+        dtype = "fp32"
+    else:
+        dtype = "bf16"
+    note = ""
+    if requested in ("fp32", "float32") and dtype != "fp32":
+        note = f"data_types.grad_accum_dtype=fp32 is ignored at ZeRO stage {stage} (DeepSpeed honours it at stage 1)"
+    return {"steps": int(ds_config["gradient_accumulation_steps"]), "dtype": dtype, "param_dtype": param_dtype,
+            "zero_stage": stage, "note": note}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on every 2-D weight (the tied embedding/lm_head included), none on norm gains/biases."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() yields the tied weight once
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict[str, Any]):
+    """deepspeed.initialize with DeepSpeed's own AdamW and WarmupCosineLR; returns the engine."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_config
+    )
+    return engine
+
+
+def set_lr_for_step(engine, step: int) -> float:
+    """Make the learning rate of optimizer step `step` a function of `step` alone.
+
+    DeepSpeed's scheduler counts its own calls (and is stepped after each optimizer step, so out of the box the first
+    two steps both run at lr 0, and a skipped NaN step would shift the schedule). Setting its position explicitly
+    before every step keeps lr(step) identical across resumes, skips and world sizes.
+    """
+    engine.lr_scheduler.step(last_batch_iteration=step)
+    return float(engine.get_lr()[0])

@@ -1,0 +1,79 @@
+"""Fixed, sharded evaluation: the same samples of each set every time, split across ranks, summed by all-reduce.
+
+Each set evaluates `eval_iters x micro_batch_size` samples chosen by `eval_seed` alone (`data.sampler.
+eval_sample_ids`); rank r takes its contiguous share (`shard_for_rank`), computes one mean token loss per sample,
+and the ranks all-reduce (sum of sample losses, sample count). Every sample has the same number of tokens, so the
+result is the mean token loss over the fixed samples, whatever the world size (DESIGN, "Evaluation is fixed and
+sharded").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.loader import read_micro_batch
+from data.sampler import eval_sample_ids, shard_for_rank
+from data.token_dataset import TokenDataset
+from launcher import distributed as dist
+
+
+class FixedEvalSet:
+    """One eval set: a dataset and this rank's share of its fixed sample ids."""
+
+    def __init__(self, name: str, dataset: TokenDataset, block_size: int, count: int, seed: int, rank: int,
+                 world_size: int):
+        self.name = name
+        self.dataset = dataset
+        self.block_size = block_size
+        self.all_ids = eval_sample_ids(dataset.num_samples(block_size), count, seed)
+        self.ids = shard_for_rank(self.all_ids, rank, world_size)
+
+
+@torch.no_grad()
+def _sample_losses(model: torch.nn.Module, eval_set: FixedEvalSet, micro_batch_size: int,
+                   device: torch.device) -> tuple[float, int]:
+    """Sum over this rank's samples of each sample's mean token loss (float64), and the sample count."""
+    total, count = 0.0, 0
+    for start in range(0, len(eval_set.ids), micro_batch_size):
+        ids = eval_set.ids[start : start + micro_batch_size]
+        x, y = read_micro_batch(eval_set.dataset, ids, eval_set.block_size)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits, _ = model(x)  # (B, T, vocab)
+        per_token = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        per_sample = per_token.view(y.shape).mean(dim=1, dtype=torch.float64)  # (B,)
+        total += float(per_sample.sum())
+        count += len(ids)
+    return total, count
+
+
+def evaluate(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size: int,
+             device: torch.device) -> dict[str, float]:
+    """Mean token loss per set over its fixed samples; one all-reduce for all sets. Call on every rank."""
+    was_training = model.training
+    model.eval()
+    try:
+        partial: list[float] = []
+        for s in sets:
+            partial.extend(_sample_losses(model, s, micro_batch_size, device))
+    finally:
+        model.train(was_training)
+    summed = dist.all_reduce(partial, op="sum")
+    out = {}
+    for i, s in enumerate(sets):
+        total, count = summed[2 * i], summed[2 * i + 1]
+        out[s.name] = total / count if count else math.nan
+    return out
+
+
+def fixed_sets(named: dict[str, TokenDataset], block_size: int, count: int, seed: int, rank: int,
+               world_size: int) -> list[FixedEvalSet]:
+    return [FixedEvalSet(name, ds, block_size, count, seed, rank, world_size) for name, ds in named.items()]
+
+
+def ids_digest(sets: list[FixedEvalSet]) -> dict[str, int]:
+    """Number of fixed samples per set (logged once so a reader can see what an eval number averages over)."""
+    return {s.name: int(np.asarray(s.all_ids).size) for s in sets}

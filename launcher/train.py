@@ -1,0 +1,78 @@
+"""Train the model: DeepSpeed ZeRO-2 bf16, curriculum, sharded eval, GOLD checkpoints, resume, TensorBoard.
+
+Usage (from the repository root):
+
+    # 8 GPUs, the spec's run (gradient accumulation 1 at 8 GPUs; 8 on one GPU)
+    deepspeed --num_gpus 8 launcher/train.py --config_file configs/base/750M_unified_v1.json \\
+        --model_name unified_v1_llama --dataset_dir data/unified_phase1_circuit
+
+    # the same through MPI, or as one plain process
+    mpirun -np 8 python launcher/train.py --config_file configs/base/750M_unified_v1.json --model_name unified_v1_llama
+    python launcher/train.py --config_file configs/tiny/demo_cpu.json --model_name demo --max_iters 20
+
+    # continue after a stop (SIGTERM/SIGINT save a checkpoint and exit 0); --resume auto is the default
+    deepspeed --num_gpus 8 launcher/train.py ... --resume auto
+    # fp32 gradient accumulation (ZeRO stage 1) instead of the config's ds_config
+    deepspeed --num_gpus 2 launcher/train.py ... --deepspeed_config ds_configs/zero1_bf16_fp32accum.json
+
+    tensorboard --logdir runs/
+
+Outputs: logs/train/<model_name>_{train,eval}.jsonl, runs/<model_name>/, checkpoints/<model_name>/step_<N>/ and
+checkpoints/<model_name>/gold/ (see docs/TRAINING.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# `deepspeed launcher/train.py` and `python launcher/train.py` put launcher/ on sys.path, not the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from launcher import distributed as dist  # noqa: E402
+from launcher.trainer import Trainer, dump_plan, plan_run  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    import deepspeed
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config_file", required=True, help="training config JSON (configs/base/750M_unified_v1.json)")
+    p.add_argument("--model_name", required=True,
+                   help="run name: checkpoints/<name>/, logs/train/<name>_*.jsonl, runs/<name>/")
+    p.add_argument("--dataset_dir", default=None,
+                   help="token directory of the first curriculum phase (overrides curriculum.phases[0].dataset_dir)")
+    p.add_argument("--resume", default="auto",
+                   help="auto: continue from the newest complete checkpoint of this run if any (default); "
+                        "none: start fresh (refused when checkpoints exist); or a path to a step_<N> directory")
+    p.add_argument("--resume_ignore_mismatch", action="store_true",
+                   help="resume even when the checkpoint's config or dataset fingerprints differ from this run's")
+    p.add_argument("--max_iters", type=int, default=None,
+                   help="override optim.max_iters (the LR schedule's length too); for tests and the demo")
+    p.add_argument("--log_sample_ids", action="store_true",
+                   help="record the global batch's sample ids in each train log record (tests; use log_interval 1)")
+    p.add_argument("--local_rank", type=int, default=-1, help="set by the deepspeed launcher; do not pass by hand")
+    deepspeed.add_config_arguments(p)  # --deepspeed, --deepspeed_config (overrides the config's deepspeed_config)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = plan_run(args)  # every input check, before the process group and the engine
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    dist.print0(f"run plan: {dump_plan(plan)}")
+    trainer = None
+    try:
+        trainer = Trainer(args, plan)
+        trainer.train()
+    finally:
+        if trainer is not None:
+            trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""The training run: checks every input before the engine starts, then the loop (step-determined data and
+curriculum, eval, GOLD, checkpoints, signals, logs).
+
+`launcher/train.py` is the entry point; this module is importable so tests and benchmarks build the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data.curriculum import Curriculum
+from data.loader import PrefetchLoader, StepBatch, read_micro_batch
+from data.sampler import StepSampler
+from data.token_dataset import TokenDataset
+from launcher import distributed as dist
+from launcher.checkpointing import CheckpointManager, complete_checkpoints, read_meta, save_gold
+from launcher.config import TrainConfig
+from launcher.engine import ZERO1_FP32_ACCUM, accumulation_summary, build_ds_config, build_engine, set_lr_for_step
+from launcher.evaluation import evaluate, fixed_sets
+from launcher.gold import GoldTracker
+from launcher.run_log import RunLog
+
+BUILD_COMMAND = "python scripts/unified_build/build_unified_dataset.py"
+VAL_SET = "val"
+TRAIN_SET = "train"
+
+
+def flops_per_token(num_params: int, n_layer: int, n_embd: int, block_size: int) -> float:
+    """PaLM's training FLOPs per token: 6N for the matmuls (forward + backward) + 12 L d T for attention."""
+    return 6.0 * num_params + 12.0 * n_layer * n_embd * block_size
+
+
+def _fingerprint_int(fingerprint: str) -> int:
+    # Fits a float64 exactly (48 bits), so the agreement all-reduce compares it without rounding.
+    return int(hashlib.sha256(fingerprint.encode()).hexdigest()[:12], 16)
+
+
+def open_token_dir(path: str, what: str, verify: str, block_size: int) -> TokenDataset:
+    """TokenDataset with a message naming the config field and the command that builds it."""
+    if not Path(path).is_dir():
+        raise ValueError(f"{what}: token directory {path} does not exist. Build the data first: {BUILD_COMMAND} "
+                         "(for the CPU demo: make demo), or fix the path in the config / --dataset_dir.")
+    try:
+        ds = TokenDataset(path, verify=verify)
+        ds.num_samples(block_size)  # ValueError when shorter than one sample
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from e
+    return ds
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """Everything decided and checked before the process group and engine exist."""
+
+    cfg: TrainConfig
+    ds_config: dict[str, Any]
+    ds_config_path: str
+    world_size: int
+    phases: list[TokenDataset]
+    val: TokenDataset
+    eval_sets: dict[str, TokenDataset]
+    ckpt_root: Path
+    resume_path: Path | None
+    resume_meta: dict[str, Any] | None
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """All input checks (ValueError with the fix) before anything expensive starts."""
+    cfg = TrainConfig.from_json(args.config_file)
+    values = cfg.to_dict()
+    if args.dataset_dir is not None:
+        values["curriculum"]["phases"][0]["dataset_dir"] = args.dataset_dir
+    if args.max_iters is not None:
+        values["optim"]["max_iters"] = args.max_iters
+    if args.dataset_dir is not None or args.max_iters is not None:
+        try:
+            cfg = TrainConfig.from_dict(values)  # re-runs the cross-field checks with the overrides
+        except ValueError as e:
+            raise ValueError(f"{args.config_file} with command-line overrides: {e}") from e
+
+    world = dist.launch_world_size()
+    ds_path = args.deepspeed_config or cfg.deepspeed_config
+    ds_config = build_ds_config(cfg, ds_path, world, on_cuda=torch.cuda.is_available())
+    if ds_config.get("bf16", {}).get("check_grad_overflow") is False:
+        raise ValueError(f"DeepSpeed config {ds_path}: bf16.check_grad_overflow must not be false (the trainer relies "
+                         "on it to skip the update of a step with NaN/inf gradients)")
+
+    block = cfg.model.block_size
+    phases = [open_token_dir(p.dataset_dir, f"curriculum phase '{p.name}'", cfg.data.verify, block)
+              for p in cfg.curriculum.phases]
+    val_dir = cfg.eval.val_dir or str(Path(cfg.curriculum.phases[-1].dataset_dir) / "val")
+    val = open_token_dir(val_dir, "eval.val_dir" if cfg.eval.val_dir else "val split (<last phase dataset_dir>/val)",
+                         cfg.data.verify, block)
+    eval_sets = {name: open_token_dir(path, f"eval.sets.{name}", cfg.data.verify, block)
+                 for name, path in cfg.eval.sets.items()}
+    for name in (VAL_SET, TRAIN_SET):
+        if name in eval_sets:
+            raise ValueError(f"eval.sets must not be named '{name}' (reserved for the val split / train loss)")
+
+    ckpt_root = Path(cfg.checkpoint.dir) / args.model_name
+    resume_path = None
+    if args.resume == "auto":
+        done = complete_checkpoints(ckpt_root)
+        resume_path = done[-1][1] if done else None
+    elif args.resume == "none":
+        if complete_checkpoints(ckpt_root):
+            raise ValueError(f"{ckpt_root} already holds checkpoints of an earlier run named '{args.model_name}'. "
+                             "Continue it with --resume auto, or move that directory away / pick another "
+                             "--model_name to start over.")
+    else:
+        resume_path = Path(args.resume)
+    resume_meta = None
+    if resume_path is not None:
+        resume_meta = read_meta(resume_path)
+        problems = []
+        if resume_meta.get("config_fingerprint") != cfg.fingerprint():
+            problems.append(f"config fingerprint {resume_meta.get('config_fingerprint')} != {cfg.fingerprint()} "
+                            "(model/optim/batch/data/curriculum/eval/gold settings differ)")
+        want = [ds.fingerprint for ds in phases]
+        if resume_meta.get("data_fingerprints") != want:
+            problems.append(f"dataset fingerprints {resume_meta.get('data_fingerprints')} != {want}")
+        if problems and not args.resume_ignore_mismatch:
+            raise ValueError(f"resume checkpoint {resume_path} is from another run: " + "; ".join(problems) +
+                             ". Use the config and data it was trained with, or pass --resume_ignore_mismatch "
+                             "to continue anyway (the data order and schedule then change).")
+    return RunPlan(cfg, ds_config, str(ds_path), world, phases, val, eval_sets, ckpt_root, resume_path, resume_meta)
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace, plan: RunPlan):
+        self.args = args
+        self.plan = plan
+        cfg = self.cfg = plan.cfg
+        self.model_name = args.model_name
+        self.stop_signal: str | None = None
+        self.loader: PrefetchLoader | None = None
+
+        dist.init_distributed()
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if self.world != plan.world_size:
+            raise ValueError(f"world size {self.world} differs from the launcher's announcement {plan.world_size}")
+        from deepspeed.accelerator import get_accelerator
+
+        self.device = torch.device(get_accelerator().current_device_name())
+        self.pin_memory = self.device.type == "cuda"
+
+        from model.transformer import Transformer
+
+        # Same init on every rank (DeepSpeed also broadcasts rank 0's weights); dropout streams differ per rank.
+        torch.manual_seed(cfg.data.seed)
+        model = Transformer(cfg.model)
+        self.num_params = model.num_params()
+        self.flops_per_token = flops_per_token(self.num_params, cfg.model.n_layer, cfg.model.n_embd,
+                                               cfg.model.block_size)
+        self.engine = build_engine(model, cfg, plan.ds_config)
+        torch.manual_seed(cfg.data.seed + 1 + self.rank)
+
+        self.curriculum = Curriculum(cfg.curriculum.phases)
+        self.samplers = [StepSampler(ds.num_samples(cfg.model.block_size), cfg.batch.global_batch_size,
+                                     cfg.data.seed, ds.fingerprint) for ds in plan.phases]
+        count = cfg.eval.eval_iters * cfg.batch.micro_batch_size
+        named = {VAL_SET: plan.val, **plan.eval_sets}
+        self.eval_sets = fixed_sets(named, cfg.model.block_size, count, cfg.eval.eval_seed, self.rank, self.world)
+        self._train_eval_cache: dict[int, Any] = {}
+        self.gold = GoldTracker(cfg.gold, baseline_step=cfg.gold_baseline_step)
+        self.gold_dir = plan.ckpt_root / "gold"
+        self.ckpt = CheckpointManager(plan.ckpt_root, cfg.checkpoint.keep_last)
+        self.accum = accumulation_summary(plan.ds_config)
+
+        self.step = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.last_saved_step: int | None = None
+        if plan.resume_path is not None:
+            client = self.ckpt.load(self.engine, plan.resume_path)
+            self.step = int(client["step"])
+            self.gold.load_state_dict(client["gold"])
+            self.nonfinite_total = int(client.get("nonfinite_total", 0))
+            self.last_saved_step = self.step
+        self.log = RunLog(cfg.logging.log_dir, cfg.logging.tensorboard_dir, self.model_name, self.rank == 0,
+                          resume_step=self.step if plan.resume_path is not None else None)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    # -- signals --------------------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        # Only a flag: save_checkpoint is collective, so the ranks agree on the stop step first (see DESIGN,
+        # "Stopping on a signal").
+        self.stop_signal = signal.Signals(signum).name
+
+    # -- data -----------------------------------------------------------------------------------------------------
+
+    def make_batch(self, step: int) -> StepBatch:
+        """This rank's micro-batches of optimizer step `step` (runs on the prefetch thread)."""
+        phase, offset = self.curriculum.phase_at(step)
+        ds = self.plan.phases[phase]
+        batch = StepBatch(step=step, phase=phase, step_in_phase=offset)
+        for ids in self.samplers[phase].micro_batches(offset, self.rank, self.world, self.cfg.batch.micro_batch_size):
+            x, y = read_micro_batch(ds, ids, self.cfg.model.block_size, self.pin_memory)
+            batch.micro_batches.append((x, y, ids))
+        return batch
+
+    def check_agreement(self, step: int) -> None:
+        """All ranks must agree on (phase, offset, dataset fingerprint) at `step`; stop the run if not."""
+        phase, offset = self.curriculum.phase_at(step)
+        mine = [float(phase), float(offset), float(_fingerprint_int(self.plan.phases[phase].fingerprint))]
+        low, high = dist.all_reduce(mine, "min"), dist.all_reduce(mine, "max")
+        if low != high:
+            raise SystemExit(f"rank {self.rank}: ranks disagree on the curriculum at step {step} (phase, offset, "
+                             f"fingerprint) min {low} max {high}: the ranks see different configs or data; stopping")
+
+    # -- eval and GOLD --------------------------------------------------------------------------------------------
+
+    def _train_eval_set(self, phase: int):
+        if phase not in self._train_eval_cache:
+            cfg = self.cfg
+            self._train_eval_cache[phase] = fixed_sets(
+                {TRAIN_SET: self.plan.phases[phase]}, cfg.model.block_size,
+                cfg.eval.eval_iters * cfg.batch.micro_batch_size, cfg.eval.eval_seed, self.rank, self.world)[0]
+        return self._train_eval_cache[phase]
+
+    def run_eval(self, lr: float) -> dict[str, Any]:
+        cfg = self.cfg
+        # The phase that trained the last step (the one the model is currently fitting).
+        phase, _ = self.curriculum.phase_at(max(0, self.step - 1))
+        t0 = time.perf_counter()
+        losses = evaluate(self.engine.module, [*self.eval_sets, self._train_eval_set(phase)],
+                          cfg.batch.micro_batch_size, self.device)
+        train_loss = losses.pop(TRAIN_SET)
+        val_loss = losses[VAL_SET]
+        set_losses = {k: v for k, v in losses.items() if k != VAL_SET}
+        decision = None
+        if self.rank == 0:
+            decision = self.gold.update(self.step, val_loss, train_loss, set_losses).to_dict()
+        # Rank 0 decides; every rank learns the decision (and keeps the same GOLD state for its checkpoints).
+        decision = dist.broadcast_object(decision)
+        if self.rank != 0:
+            self.gold.load_state_dict(dist.broadcast_object(None))
+        else:
+            dist.broadcast_object(self.gold.state_dict())
+        gold_path = None
+        if decision["save"] and self.rank == 0:
+            gold_path = str(save_gold(self.gold_dir, self.engine.module, cfg.model, self._gold_metadata(losses,
+                                                                                                     train_loss)))
+        dist.barrier()
+        tokens = self.step * cfg.batch.global_batch_size * cfg.model.block_size
+        record = {"step": self.step, "tokens": tokens, "phase": self.curriculum.names[phase], "lr": lr,
+                  "losses": losses, "train_loss": train_loss, "gold": decision, "gold_saved": gold_path,
+                  "eval_seconds": time.perf_counter() - t0}
+        scalars = {f"eval/{k}": v for k, v in losses.items()}
+        scalars["eval/train"] = train_loss
+        if decision["best_val_loss"] is not None:
+            scalars["gold/best_val_loss"] = decision["best_val_loss"]
+        scalars["gold/saved"] = 1.0 if gold_path else 0.0
+        self.log.eval(record, scalars)
+        pretty = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+        dist.print0(f"eval step {self.step}: {pretty} train {train_loss:.4f} | GOLD: {decision['reason']}")
+        return record
+
+    def _gold_metadata(self, losses: dict[str, float], train_loss: float) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"model_name": self.model_name, "step": self.step,
+                "tokens": self.step * cfg.batch.global_batch_size * cfg.model.block_size,
+                "phase": self.curriculum.names[self.curriculum.phase_at(max(0, self.step - 1))[0]],
+                "losses": losses, "train_loss": train_loss, "config_fingerprint": cfg.fingerprint(),
+                "data_fingerprints": [ds.fingerprint for ds in self.plan.phases], "train_config": cfg.to_dict(),
+                "weights_dtype": str(next(self.engine.module.parameters()).dtype)}
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        if self.last_saved_step == self.step:
+            return
+        t0 = time.perf_counter()
+        client = {"step": self.step, "gold": self.gold.state_dict(), "nonfinite_total": self.nonfinite_total,
+                  "config_fingerprint": self.cfg.fingerprint(), "train_config": self.cfg.to_dict()}
+        meta = {"config_fingerprint": self.cfg.fingerprint(),
+                "data_fingerprints": [ds.fingerprint for ds in self.plan.phases],
+                "world_size": self.world, "model_name": self.model_name}
+        path = self.ckpt.save(self.engine, self.step, client, meta)
+        self.last_saved_step = self.step
+        dist.print0(f"checkpoint step {self.step} saved to {path} in {time.perf_counter() - t0:.1f}s")
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def describe(self) -> None:
+        cfg, acc = self.cfg, self.accum
+        dist.print0(f"model {self.model_name}: {self.num_params:,} parameters, {self.flops_per_token / 1e9:.3f} "
+                    f"GFLOP/token; world size {self.world} on {self.device.type}")
+        dist.print0(f"batch: global {cfg.batch.global_batch_size} = micro {cfg.batch.micro_batch_size} x "
+                    f"{self.world} ranks x {acc['steps']} accumulation steps "
+                    f"({cfg.batch.global_batch_size * cfg.model.block_size:,} tokens/step)")
+        hint = "" if acc["dtype"] == "fp32" or acc["steps"] == 1 else (
+            f"; for fp32 accumulation use --deepspeed_config {ZERO1_FP32_ACCUM} (docs/TRAINING.md)")
+        dist.print0(f"gradient accumulation: {acc['steps']} micro-steps, accumulated in {acc['dtype']} "
+                    f"(params {acc['param_dtype']}, ZeRO stage {acc['zero_stage']}){hint}"
+                    + (f" [{acc['note']}]" if acc["note"] else ""))
+        phases = ", ".join(f"{n} from step {self.curriculum.phase_start(i)} ({self.plan.phases[i].directory}, "
+                           f"{self.plan.phases[i].num_tokens:,} tokens)" for i, n in enumerate(self.curriculum.names))
+        dist.print0(f"curriculum: {phases}")
+        if self.plan.resume_path is not None:
+            phase, offset = self.curriculum.phase_at(min(self.step, cfg.optim.max_iters - 1))
+            dist.print0(f"resumed from {self.plan.resume_path} at step {self.step} (phase "
+                        f"{self.curriculum.names[phase]}, step {offset} of the phase)")
+
+    def train(self) -> None:
+        cfg = self.cfg
+        max_iters = cfg.optim.max_iters
+        self.describe()
+        if self.step >= max_iters:
+            dist.print0(f"nothing to do: the run is at step {self.step} of max_iters {max_iters}")
+            return
+        self.check_agreement(self.step)
+        lr = set_lr_for_step(self.engine, self.step)
+        if self.step == 0:
+            self.run_eval(lr)  # the starting point of every loss curve
+        tokens_per_step = cfg.batch.global_batch_size * cfg.model.block_size
+        peak = cfg.logging.peak_flops_per_device * self.world
+        self.loader = PrefetchLoader(self.make_batch, self.step, max_iters, cfg.data.prefetch_batches)
+        interval_t0, interval_wait0, interval_losses = time.perf_counter(), 0.0, []
+        run_t0, run_step0 = time.perf_counter(), self.step
+        for batch in self.loader:
+            step = batch.step
+            if self.curriculum.is_switch_step(step):
+                self.check_agreement(step)
+                name = self.curriculum.names[batch.phase]
+                dist.print0(f"phase switch at step {step}: {self.curriculum.names[batch.phase - 1]} -> {name} "
+                            f"({self.plan.phases[batch.phase].directory})")
+                self.log.train({"step": step, "event": "phase_switch", "phase": name,
+                                "from_phase": self.curriculum.names[batch.phase - 1],
+                                "dataset_dir": str(self.plan.phases[batch.phase].directory)},
+                               {"train/phase": float(batch.phase)})
+            lr = set_lr_for_step(self.engine, step)
+            loss_sum = 0.0
+            for x, y, _ in batch.micro_batches:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                _, loss = self.engine(x, y)
+                self.engine.backward(loss)
+                self.engine.step()
+                loss_sum += float(loss.detach())
+            local_bad = 0.0 if math.isfinite(loss_sum) else 1.0
+            stop_local = 1.0 if self.stop_signal else 0.0
+            # One collective per step: the global loss, NaN flags and the stop flag (MAX via sum > 0).
+            total, n, bad, stop = dist.all_reduce(
+                [loss_sum if local_bad == 0 else 0.0, float(len(batch.micro_batches)), local_bad, stop_local])
+            step_loss = total / n if bad == 0 else math.nan
+            self.step = step + 1
+            if bad or not self.engine.was_step_applied():
+                self.nonfinite_in_row += 1
+                self.nonfinite_total += 1
+                dist.print0(f"step {step}: non-finite loss or gradients, update skipped "
+                            f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)")
+                if self.nonfinite_in_row >= cfg.optim.max_nonfinite_steps:
+                    raise SystemExit(
+                        f"stopping: {self.nonfinite_in_row} consecutive steps with non-finite loss/gradients "
+                        f"(optim.max_nonfinite_steps = {cfg.optim.max_nonfinite_steps}) at step {step}. Resume from "
+                        f"the last checkpoint with a lower learning rate, or inspect the data of these steps.")
+            else:
+                self.nonfinite_in_row = 0
+            interval_losses.append(step_loss)
+
+            if self.step % cfg.logging.log_interval == 0 or self.step == max_iters:
+                now = time.perf_counter()
+                elapsed = now - interval_t0
+                waited = self.loader.wait_seconds - interval_wait0
+                steps_done = len(interval_losses)
+                tok_s = steps_done * tokens_per_step / elapsed
+                mfu = self.flops_per_token * tok_s / peak
+                finite = [v for v in interval_losses if math.isfinite(v)]
+                loss_avg = sum(finite) / len(finite) if finite else math.nan
+                eta = (max_iters - self.step) * (now - run_t0) / max(1, self.step - run_step0)
+                record = {"step": self.step, "phase": self.curriculum.names[batch.phase], "loss": loss_avg,
+                          "lr": lr, "grad_norm": _grad_norm(self.engine), "tokens": self.step * tokens_per_step,
+                          "tokens_per_s": tok_s, "mfu": mfu, "data_wait_share": waited / elapsed,
+                          "step_seconds": elapsed / steps_done, "nonfinite_total": self.nonfinite_total}
+                if self.args.log_sample_ids:
+                    record["sample_ids"] = self._global_sample_ids(batch)
+                    record["step_loss"] = step_loss
+                self.log.train(record, {"train/loss": loss_avg, "train/lr": lr, "train/grad_norm": record["grad_norm"],
+                                        "train/tokens_per_s": tok_s, "train/mfu": mfu,
+                                        "train/data_wait_share": record["data_wait_share"]})
+                dist.print0(f"step {self.step}/{max_iters} | loss {loss_avg:.4f} | lr {lr:.3e} | "
+                            f"{tok_s:,.0f} tok/s | MFU {mfu:.1%} | data wait {record['data_wait_share']:.1%} | "
+                            f"ETA {_fmt_seconds(eta)}")
+                interval_t0, interval_wait0, interval_losses = now, self.loader.wait_seconds, []
+
+            if self.step % cfg.eval.eval_interval == 0 or self.step == max_iters:
+                self.run_eval(lr)
+            if stop:
+                dist.print0(f"stop requested by a signal: saving at step {self.step} and exiting")
+                self.save_checkpoint()
+                dist.print0(f"stopped cleanly at step {self.step}; continue with --resume auto")
+                return
+            if self.step % cfg.checkpoint.interval == 0 or self.step == max_iters:
+                self.save_checkpoint()
+        dist.print0(f"training finished at step {self.step}; GOLD checkpoint: "
+                    f"{self.gold_dir if self.gold.best_step is not None else 'none saved'}")
+
+    def _global_sample_ids(self, batch: StepBatch) -> list[int]:
+        """The ids every rank consumed this step, in the global order (micro-step major, then rank)."""
+        mine = [ids.tolist() for _, _, ids in batch.micro_batches]
+        gathered = dist.all_gather_object(mine)
+        out = []
+        for j in range(len(mine)):
+            for r in range(len(gathered)):
+                out.extend(gathered[r][j])
+        return out
+
+    def close(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+        log = getattr(self, "log", None)
+        if log is not None:
+            log.close()
+
+
+def _grad_norm(engine) -> float | None:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return None
+    return float(norm)
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def dump_plan(plan: RunPlan) -> str:
+    """One JSON line describing the resolved run (printed at start for the record)."""
+    return json.dumps({"config_fingerprint": plan.cfg.fingerprint(), "ds_config": plan.ds_config_path,
+                       "world_size": plan.world_size, "phases": [str(p.directory) for p in plan.phases],
+                       "val": str(plan.val.directory), "eval_sets": {k: str(v.directory)
+                                                                     for k, v in plan.eval_sets.items()},
+                       "resume": str(plan.resume_path) if plan.resume_path else None}, default=str)
+
