@@ -64,7 +64,7 @@ def format_text(record: dict, text_field: str = "text", title_field: str | None 
         raise SkipRecord("too_short")
     if title_field:
         title = str(_field(record, title_field)).strip()
-        if title and not text.startswith(title):
+        if title and text.split("\n", 1)[0].strip() != title:  # no duplicate heading line
             text = f"{title}\n\n{text}"
     return text
 

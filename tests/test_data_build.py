@@ -1,0 +1,173 @@
+"""The build pipeline end to end: the offline demo (built once per session), hold-back disjointness, exact
+budgets, hard links, resume, lineage, dry run of the real definitions, and bad definitions / bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import build
+from data.source_config import load_definitions
+from data.token_dataset import TokenDataset
+from data.tokenizer import EOT, get_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "unified_build" / "build_unified_dataset.py"
+OUTPUTS = ["unified_6B", "unified_6B/val", "unified_phase1_circuit", "unified_phase1_circuit/val",
+           "code_eval_tokenized", "retrieval_eval_tokenized", "general_eval_tokenized", "domain_eval_tokenized"]
+
+
+def run_build(*args, check=True):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quiet", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    if check and proc.returncode:
+        raise AssertionError(f"build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run_build("--sources", "data/sources/demo.json", "--out-root", out, "--workers", "2")
+    return out
+
+
+def test_demo_outputs_and_budgets(demo):
+    for name in OUTPUTS:
+        ds = TokenDataset(demo / name, verify="full")
+        assert ds.num_tokens >= 40_000, name
+    m6 = TokenDataset(demo / "unified_6B").manifest
+    assert m6["num_tokens"] == 1_500_000
+    for name in ("unified_6B", "unified_phase1_circuit"):
+        m = TokenDataset(demo / name).manifest
+        for src, v in m["sources"].items():
+            assert v["actual_tokens"] == v["target_tokens"], (name, src)  # exact, so within 1% a fortiori
+        assert sum(v["target_tokens"] for v in m["sources"].values()) == m["num_tokens"]
+    assert m6["sources"]["demo_domain"]["repeats"] >= 2  # the upsampled domain source is repeated
+    p1 = TokenDataset(demo / "unified_phase1_circuit").manifest["sources"]
+    assert p1["demo_python"]["target_tokens"] == 300_000 and p1["demo_qa"]["target_tokens"] == 225_000
+
+
+def _docs(directory):
+    """Documents of a token directory as token tuples (split at EOT; a cut last piece is dropped)."""
+    ds = TokenDataset(directory)
+    tokens = ds.tokens(0, ds.num_tokens)
+    ends = np.flatnonzero(tokens == EOT)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return {tuple(tokens[s:e]) for s, e in zip(starts, ends, strict=True) if e > s}
+
+
+def test_eval_val_train_disjoint(demo):
+    train = _docs(demo / "unified_6B") | _docs(demo / "unified_phase1_circuit")
+    held = set()
+    for name in ("code_eval_tokenized", "retrieval_eval_tokenized", "general_eval_tokenized",
+                 "domain_eval_tokenized", "unified_6B/val", "unified_phase1_circuit/val"):
+        docs = _docs(demo / name)
+        assert len(docs) > 10, name
+        assert not docs & train, f"{name} shares documents with training data"
+        held |= docs
+    assert len(train) > 500
+
+
+def test_holdback_is_content_hash():
+    a = build.holdback_split("src", "some document", 0.1, 0.1)
+    assert all(build.holdback_split("src", "some document", 0.1, 0.1) == a for _ in range(3))
+    splits = [build.holdback_split("src", f"doc {i}", 0.1, 0.05) for i in range(20000)]
+    assert abs(splits.count("eval") / 20000 - 0.1) < 0.01 and abs(splits.count("val") / 20000 - 0.05) < 0.01
+
+
+def test_retrieval_docs_use_template(demo):
+    enc = get_tokenizer()
+    ds = TokenDataset(demo / "retrieval_eval_tokenized")
+    text = enc.decode(ds.tokens(0, 3000).tolist())
+    assert "Context:\n" in text and "\n\nQuestion: " in text and "\nAnswer: " in text
+    all_text = enc.decode(ds.tokens(0, ds.num_tokens).tolist())
+    assert "The answer is not in the context." in all_text  # unanswerable questions present
+
+
+def test_shared_shards_hard_linked(demo):
+    p1 = {p.name: p for p in (demo / "unified_phase1_circuit").rglob("*.bin")}
+    p2 = {p.name: p for p in (demo / "unified_6B").rglob("*.bin")}
+    shared = [n for n in p1 if n in p2 and p1[n].stat().st_size == p2[n].stat().st_size]
+    assert shared and all(os.path.samefile(p1[n], p2[n]) for n in shared)
+
+
+def test_lineage_recorded_and_printed(demo):
+    lin = TokenDataset(demo / "unified_6B").manifest["lineage"]
+    assert lin["kind"] == "mix" and lin["tokenizer"]["n_vocab"] == 50257 and lin["command"]
+    assert lin["definitions"][0]["path"].endswith("demo.json") and len(lin["definitions"][0]["sha256"]) == 64
+    fetched = lin["inputs"][0]["inputs"][0]["inputs"][0]
+    assert fetched["kind"] == "fetched" and fetched["records_read"] > 0 and fetched["files"][0]["sha256"]
+    out = subprocess.run([sys.executable, "-m", "data.lineage", str(demo / "unified_6B")], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "mix: unified_6B" in out and "fetched: demo_qa" in out and "demo_domain" in out
+
+
+def test_rerun_resumes_without_rewriting(demo):
+    before = {n: (demo / n / "manifest.json").stat().st_mtime_ns for n in OUTPUTS}
+    run_build("--sources", "data/sources/demo.json", "--out-root", demo, "--workers", "2")
+    assert before == {n: (demo / n / "manifest.json").stat().st_mtime_ns for n in OUTPUTS}
+
+
+def test_dry_run_real_definitions_no_network():
+    out = run_build("--dry-run").stdout
+    assert "mix unified_6B: 6,000,000,000 tokens" in out and "mix unified_phase1_circuit" in out
+    for src in ("fineweb_edu", "wikipedia_en_de", "python_code", "stackexchange", "js_java_code",
+                "triviaqa_squad_v2", "domain_itsec_swisslaw", "reddit_threaded", "pes2o", "github_readme"):
+        assert src in out
+    assert "hold-back" in out
+    defs = load_definitions(ROOT / "data/sources/unified_from_scratch.json")
+    assert len(defs.sources) == 10 and sum(defs.mixes["unified_6B"].percent.values()) == 100
+
+
+def _defs(tmp_path, **overrides):
+    raw = json.loads((ROOT / "data/sources/demo.json").read_text())
+    for key, value in overrides.items():
+        exec(f"raw{key} = value", {"raw": raw, "value": value})  # test-only: poke one nested field
+    path = tmp_path / "defs.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"['mixes']['unified_6B']['percent']['demo_qa']": 25}, "mix 'unified_6B': percentages sum to 105"),
+    ({"['sources']['demo_qa']['inputs'][0]['formatter']": "squad_v9"}, "source 'demo_qa' input 0: unknown formatter"),
+    ({"['sources']['demo_python']['inputs'][0]['loader']['path']": "/nonexistent/code"},
+     "source 'demo_python' input 'demo_python': local path '/nonexistent/code' does not exist"),
+    ({"['mixes']['unified_6B']['percent']['nosuch']": 0.0}, "source 'nosuch' is not defined"),
+])
+def test_bad_definitions_stop_before_work(tmp_path, override, message):
+    proc = run_build("--sources", _defs(tmp_path, **override), "--out-root", tmp_path / "out", check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing fetched or written
+
+
+def test_empty_source_and_missing_fields(tmp_path):
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text(json.dumps({"id": "1", "title": "t", "question": "q"}) + "\n")  # no context, no answers
+    path = _defs(tmp_path, **{"['sources']['demo_qa']['inputs'][0]['loader']": {"type": "jsonl", "path": str(bad)}})
+    proc = run_build("--sources", path, "--out-root", tmp_path / "out", check=False)
+    assert proc.returncode != 0 and "source 'demo_qa'" in proc.stderr and "no tokens available" in proc.stderr
+    meta = json.loads((tmp_path / "out/unified_work/demo_qa/fetch-00000.meta.json").read_text())
+    assert meta["skipped"] == {"missing_field:context": 1} and meta["documents"] == 0
+
+
+def test_interrupted_tokenize_resumes(tmp_path, demo):
+    """A part whose tokenize meta is missing (killed mid-step) is redone; half-written temp files are ignored."""
+    work = tmp_path / "work"
+    inp = load_definitions(ROOT / "data/sources/demo.json").sources["demo_qa"].inputs[0]
+    build.fetch(inp, work, 60_000, docs_per_part=100)
+    build.holdback(inp, work, 0.1, 0.1)
+    build.tokenize([work])
+    good = build.token_state(work)
+    (work / "tok-00001.meta.json").unlink()
+    (work / "tok-00001.train.bin").write_bytes(b"\x01")  # a torn write
+    (work / ".tok-00002.train.bin.tmp-999").write_bytes(b"\x01")
+    build.tokenize([work])
+    assert build.token_state(work) == good
+    data = np.fromfile(work / "tok-00001.train.bin", dtype="<u2")
+    assert data.size == json.loads((work / "tok-00001.meta.json").read_text())["train"]["tokens"]

@@ -1,0 +1,155 @@
+"""Formatters on hand-written records in each dataset's real schema (one test group per source kind)."""
+
+import pytest
+
+from data.formats import (
+    NOT_IN_CONTEXT,
+    RETRIEVAL_TEMPLATE,
+    SkipRecord,
+    cut_window,
+    format_code,
+    format_readme,
+    format_reddit_thread,
+    format_squad_v2,
+    format_stackexchange,
+    format_text,
+    format_triviaqa_rc,
+    get_formatter,
+    render_retrieval,
+)
+
+
+def test_retrieval_template_fixed():
+    assert RETRIEVAL_TEMPLATE == "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
+    assert render_retrieval(" c ", "q?") == "Context:\nc\n\nQuestion: q?\nAnswer:"
+    assert render_retrieval("c", "q?", "a") == "Context:\nc\n\nQuestion: q?\nAnswer: a"
+
+
+SQUAD = {"id": "56be85543aeaaa14008c9063", "title": "Beyonce",
+         "context": "Beyonce Giselle Knowles-Carter (born September 4, 1981) is an American singer.",
+         "question": "When was Beyonce born?", "answers": {"text": ["September 4, 1981"], "answer_start": [39]}}
+
+
+def test_squad_v2_answerable_and_unanswerable():
+    doc = format_squad_v2(SQUAD)
+    assert doc == render_retrieval(SQUAD["context"], SQUAD["question"], "September 4, 1981")
+    unans = {**SQUAD, "question": "Where did Beyonce study law?", "answers": {"text": [], "answer_start": []}}
+    assert format_squad_v2(unans).endswith("Answer: " + NOT_IN_CONTEXT)
+    with pytest.raises(SkipRecord, match="missing_field:context"):
+        format_squad_v2({k: v for k, v in SQUAD.items() if k != "context"})
+    with pytest.raises(SkipRecord, match="answer_not_in_context"):
+        format_squad_v2({**SQUAD, "answers": {"text": ["1999"], "answer_start": [0]}})
+
+
+def _trivia(passage, value="Paris", aliases=("City of Light",), qid="tc_1"):
+    return {"question": "What is the capital of France?", "question_id": qid, "question_source": "http://x",
+            "entity_pages": {"doc_source": ["TagMe"], "filename": ["France.txt"], "title": ["France"],
+                             "wiki_context": [passage]},
+            "search_results": {"description": [], "filename": [], "rank": [], "title": [], "url": [],
+                               "search_context": []},
+            "answer": {"aliases": list(aliases), "normalized_aliases": [a.lower() for a in aliases],
+                       "matched_wiki_entity_name": "", "normalized_matched_wiki_entity_name": "",
+                       "normalized_value": value.lower(), "type": "WikipediaEntity", "value": value}}
+
+
+def test_triviaqa_grounding_filter():
+    doc = format_triviaqa_rc(_trivia("France's capital is PARIS, on the Seine."))
+    assert doc.endswith("Answer: PARIS") and "Context:\nFrance's capital is PARIS" in doc
+    assert format_triviaqa_rc(_trivia("Known as the City of Light.")).endswith("Answer: City of Light")
+    with pytest.raises(SkipRecord, match="ungrounded"):
+        format_triviaqa_rc(_trivia("France is a country in Europe."))
+    with pytest.raises(SkipRecord, match="missing_field:answer"):
+        format_triviaqa_rc({"question": "q"})
+
+
+def test_triviaqa_window_fits_and_answer_position_varies():
+    filler = " ".join(f"word{i}" for i in range(3000))
+    passage = f"{filler} The capital is Paris. {filler}"
+    positions = set()
+    for q in range(40):
+        doc = format_triviaqa_rc(_trivia(passage, qid=f"q{q}"), max_context_chars=1000)
+        context = doc.split("Context:\n", 1)[1].split("\n\nQuestion:")[0]
+        assert len(context) <= 1000 and "Paris" in context
+        positions.add(round(context.index("Paris") / len(context), 1))
+    assert len(positions) >= 6  # spread over the window, not always centred
+
+
+def test_cut_window_extremes():
+    p = "a " * 500 + "ANSWER" + " b" * 500
+    s = p.index("ANSWER")
+    assert cut_window(p, s, s + 6, 200, 0.0).startswith("ANSWER")
+    assert cut_window(p, s, s + 6, 200, 0.999).endswith("ANSWER")
+    assert cut_window("short", 0, 5, 200, 0.5) == "short"
+
+
+SE = {"qid": 1, "question": "<p>Why does <code>x = [] * 3</code> give an empty list?</p>",
+      "answers": [{"answer_id": 2, "author": "a", "author_id": 1, "author_profile": "", "pm_score": 2,
+                   "selected": False, "text": "Use [0] * 3."},
+                  {"answer_id": 3, "author": "b", "author_id": 2, "author_profile": "", "pm_score": 9,
+                   "selected": True, "text": "Multiplying an empty list repeats nothing: x = [] * 3 is []."},
+                  {"answer_id": 4, "author": "c", "author_id": 3, "author_profile": "", "pm_score": -1,
+                   "selected": False, "text": "Downvoted."}],
+      "date": "2010/01/01", "metadata": ["https://stackoverflow.com/questions/1"]}
+
+
+def test_stackexchange_question_then_answers():
+    doc = format_stackexchange(SE)
+    assert doc.startswith("Question:\nWhy does x = [] * 3 give an empty list?")
+    assert doc.index("Accepted answer (score 9)") < doc.index("Answer (score 2)")
+    assert "Downvoted" not in doc
+    with pytest.raises(SkipRecord, match="no_answers"):
+        format_stackexchange({**SE, "answers": []})
+
+
+REDDIT = {"id": "abc", "title": "Is RoPE better than learned positions?", "selftext": "Asking for a project.",
+          "comments": [{"id": "c1", "parent_id": "t3_abc", "body": "RoPE generalises to other positions."},
+                       {"id": "c2", "parent_id": "t1_c1", "body": "Only with the right base frequency."},
+                       {"id": "c3", "parent_id": "t3_abc", "body": "[deleted]"}]}
+
+
+def test_reddit_quote_reply():
+    doc = format_reddit_thread(REDDIT)
+    assert doc.startswith("Is RoPE better than learned positions?\n\nAsking for a project.")
+    assert "> RoPE generalises to other positions.\n\nOnly with the right base frequency." in doc
+    assert "[deleted]" not in doc
+    flat = {**REDDIT, "comments": REDDIT["comments"][:1]}
+    with pytest.raises(SkipRecord, match="no_quote_reply"):
+        format_reddit_thread(flat)
+    assert "RoPE generalises" in format_reddit_thread(flat, require_reply=False)
+
+
+def test_code_file():
+    rec = {"repo_name": "x/y", "path": "pkg/mod.py", "copies": "1", "size": "20",
+           "content": "def f(x):\n    return x\n", "license": "mit"}
+    assert format_code(rec, path_field="path") == "# pkg/mod.py\ndef f(x):\n    return x\n"
+    with pytest.raises(SkipRecord, match="too_long"):
+        format_code({"content": "x" * 50}, max_chars=10)
+    with pytest.raises(SkipRecord, match="missing_field:content"):
+        format_code({"text": "x"})
+
+
+def test_plain_text_kinds():
+    assert format_text({"text": " Edu text. ", "id": "<urn>", "url": "u", "score": 3.1}) == "Edu text."  # FineWeb-Edu
+    wiki = {"id": "1", "url": "u", "title": "Ulm", "text": "Ulm is a city in Germany."}
+    assert format_text(wiki, title_field="title") == "Ulm\n\nUlm is a city in Germany."
+    pes2o = {"added": "", "created": "", "id": "1", "source": "s2orc", "text": "Abstract\n\nWe show ...",
+             "version": "v2"}
+    assert format_text(pes2o).startswith("Abstract")
+    with pytest.raises(SkipRecord, match="too_short"):
+        format_text({"text": "hi"}, min_chars=10)
+
+
+def test_readme_audit_filters():
+    body = "# Tool\n\nThis tool parses logs and prints a summary of failed logins. " * 4
+    assert format_readme({"content": "---\nlayout: default\n---\n" + body}) == body.strip()
+    with pytest.raises(SkipRecord, match="non_english"):
+        format_readme({"content": "# 工具\n\n" + "这个工具解析日志并打印失败登录的摘要。" * 20})
+    with pytest.raises(SkipRecord, match="changelog"):
+        format_readme({"content": "# Changelog\n\n" + body})
+    with pytest.raises(SkipRecord, match="changelog"):
+        format_readme({"content": body, "path": "CHANGELOG.md"}, path_field="path")
+
+
+def test_unknown_formatter():
+    with pytest.raises(ValueError, match="unknown formatter 'nope'"):
+        get_formatter("nope")
