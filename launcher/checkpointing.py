@@ -19,6 +19,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +114,41 @@ class CheckpointManager:
             (old / MARKER).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, engine, path: Path) -> dict[str, Any]:
-        """Collective: load engine, optimizer and scheduler state from `path`; returns the client_state."""
+    def load(self, engine, path: Path, universal: bool = False) -> dict[str, Any]:
+        """Collective: load engine, optimizer and scheduler state from `path`; returns the client_state.
+
+        `universal`: the checkpoint was written at another world size. ZeRO's optimizer partitions are per rank, so
+        DeepSpeed loads it only as a Universal Checkpoint: rank 0 converts it once (`ds_to_universal`, into
+        `<path>/universal/<tag>`) and the engine was built with `checkpoint.load_universal` (see plan_run).
+        """
         path = Path(path)
-        load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+        load_dir = path.parent
+        if universal:
+            load_dir = path / "universal"
+            if dist.rank() == 0 and not (load_dir / path.name).is_dir():
+                convert_to_universal(path, load_dir / path.name)
+            dist.barrier()
+        load_path, client_state = engine.load_checkpoint(str(load_dir), tag=path.name)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
         rng_file = path / f"rng_rank{dist.rank()}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return client_state
+
+
+def convert_to_universal(src: Path, dst: Path) -> None:
+    """DeepSpeed's own converter, into a temp folder renamed into place when complete."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(src),
+           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1",
+           "--num_merge_workers", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"converting {src} to a universal checkpoint failed ({' '.join(cmd)}):\n"
+                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    tmp.rename(dst)
 
 
 def save_gold(gold_dir: Path, model: torch.nn.Module, model_config, metadata: dict[str, Any]) -> Path:

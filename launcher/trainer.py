@@ -133,6 +133,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             raise ValueError(f"resume checkpoint {resume_path} is from another run: " + "; ".join(problems) +
                              ". Use the config and data it was trained with, or pass --resume_ignore_mismatch "
                              "to continue anyway (the data order and schedule then change).")
+        if resume_meta.get("world_size") != world:
+            # ZeRO partitions the optimizer state per rank: another world size loads through DeepSpeed's Universal
+            # Checkpoint, which must be requested when the engine is built.
+            ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return RunPlan(cfg, ds_config, str(ds_path), world, phases, val, eval_sets, ckpt_root, resume_path, resume_meta)
 
 
@@ -182,7 +186,8 @@ class Trainer:
         self.nonfinite_total = 0
         self.last_saved_step: int | None = None
         if plan.resume_path is not None:
-            client = self.ckpt.load(self.engine, plan.resume_path)
+            universal = plan.resume_meta.get("world_size") != self.world
+            client = self.ckpt.load(self.engine, plan.resume_path, universal=universal)
             self.step = int(client["step"])
             self.gold.load_state_dict(client["gold"])
             self.nonfinite_total = int(client.get("nonfinite_total", 0))
