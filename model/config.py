@@ -18,6 +18,8 @@ from typing import Any
 # multiple of 64 for tensor-core friendly shapes) but never smaller, or some token ids would index past the
 # embedding table.
 GPT2_TOKENIZER_VOCAB = 50257
+# The architectures `Transformer` builds: the spec's LLaMA-2-style model and the GPT-2 model it replaces.
+ARCHS = ("llama", "gpt2")
 
 
 def dataclass_from_dict(cls, values: dict[str, Any], where: str):
@@ -74,8 +76,13 @@ class ModelConfig:
     """Use the fused Triton RMSNorm/SwiGLU kernels where they can run (CUDA); the PyTorch reference elsewhere."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init; residual output projections get init_std/sqrt(2*n_layer)."""
+    arch: str = "llama"
+    """"llama" (RoPE, SwiGLU, RMSNorm) or "gpt2", the spec's old architecture kept as an ablation: learned absolute
+    positions, GELU MLP of 4 * n_embd, LayerNorm (with biases when `bias`); no fused kernels."""
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {list(ARCHS)}, got {self.arch!r}")
         for name in ("n_embd", "n_head", "n_layer", "block_size", "vocab_size", "ffn_multiple_of"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -85,7 +92,7 @@ class ModelConfig:
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
                 f"for example n_head = {self.n_embd // 64} gives head_dim 64"
             )
-        if self.head_dim % 2 != 0:
+        if self.arch == "llama" and self.head_dim % 2 != 0:
             raise ValueError(f"head_dim = n_embd / n_head = {self.head_dim} must be even for RoPE; change n_head")
         if self.vocab_size < GPT2_TOKENIZER_VOCAB:
             raise ValueError(
@@ -103,13 +110,25 @@ class ModelConfig:
 
     @property
     def ffn_hidden(self) -> int:
-        """SwiGLU hidden size: LLaMA's 2/3 * 4 * d keeps the parameter count of a 4d GELU MLP with 3 matrices."""
+        """MLP hidden size. SwiGLU: LLaMA's 2/3 * 4 * d keeps the parameter count of a 4d GELU MLP with 3 matrices;
+        gpt2: 4 * d."""
+        if self.arch == "gpt2":
+            return 4 * self.n_embd
         hidden = int(2 * 4 * self.n_embd / 3)
         return self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
 
     def expected_num_params(self) -> int:
-        """Closed-form parameter count (tied embeddings counted once; no biases)."""
+        """Closed-form parameter count (tied embeddings counted once)."""
         d, f = self.n_embd, self.ffn_hidden
+        if self.arch == "gpt2":
+            # attention 4 d^2, MLP 2 d f, two LayerNorms; biases on the six linears and the norms when `bias`.
+            per_layer = 4 * d * d + 2 * d * f + 2 * d
+            if self.bias:
+                per_layer += 4 * d + f + d + 2 * d
+            final_norm = 2 * d if self.bias else d
+            embed = self.vocab_size * d + self.block_size * d  # tokens + learned positions
+            head = 0 if self.tie_weights else self.vocab_size * d
+            return self.n_layer * per_layer + final_norm + embed + head
         per_layer = 4 * d * d + 3 * d * f + 2 * d
         embed = self.vocab_size * d
         head = 0 if self.tie_weights else self.vocab_size * d
@@ -136,4 +155,4 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-__all__ = ["ModelConfig", "GPT2_TOKENIZER_VOCAB", "dataclass_from_dict"]
+__all__ = ["ModelConfig", "ARCHS", "GPT2_TOKENIZER_VOCAB", "dataclass_from_dict"]

@@ -1,5 +1,9 @@
 """The LLaMA-2-style decoder: RMSNorm, RoPE, causal attention, SwiGLU, pre-norm blocks, tied embeddings.
 
+`ModelConfig.arch = "gpt2"` builds the spec's old architecture from the same blocks for the ablation
+(`scripts/experiments/ablation_tiny.py`): learned absolute positions (`pos_embeddings`), LayerNorm and a GELU MLP
+(`feed_forward.w1`/`w2`, hidden 4 * n_embd), everything else (attention, pre-norm, init, tying) shared.
+
 A pure `nn.Module`, bottom-up. Parameter names follow the Meta/torchtitan LLaMA code (`wq wk wv wo`, `w1 w2 w3`,
 `attention_norm`, `ffn_norm`), so the export to Hugging Face `LlamaForCausalLM` is a rename table
 (`scripts/export_hf.py`). RoPE uses Hugging Face's "rotate half" layout (not the interleaved complex one) for the
@@ -83,12 +87,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(d, d, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)  # (B, T, n_head, head_dim)
         k = self.wk(x).view(B, T, self.n_head, self.head_dim)
         v = self.wv(x).view(B, T, self.n_head, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos is not None:  # gpt2 has no RoPE: its positions were added to the input embedding
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_dim)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
@@ -113,15 +118,34 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(swiglu(self.w1(x), self.w3(x), impl=self.impl)))
 
 
+class GeluFeedForward(nn.Module):
+    """GPT-2's MLP: w2(gelu(w1 x)), hidden 4 * n_embd, tanh-approximated GELU as in GPT-2 ("gelu_new")."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.n_embd, config.ffn_hidden, bias=config.bias)  # GPT-2's c_fc
+        self.w2 = nn.Linear(config.ffn_hidden, config.n_embd, bias=config.bias)  # GPT-2's c_proj
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.gelu(self.w1(x), approximate="tanh")))
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.arch == "gpt2":
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return RMSNorm(config.n_embd, config.norm_eps, config.fused_kernels)
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.attention_norm = RMSNorm(config.n_embd, config.norm_eps, config.fused_kernels)
+        self.attention_norm = make_norm(config)
         self.attention = Attention(config)
-        self.ffn_norm = RMSNorm(config.n_embd, config.norm_eps, config.fused_kernels)
-        self.feed_forward = FeedForward(config)
+        self.ffn_norm = make_norm(config)
+        self.feed_forward = GeluFeedForward(config) if config.arch == "gpt2" else FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin)
         return x + self.feed_forward(self.ffn_norm(x))
 
@@ -131,10 +155,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.arch == "gpt2":
+            self.pos_embeddings = nn.Embedding(config.block_size, config.n_embd)  # GPT-2's wpe
         self.dropout = nn.Dropout(config.dropout)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.arch == "llama" else None
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
-        self.norm = RMSNorm(config.n_embd, config.norm_eps, config.fused_kernels)
+        self.norm = make_norm(config)
         self.output = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.output.weight = self.tok_embeddings.weight
@@ -154,7 +180,7 @@ class Transformer(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, RMSNorm):
+            elif isinstance(module, (RMSNorm, nn.LayerNorm)):
                 module.reset_parameters()
 
     def num_params(self) -> int:
@@ -169,8 +195,13 @@ class Transformer(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size {self.config.block_size}")
-        cos, sin = self.rotary(T, idx.device)
-        x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
+        if self.rotary is None:  # gpt2: learned absolute positions added to the token embedding
+            cos = sin = None
+            x = self.tok_embeddings(idx) + self.pos_embeddings(torch.arange(T, device=idx.device))
+            x = self.dropout(x)  # (B, T, n_embd)
+        else:
+            cos, sin = self.rotary(T, idx.device)
+            x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
         for layer in self.layers:
             x = layer(x, cos, sin)
         logits = self.output(self.norm(x))  # (B, T, vocab_size)

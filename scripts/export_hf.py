@@ -89,6 +89,11 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
 
 def export(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     model, config, metadata = load_model_checkpoint(checkpoint)
+    if config.arch != "llama":
+        raise ValueError(
+            f"{checkpoint} holds a model.arch={config.arch!r} model (the GPT-2 ablation); only arch 'llama' exports "
+            "to LlamaForCausalLM. Evaluate it from the checkpoint directory itself (e.g. scripts/eval/rag_probe.py)."
+        )
     state = {}
     for name, tensor in model.state_dict().items():
         if config.tie_weights and name == "output.weight":
