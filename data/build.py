@@ -198,14 +198,10 @@ def tokenize_texts(texts: list[str]) -> np.ndarray:
     """uint16 tokens of `texts`, EOT after every document. One thread: parallelism comes from processes."""
     enc = get_tokenizer()
     ids = enc.encode_ordinary_batch(texts, num_threads=1)
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    out = np.empty(int(lengths.sum()), dtype=DTYPE)
-    pos = 0
+    total = sum(len(x) for x in ids) + len(ids)
     for x in ids:
-        out[pos : pos + len(x)] = x
-        out[pos + len(x)] = EOT
-        pos += len(x) + 1
-    return out
+        x.append(EOT)
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=DTYPE, count=total)
 
 
 def _tokenize_part(job: tuple[str, str]) -> tuple[str, str, dict]:

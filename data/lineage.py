@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 import numpy
 import tiktoken
 
@@ -26,6 +25,8 @@ from data.tokenizer import tokenizer_info
 
 
 def environment() -> dict:
+    import datasets  # lazily: it takes seconds to import and tokenizer worker processes import this module
+
     return {"python": platform.python_version(), "numpy": numpy.__version__, "tiktoken": tiktoken.__version__,
             "datasets": datasets.__version__, "host": platform.node()}
 
