@@ -1,7 +1,7 @@
 """Tokenization throughput: our tokenize step vs bare tiktoken `encode_ordinary_batch`, same text, same run.
 
-    python scripts/bench/tokenize.py            # ~20 MB of real text (stdlib code + docstrings), 1 and 2 workers
-    python scripts/bench/tokenize.py --mb 50 --workers 1 2 4 8 16
+    python scripts/bench/tokenize_throughput.py     # ~20 MB of real text (stdlib code + docstrings), 1 and 2 workers
+    python scripts/bench/tokenize_throughput.py --mb 50 --workers 1 2 4 8 16
 
 "ours" is `data.build.tokenize` end to end (read the split JSONL parts, encode, append EOT, write uint16 files)
 with N processes; "bare" is `tiktoken.Encoding.encode_ordinary_batch(texts, num_threads=N)` on the texts in memory.
@@ -11,11 +11,7 @@ Prints tokens/s for each and the ratio; the target is >= 0.85 of bare per core, 
 import os
 import sys
 
-# This file is named tokenize.py: drop its own folder from sys.path so `import tokenize` (used by linecache,
-# inspect and tracebacks) still finds the standard library module, then make the project importable.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(os.path.dirname(_HERE)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
