@@ -1,0 +1,468 @@
+"""Induction and retrieval probes: what loss curves cannot show, measured at every eval (docs/PROBES.md).
+
+- Induction score: on fixed sequences made of a random token block repeated twice, the mean loss on the first copy
+  minus the mean loss on the second copy. A model without induction heads cannot predict random tokens in either
+  copy (score ~0); one that copies "what followed this token last time" predicts the second copy (score up to
+  ~ln(vocab)).
+- Retrieval probe: held-out grounded QA prompts in the training template (`data.formats.render_retrieval`), the
+  passage holding the answer placed so that the answer's first token falls in each of `NUM_BUCKETS` position
+  buckets of the context window, between filler passages. Per bucket: exact match of the greedy answer, and the
+  answer's mean log-likelihood with the passage and without it (how much the model uses the context). For
+  unanswerable prompts: the share answered `NOT_IN_CONTEXT`.
+
+Interface (narrow on purpose, so the trainer, `scripts/eval/rag_probe.py` and the ablation run the same code):
+
+    probes = build_probes(get_tokenizer(), block_size=1024, seed=PROBE_SEED)         # pure data, deterministic
+    sums = probe_sums(model, probes, rank, world_size, device)                         # this rank's share
+    metrics = finalize(probes, all_reduce(sums))                                       # {"probe/...": float}
+    # or in one call: run_probes(model, probes, rank, world_size, device, all_reduce=dist.all_reduce)
+
+Every rank evaluates a contiguous share of the fixed items and returns sums and counts; the caller all-reduces
+them, so the numbers are the same at any world size. `model(idx)` may return our `(logits, loss)` tuple, a Hugging
+Face output with `.logits`, or a logits tensor.
+
+Held-out guarantee: probe items come from the demo QA generator (`data.demo_corpus.squad_v2_records`) with
+`PROBE_SEED`, never the training seed (`data/sources/demo.json`: 1234). The generated places reuse a small name
+space, so a test regenerates the whole training stream and checks that no probe article (its context) is a
+training article; the without-passage log-likelihood shows what the model knows without the context.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data.demo_corpus import squad_v2_records
+from data.formats import NOT_IN_CONTEXT, render_retrieval
+from data.sampler import shard_for_rank
+
+PROBE_SEED = 97_531  # the generator seed of probe items; training data uses 1234 (data/sources/demo.json)
+TRAINING_QA_SEED = 1234
+NUM_BUCKETS = 8
+EOT = 50256
+PREFIX = "probe/"
+
+
+# --------------------------------------------------------------------------------------------- data structures
+
+
+@dataclass(frozen=True)
+class RetrievalItem:
+    """One retrieval prompt. `answer_pos` is the prompt index of the answer's first token (-1: unanswerable)."""
+
+    record_id: str
+    bucket: int
+    answerable: bool
+    prompt: tuple[int, ...]
+    answer: str  # gold text; NOT_IN_CONTEXT for unanswerable items
+    answer_tokens: tuple[int, ...]  # " " + answer, as the training document continues after "Answer:"
+    answer_pos: int
+    prompt_without: tuple[int, ...] | None  # the same prompt with the gold passage left out (answerable only)
+    gold_passage: str
+
+
+@dataclass
+class ProbeSet:
+    """Everything the probes evaluate; a pure function of (tokenizer, block_size, seed, sizes)."""
+
+    block_size: int
+    induction: np.ndarray  # (n_seq, 2 * half) int64: a random block repeated twice
+    half: int
+    retrieval: list[RetrievalItem]
+    bucket_edges: list[int]  # NUM_BUCKETS + 1 token positions; bucket b = [edges[b], edges[b+1])
+    max_new_tokens: int
+    stop_ids: frozenset[int] = field(repr=False)  # EOT and every token whose text holds a newline
+    tokenizer: object = field(repr=False, compare=False)
+
+    def describe(self) -> str:
+        n_ans = sum(i.answerable for i in self.retrieval)
+        return (f"{len(self.induction)} induction sequences of 2 x {self.half} tokens; {n_ans} answerable + "
+                f"{len(self.retrieval) - n_ans} unanswerable retrieval prompts in {NUM_BUCKETS} buckets "
+                f"(edges {self.bucket_edges})")
+
+
+# ------------------------------------------------------------------------------------------------ construction
+
+
+def induction_sequences(block_size: int, count: int, seed: int, vocab: int = EOT) -> tuple[np.ndarray, int]:
+    """`count` sequences of a random block of `half` tokens (ids in [0, vocab), EOT excluded) repeated twice; the
+    model sees the first 2*half - 1 tokens (its input must fit block_size)."""
+    half = (block_size + 1) // 2
+    rng = np.random.Generator(np.random.PCG64(seed))
+    block = rng.integers(0, vocab, size=(count, half), dtype=np.int64)
+    return np.concatenate([block, block], axis=1), half
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences(context: str) -> list[tuple[int, str]]:
+    """(char offset, sentence) pairs of a context."""
+    out, pos = [], 0
+    for piece in _SENTENCE_END.split(context):
+        start = context.index(piece, pos)
+        out.append((start, piece))
+        pos = start + len(piece)
+    return out
+
+
+def _articles(records: Iterable[dict]) -> list[dict]:
+    """Group SQuAD-schema records by context: [{title, context, sentences, records}] in first-seen order."""
+    by_context: dict[str, dict] = {}
+    for r in records:
+        a = by_context.setdefault(r["context"], {"title": r["title"], "context": r["context"],
+                                                 "sentences": _sentences(r["context"]), "records": []})
+        a["records"].append(r)
+    return list(by_context.values())
+
+
+def _gold_passage(article: dict, record: dict, rng: np.random.Generator) -> tuple[str, int] | None:
+    """A short passage naming the article's subject: its first sentence plus the sentence holding the answer
+    (answerable) or a random other sentence (unanswerable). Returns (passage, answer char offset or -1)."""
+    sents = article["sentences"]
+    first_start, first = sents[0]
+    texts = record["answers"]["text"]
+    if texts:
+        start = record["answers"]["answer_start"][0]
+        for s_start, s in sents:
+            if s_start <= start < s_start + len(s):
+                if s_start == first_start:
+                    return first, start
+                return f"{first} {s}", len(first) + 1 + (start - s_start)
+        return None
+    if len(sents) < 2:
+        return first, -1
+    _, other = sents[1 + int(rng.integers(len(sents) - 1))]
+    return f"{first} {other}", -1
+
+
+class _Builder:
+    def __init__(self, tokenizer, block_size: int, filler_articles: list[dict], rng: np.random.Generator):
+        self.enc = tokenizer
+        self.block_size = block_size
+        self.fillers = filler_articles
+        self.rng = rng
+        self.head_chars = len(render_retrieval("\x00", "q").split("\x00")[0])  # "Context:\n"
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def filler_stream(self, title: str, banned: str | None) -> list[str]:
+        """Filler sentences, article after article in a random order: never about `title`, never containing the
+        gold answer `banned`, so the gold passage is the only place the answer (or the subject) appears."""
+        order = self.rng.permutation(len(self.fillers))
+        out = []
+        for i in order[:64]:
+            art = self.fillers[int(i)]
+            if art["title"] == title:
+                continue
+            out.extend(s for _, s in art["sentences"]
+                       if not (banned and banned.lower() in s.lower()) and title.lower() not in s.lower())
+        return out
+
+    def layout(self, before: list[str], passage: str, after: list[str], question: str) -> tuple[str, int]:
+        context = " ".join([*before, passage, *after])
+        prompt = render_retrieval(context, question)
+        passage_at = self.head_chars + (len(" ".join(before)) + 1 if before else 0)
+        assert prompt[passage_at : passage_at + len(passage)] == passage
+        return prompt, passage_at
+
+    def token_index(self, ids: list[int], char: int) -> int:
+        """Index of the token holding character `char` of the decoded text."""
+        _, offsets = self.enc.decode_with_offsets(ids)
+        return int(np.searchsorted(np.asarray(offsets), char, side="right")) - 1
+
+    def place(self, record: dict, passage: str, answer_char: int, lo: int, hi: int, budget: int,
+              tries: int = 6) -> tuple[list[int], int, list[str], list[str]] | None:
+        """Fillers before the passage so the anchor (the answer, or the passage start when unanswerable) lands in
+        token positions [lo, hi); fillers after it until the prompt uses `budget` tokens."""
+        question = record["question"]
+        answer = record["answers"]["text"][0] if record["answers"]["text"] else None
+        anchor = answer_char if answer_char >= 0 else 0
+        for _ in range(tries):
+            stream = self.filler_stream(record["title"], answer)
+            before: list[str] = []
+            ok = None
+            for sentence in [None, *stream]:
+                if sentence is not None:
+                    before.append(sentence)
+                prompt, at = self.layout(before, passage, [], question)
+                ids = self.encode(prompt)
+                pos = self.token_index(ids, at + anchor)
+                if pos >= hi or len(ids) > budget:
+                    break
+                if pos >= lo:
+                    ok = (before.copy(), pos)
+                    break
+            if ok is None:
+                continue
+            before, _ = ok
+            after: list[str] = []
+            rest = stream[len(before):]
+            for sentence in rest:
+                prompt, _ = self.layout(before, passage, [*after, sentence], question)
+                if len(self.encode(prompt)) > budget:
+                    break
+                after.append(sentence)
+            prompt, at = self.layout(before, passage, after, question)
+            ids = self.encode(prompt)
+            if len(ids) > budget:
+                continue
+            return ids, self.token_index(ids, at + anchor), before, after
+        return None
+
+
+def build_retrieval_items(tokenizer, block_size: int, records: Iterable[dict], buckets: Sequence[int],
+                          per_bucket: int, unanswerable_per_bucket: int, seed: int,
+                          filler_records: Iterable[dict] | None = None,
+                          ) -> tuple[list[RetrievalItem], list[int], int]:
+    """Retrieval items with the answer in each of `buckets` (indices into the NUM_BUCKETS equal ranges of the
+    answer-reachable positions). Returns (items, bucket edges, max_new_tokens). Also used by the ablation to
+    build training examples whose answers sit only in some buckets."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    articles = _articles(records)
+    fillers = _articles(filler_records) if filler_records is not None else articles
+    builder = _Builder(tokenizer, block_size, fillers, rng)
+    not_in_context = tuple(tokenizer.encode_ordinary(" " + NOT_IN_CONTEXT))
+    # The longest answer we generate, plus its terminator; prompts leave room for it inside block_size.
+    answers = [r["answers"]["text"][0] for a in articles for r in a["records"] if r["answers"]["text"]]
+    max_answer = max([len(tokenizer.encode_ordinary(" " + t)) for t in answers] + [len(not_in_context)])
+    max_new_tokens = max_answer + 1
+    # Answers can sit anywhere from the start of the context up to the end of the room the question leaves.
+    tails = [len(tokenizer.encode_ordinary(render_retrieval("x", r["question"]))) for a in articles
+             for r in a["records"]]
+    reach = block_size - max_new_tokens - max(tails)
+    head = len(tokenizer.encode_ordinary(render_retrieval("\x00", "q").split("\x00")[0]))  # "Context:\n"
+    if reach - head < 4 * NUM_BUCKETS:
+        raise ValueError(f"block_size {block_size} leaves {reach - head} token positions for the context; the "
+                         f"retrieval probe needs at least {4 * NUM_BUCKETS} (use block_size >= 128)")
+    edges = [head + round(b * (reach - head) / NUM_BUCKETS) for b in range(NUM_BUCKETS + 1)]
+    budget = block_size - max_new_tokens
+
+    pool = [(a, r) for a in articles for r in a["records"]]
+    order = rng.permutation(len(pool))
+    items: list[RetrievalItem] = []
+    used: set[str] = set()
+    for b in buckets:
+        need = {True: per_bucket, False: unanswerable_per_bucket}
+        for idx in order:
+            if not any(need.values()):
+                break
+            article, record = pool[int(idx)]
+            answerable = bool(record["answers"]["text"])
+            if need[answerable] == 0 or record["id"] in used:
+                continue
+            gold = _gold_passage(article, record, rng)
+            if gold is None:
+                continue
+            passage, answer_char = gold
+            placed = builder.place(record, passage, answer_char, edges[b], edges[b + 1], budget)
+            if placed is None:
+                continue
+            ids, pos, before, after = placed
+            if answerable:
+                answer = record["answers"]["text"][0]
+                answer_tokens = tuple(tokenizer.encode_ordinary(" " + answer))
+                without_text = render_retrieval(" ".join([*before, *after]), record["question"])
+                without = tuple(tokenizer.encode_ordinary(without_text))
+            else:
+                answer, answer_tokens, pos, without = NOT_IN_CONTEXT, not_in_context, -1, None
+            items.append(RetrievalItem(record["id"], b, answerable, tuple(ids), answer, answer_tokens, pos,
+                                       without, passage))
+            used.add(record["id"])
+            need[answerable] -= 1
+        if any(need.values()):
+            raise ValueError(f"could not place {need} items in bucket {b} (positions [{edges[b]}, {edges[b + 1]}))"
+                             f" at block_size {block_size}; use more probe articles or a larger block_size")
+    return items, edges, max_new_tokens
+
+
+def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_count: int = 8,
+                 per_bucket: int = 4, unanswerable_per_bucket: int = 1, num_articles: int = 400) -> ProbeSet:
+    """The fixed probe set for a model of context `block_size` (pure, deterministic: same arguments, same set).
+
+    Defaults are the cheap per-eval set (8 induction sequences, 8 buckets x 4 answerable + 8 unanswerable prompts);
+    `scripts/eval/rag_probe.py` uses more."""
+    if seed == TRAINING_QA_SEED:
+        raise ValueError(f"probe seed {seed} is the training QA generator's seed; probe items must be held out")
+    induction, half = induction_sequences(block_size, induction_count, seed)
+    records = list(squad_v2_records(num_articles=num_articles, seed=seed))
+    items, edges, max_new = build_retrieval_items(tokenizer, block_size, records, range(NUM_BUCKETS), per_bucket,
+                                                  unanswerable_per_bucket, seed)
+    stop = {EOT} | {i for i in range(EOT) if b"\n" in tokenizer.decode_single_token_bytes(i)}
+    return ProbeSet(block_size, induction, half, items, edges, max_new, frozenset(stop), tokenizer)
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+def _logits(model, idx: torch.Tensor) -> torch.Tensor:
+    out = model(idx)
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.logits if hasattr(out, "logits") else out
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _padded(rows: list[Sequence[int]], device) -> torch.Tensor:
+    # Right padding: with causal attention no real position sees a pad, so each row's logits are its own.
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), EOT, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out.to(device)
+
+
+@torch.no_grad()
+def answer_loglik(model, prompts: list[Sequence[int]], answers: list[Sequence[int]], device,
+                  batch_size: int = 8) -> list[float]:
+    """Mean log-probability per answer token of `answers[i]` after `prompts[i]` (teacher forced)."""
+    out: list[float] = []
+    for s in range(0, len(prompts), batch_size):
+        rows = [list(p) + list(a) for p, a in zip(prompts[s : s + batch_size], answers[s : s + batch_size],
+                                                  strict=True)]
+        logp = torch.log_softmax(_logits(model, _padded(rows, device)).float(), dim=-1)
+        for i, (p, a) in enumerate(zip(prompts[s : s + batch_size], answers[s : s + batch_size], strict=True)):
+            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logp.device)
+            target = torch.tensor(list(a), device=logp.device)
+            out.append(float(logp[i, pos, target].double().mean()))
+    return out
+
+
+@torch.no_grad()
+def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device, batch_size: int = 8) -> list[str]:
+    """Greedy continuation of each prompt up to EOT, a newline or `max_new_tokens`, decoded (newline cut off)."""
+    texts: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        rows = [list(p) for p in prompts[s : s + batch_size]]
+        done = [False] * len(rows)
+        generated: list[list[int]] = [[] for _ in rows]
+        for _ in range(probes.max_new_tokens):
+            logits = _logits(model, _padded(rows, device))
+            for i, r in enumerate(rows):
+                if done[i]:
+                    continue
+                token = int(logits[i, len(r) - 1].float().argmax())
+                if token in probes.stop_ids:
+                    done[i] = True
+                    if token != EOT:  # keep what precedes the newline inside this token
+                        generated[i].append(token)
+                    continue
+                generated[i].append(token)
+                r.append(token)
+            if all(done):
+                break
+        for g in generated:
+            texts.append(probes.tokenizer.decode(g).split("\n")[0].strip())
+    return texts
+
+
+def _layout() -> list[str]:
+    """Names of the entries of the sums vector, in order."""
+    names = ["induction_first", "induction_second", "induction_n"]
+    for b in range(NUM_BUCKETS):
+        names += [f"em_{b}", f"ll_with_{b}", f"ll_without_{b}", f"n_{b}"]
+    return names + ["nic", "nic_n"]
+
+
+@torch.no_grad()
+def probe_sums(model, probes: ProbeSet, rank: int, world_size: int, device, batch_size: int = 8,
+               details: list | None = None) -> list[float]:
+    """This rank's sums and counts (see `_layout`); all-reduce them (sum) over ranks and pass to `finalize`.
+    With `details` (a list), one dict per retrieval item of this rank is appended (prompt, answer, greedy)."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        sums = dict.fromkeys(_layout(), 0.0)
+        seq_ids = shard_for_rank(np.arange(len(probes.induction)), rank, world_size)
+        for s in range(0, len(seq_ids), batch_size):
+            seqs = torch.as_tensor(probes.induction[seq_ids[s : s + batch_size]], device=device)
+            x, y = seqs[:, :-1], seqs[:, 1:]
+            logits = _logits(model, x).float()
+            nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            nll = nll.view(y.shape).double()
+            h = probes.half
+            # Targets 0..h-2 are the first copy's tokens 1..h-1; targets h..2h-2 the second copy's tokens 1..h-1
+            # (its first token follows the end of the first copy, which nothing in context predicts).
+            sums["induction_first"] += float(nll[:, : h - 1].mean(dim=1).sum())
+            sums["induction_second"] += float(nll[:, h:].mean(dim=1).sum())
+            sums["induction_n"] += len(seqs)
+
+        item_ids = shard_for_rank(np.arange(len(probes.retrieval)), rank, world_size)
+        items = [probes.retrieval[int(i)] for i in item_ids]
+        greedy = greedy_answers(model, [it.prompt for it in items], probes, device, batch_size)
+        answerable = [it for it in items if it.answerable]
+        ll_with = answer_loglik(model, [it.prompt for it in answerable], [it.answer_tokens for it in answerable],
+                                device, batch_size)
+        ll_without = answer_loglik(model, [it.prompt_without for it in answerable],
+                                   [it.answer_tokens for it in answerable], device, batch_size)
+        lls = {id(it): (w, wo) for it, w, wo in zip(answerable, ll_with, ll_without, strict=True)}
+        for it, text in zip(items, greedy, strict=True):
+            correct = normalize_answer(text) == normalize_answer(it.answer)
+            if it.answerable:
+                b = it.bucket
+                sums[f"em_{b}"] += float(correct)
+                sums[f"ll_with_{b}"] += lls[id(it)][0]
+                sums[f"ll_without_{b}"] += lls[id(it)][1]
+                sums[f"n_{b}"] += 1
+            else:
+                sums["nic"] += float(correct)
+                sums["nic_n"] += 1
+            if details is not None:
+                details.append({"id": it.record_id, "bucket": it.bucket, "answerable": it.answerable,
+                                "answer": it.answer, "greedy": text, "correct": correct,
+                                "ll_with": lls.get(id(it), (None, None))[0],
+                                "ll_without": lls.get(id(it), (None, None))[1]})
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    return [sums[k] for k in _layout()]
+
+
+def finalize(probes: ProbeSet, summed: Sequence[float]) -> dict[str, float]:
+    """Metrics from the all-reduced sums, keys prefixed `probe/` (nan where a count is 0)."""
+    s = dict(zip(_layout(), summed, strict=True))
+
+    def div(a: float, n: float) -> float:
+        return a / n if n else math.nan
+
+    first = div(s["induction_first"], s["induction_n"])
+    second = div(s["induction_second"], s["induction_n"])
+    out = {"induction_score": first - second, "induction_loss_first": first, "induction_loss_second": second}
+    em = [div(s[f"em_{b}"], s[f"n_{b}"]) for b in range(NUM_BUCKETS)]
+    for b in range(NUM_BUCKETS):
+        out[f"retrieval_em_b{b}"] = em[b]
+        out[f"retrieval_ll_with_b{b}"] = div(s[f"ll_with_{b}"], s[f"n_{b}"])
+        out[f"retrieval_ll_without_b{b}"] = div(s[f"ll_without_{b}"], s[f"n_{b}"])
+    n = sum(s[f"n_{b}"] for b in range(NUM_BUCKETS))
+    valid = [e for e in em if not math.isnan(e)]
+    out["retrieval_em"] = div(sum(s[f"em_{b}"] for b in range(NUM_BUCKETS)), n)
+    out["retrieval_em_worst_bucket"] = min(valid) if valid else math.nan
+    out["retrieval_em_best_bucket"] = max(valid) if valid else math.nan
+    # Position invariance: worst over best bucket; 1.0 = the same accuracy everywhere (undefined when all 0).
+    out["retrieval_position_invariance"] = div(out["retrieval_em_worst_bucket"], out["retrieval_em_best_bucket"])
+    out["retrieval_ll_with"] = div(sum(s[f"ll_with_{b}"] for b in range(NUM_BUCKETS)), n)
+    out["retrieval_ll_without"] = div(sum(s[f"ll_without_{b}"] for b in range(NUM_BUCKETS)), n)
+    out["retrieval_ll_gain"] = out["retrieval_ll_with"] - out["retrieval_ll_without"]
+    out["unanswerable_not_in_context"] = div(s["nic"], s["nic_n"])
+    return {PREFIX + k: v for k, v in out.items()}
+
+
+def run_probes(model, probes: ProbeSet, rank: int, world_size: int, device,
+               all_reduce: Callable[[list[float]], list[float]] | None = None, batch_size: int = 8) -> dict[str, float]:
+    """Probe metrics; call on every rank with a sum all-reduce (e.g. `launcher.distributed.all_reduce`)."""
+    sums = probe_sums(model, probes, rank, world_size, device, batch_size)
+    return finalize(probes, all_reduce(sums) if all_reduce is not None else sums)
