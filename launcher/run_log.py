@@ -76,8 +76,10 @@ class RunLog:
                 truncate_jsonl(path, resume_step)
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events at steps >= resume_step that the interrupted run wrote after its checkpoint.
-        self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=resume_step)
+        # Records at step N are written before the checkpoint of step N, so they stay; purge_step drops the events
+        # at steps > resume_step that the interrupted run wrote after its checkpoint.
+        purge = None if resume_step is None else resume_step + 1
+        self.tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge)
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
