@@ -72,8 +72,8 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         n_cols = gate.shape[-1]
-        g2 = as_rows(gate, "gate")
-        u2 = as_rows(up, "up")
+        g2 = as_rows(gate)
+        u2 = as_rows(up)
         n_rows = g2.shape[0]
         y = torch.empty((n_rows, n_cols), dtype=gate.dtype, device=gate.device)
         if y.numel() > 0:
@@ -98,7 +98,7 @@ class SwiGLUFunction(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         g2, u2 = ctx.saved_tensors
         n_rows, n_cols = g2.shape
-        dy2 = as_rows(dy, "dy")
+        dy2 = as_rows(dy)
         dg = torch.empty_like(g2, memory_format=torch.contiguous_format)
         du = torch.empty_like(u2, memory_format=torch.contiguous_format)
         if dg.numel() > 0:
