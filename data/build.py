@@ -34,6 +34,7 @@ from tqdm import tqdm
 from data.demo_corpus import expand_path
 from data.formats import SkipRecord, get_formatter
 from data.lineage import build_node, root_node
+from data.quality import check_removed_shares, content_hash
 from data.source_config import Definitions, Input, input_targets
 from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
 from data.tokenizer import EOT, get_tokenizer, tokenizer_info
@@ -97,7 +98,7 @@ def _skip(records, n: int):
 def fetch_state(work: Path) -> dict:
     """Totals over the complete fetched parts of one input."""
     state = {"parts": 0, "records_read": 0, "documents": 0, "chars": 0, "skipped": Counter(), "exhausted": False,
-             "files": []}
+             "files": [], "filtered": {}, "modified": {}}
     for meta_path in sorted(work.glob("fetch-*.meta.json")):
         meta = _read_json(meta_path)
         state["parts"] += 1
@@ -106,47 +107,127 @@ def fetch_state(work: Path) -> dict:
         state["skipped"].update(meta["skipped"])
         state["exhausted"] |= meta["exhausted"]
         state["files"].append({"path": meta["file"], "sha256": meta["sha256"], "documents": meta["documents"]})
+        for key in ("filtered", "modified"):
+            _add_counts(state[key], meta.get(key, {}))
     return state
 
 
-def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, bar: tqdm | None = None) -> dict:
-    """Fetch until `target_chars` of formatted documents are on disk (or the source is exhausted). Resumable."""
+def _add_counts(total: dict, part: dict) -> dict:
+    for reason, counts in part.items():
+        t = total.setdefault(reason, {})
+        for k, v in counts.items():
+            t[k] = t.get(k, 0) + v
+    return total
+
+
+def load_seen(works: list[Path]) -> set[int]:
+    """Content hashes of every document kept so far by the given inputs (complete parts only): the state of
+    exact deduplication across all sources of a build."""
+    seen: set[int] = set()
+    for work in works:
+        for meta_path in sorted(work.glob("fetch-*.meta.json")):
+            hashes = meta_path.with_name(meta_path.name.replace(".meta.json", ".hashes.npy"))
+            if hashes.is_file():
+                seen.update(np.load(hashes).tolist())
+    return seen
+
+
+def _token_counts(texts: list[str]) -> list[int]:
+    """Tokens each text occupies in a token file (EOT included): what a filter removed, in the budget's unit."""
+    if not texts:
+        return []
+    return [len(x) + 1 for x in get_tokenizer().encode_ordinary_batch(texts, num_threads=1)]
+
+
+def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, bar: tqdm | None = None,
+          seen: set[int] | None = None) -> dict:
+    """Fetch until `target_chars` of formatted, filtered documents are on disk (or the source is exhausted).
+
+    Each record: loader filter, formatter (SkipRecord: counted in `skipped`, documents), the source's quality
+    filters (`inp.filters`: counted in `filtered` / `modified` with documents and tokens), then exact
+    deduplication against `seen` (content hashes of every document kept before, across all inputs the caller
+    shares `seen` with; default: this input's own earlier parts). Before a part is written, the share of
+    records each reason removed is checked against `filters.max_removed_share` (FilterShareError with the
+    numbers). Resumable: complete parts are kept, records already consumed are skipped."""
     work.mkdir(parents=True, exist_ok=True)
     state = fetch_state(work)
     if state["exhausted"] or state["chars"] >= target_chars:
         return state
+    if seen is None:
+        seen = load_seen([work])
+    qf = inp.filters
     fmt = get_formatter(inp.formatter)
+    path_field = inp.formatter_options.get("path_field")
     filt = inp.loader.get("filter")
     filt_re = re.compile(filt["regex"]) if filt else None
     records = iter(_skip(iter_records(inp.loader), state["records_read"]))
     part = state["parts"]
+    # share check denominators: records past the loader filter (a selection, not a quality verdict)
+    removed = Counter(state["skipped"]) + Counter({r: c["documents"] for r, c in state["filtered"].items()})
+    candidates = state["records_read"] - removed.pop("loader_filter", 0)
     while state["chars"] < target_chars and not state["exhausted"]:
-        docs, skipped, read = [], Counter(), 0
+        docs, hashes, skipped, read = [], [], Counter(), 0
+        dropped: dict[str, list[str]] = {}
+        changed: dict[str, list[tuple[str, str]]] = {}
         for record in records:
             read += 1
             try:
                 if filt_re and not filt_re.search(str(record.get(filt["field"], ""))):
                     raise SkipRecord("loader_filter")
                 text = fmt(record, **inp.formatter_options)
-                docs.append(text)
             except SkipRecord as s:
                 skipped[s.reason] += 1
+                continue
+            kept, reason, mods = qf.apply(text, record, path_field)
+            if kept is not None and qf.exact_dedup:
+                h = content_hash(kept)
+                if h in seen:
+                    kept, reason = None, "duplicate"
+                else:
+                    seen.add(h)
+                    hashes.append(h)
+            elif kept is not None:
+                hashes.append(content_hash(kept))
+            if kept is None:
+                dropped.setdefault(reason, []).append(text)  # counted as formatted, before any modification
+                continue
+            for m, before, after in mods:  # counted for kept documents only: a removed one is counted whole
+                changed.setdefault(m, []).append((before, after))
+            docs.append(kept)
             if len(docs) >= docs_per_part:
                 break
         else:
             state["exhausted"] = True
+        filtered = {r: {"documents": len(t), "tokens": sum(_token_counts(t))} for r, t in sorted(dropped.items())}
+        modified = {}
+        for m, pairs in sorted(changed.items()):
+            before, after = _token_counts([b for b, _ in pairs]), _token_counts([a for _, a in pairs])
+            modified[m] = {"documents": len(pairs), "tokens_removed": sum(before) - sum(after)}
+        removed.update(skipped)
+        removed.update({r: len(t) for r, t in dropped.items()})
+        candidates += read - skipped.get("loader_filter", 0)
+        removed.pop("loader_filter", None)
+        check_removed_shares(f"source {inp.source!r} input {inp.name!r}", candidates, removed,
+                             qf.max_removed_share)
         name = f"fetch-{part:05d}.jsonl"
         path = work / name
         _atomic_write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        hpath = work / f"fetch-{part:05d}.hashes.npy"
+        tmp = hpath.with_name(f".{hpath.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, np.array(hashes, dtype=np.uint64))
+        os.replace(tmp, hpath)
         chars = sum(len(d) for d in docs)
         meta = {"file": name, "sha256": sha256_file(path), "records_read": read, "documents": len(docs),
-                "chars": chars, "skipped": dict(skipped), "exhausted": state["exhausted"]}
+                "chars": chars, "skipped": dict(skipped), "filtered": filtered, "modified": modified,
+                "exhausted": state["exhausted"]}
         _atomic_write_text(work / f"fetch-{part:05d}.meta.json", json.dumps(meta))  # the part counts from here on
         state["parts"] += 1
         state["records_read"] += read
         state["documents"] += len(docs)
         state["chars"] += chars
         state["skipped"].update(skipped)
+        _add_counts(state["filtered"], filtered)
+        _add_counts(state["modified"], modified)
         state["files"].append({"path": name, "sha256": meta["sha256"], "documents": len(docs)})
         part += 1
         if bar is not None:
@@ -265,8 +346,10 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                          dataset=loader.get("path") or loader.get("callable"), config=loader.get("name"),
                          revision=loader.get("revision"), split=loader.get("split"), formatter=inp.formatter,
                          formatter_options=inp.formatter_options, filters=[loader.get("filter")] if
-                         loader.get("filter") else [], records_read=fs["records_read"], documents=fs["documents"],
-                         skipped=dict(fs["skipped"]), exhausted=fs["exhausted"], files=fs["files"])
+                         loader.get("filter") else [], quality_filters=inp.filters.config(),
+                         records_read=fs["records_read"], documents=fs["documents"], skipped=dict(fs["skipped"]),
+                         filtered=fs["filtered"], modified=fs["modified"], exhausted=fs["exhausted"],
+                         files=fs["files"])
     return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
                       holdback={"method": "sha256(source \\0 text) / 2^64", "eval": src.eval_share,
                                 "val": src.val_share},
@@ -353,9 +436,16 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
             s["actual_tokens"] += got
             s["repeats"] = max(s["repeats"], counts["repeats"])
             s["inputs"][inp.name] = {"target_tokens": budget, "actual_tokens": got, **counts}
+            # what the filters removed from everything fetched for this source (not only the part taken here)
+            fs = fetch_state(work_dir / inp.name)
+            _add_counts(s.setdefault("filtered", {}), fs["filtered"])
+            _add_counts(s.setdefault("modified", {}), fs["modified"])
+            s.setdefault("skipped", Counter()).update(fs["skipped"])
             node = input_lineage(inp, work_dir / inp.name, defs)
             children.append(build_node("taken", inp.name, source=source, target_tokens=budget, tokens=got,
                                        repeats=counts["repeats"], files=entries, inputs=[node]))
+        for v in per_source.values():
+            v["skipped"] = dict(v["skipped"])
         total = sum(v["target_tokens"] for v in per_source.values())
         extra = {"name": name, "sources": per_source, "target_tokens": total,
                  "plan_hash": _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in parts])}

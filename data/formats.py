@@ -73,9 +73,16 @@ _FRONTMATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.S)
 
 
 def format_readme(record: dict, text_field: str = "content", min_chars: int = 200, min_ascii_letters: float = 0.6,
-                  path_field: str | None = None) -> str:
+                  path_field: str | None = None, builtin_filters: bool = True) -> str:
     """GitHub README with the audit's filters: Jekyll frontmatter stripped; changelogs and mostly non-Latin-script
-    READMEs (the Chinese READMEs the audit found) dropped."""
+    READMEs (the Chinese READMEs the audit found) dropped. With `builtin_filters=False` only the length check
+    stays: the source's `filters` (front_matter, changelog, languages; data/quality.py) do the rest and the build
+    counts the tokens they remove, which a formatter skip cannot."""
+    if not builtin_filters:
+        text = format_text(record, text_field)
+        if len(text) < min_chars:
+            raise SkipRecord("too_short")
+        return text
     if path_field:
         path = str(_field(record, path_field))
         if re.search(r"(?i)(changelog|changes|history)[^/]*$", path):

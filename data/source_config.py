@@ -2,8 +2,8 @@
 
 A definitions file holds any of:
 - `extends`: another definitions file (path relative to this one) loaded first;
-- `sources`: {name: {category, eval_set, holdback {eval, val}, upsample, bytes_per_token, inputs: [{name, share,
-  loader, formatter, formatter_options}]}};
+- `sources`: {name: {category, eval_set, holdback {eval, val}, upsample, bytes_per_token, filters {...} (see
+  `data/quality.py` QualityFilters), inputs: [{name, share, loader, formatter, formatter_options}]}};
 - `mixes`: {mix_dir_name: {total_tokens, val_tokens, percent {source: %}}};
 - `eval_sets`: {eval_dir_name: {sources: [...], min_tokens, max_tokens}}.
 See docs/DATASET.md for every field. Everything is checked here, before any download: percentages that do not
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data.demo_corpus import expand_path
 from data.formats import get_formatter
+from data.quality import QualityFilters
 
 LOADER_TYPES = {"hf", "jsonl", "parquet", "text", "code_dir", "python"}
 LOCAL_LOADERS = {"jsonl", "parquet", "text", "code_dir"}
@@ -33,6 +34,7 @@ class Input:
     loader: dict
     formatter: str
     formatter_options: dict = field(default_factory=dict)
+    filters: QualityFilters = field(default_factory=QualityFilters)  # the source's, shared by its inputs
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Source:
     val_share: float = 0.0
     upsample: float = 1.0
     bytes_per_token: float = 4.0
+    filters: QualityFilters = field(default_factory=QualityFilters)
 
 
 @dataclass
@@ -153,7 +156,7 @@ def load_definitions(*paths: str | os.PathLike) -> Definitions:
     for name, raw in merged["sources"].items():
         where = f"source {name!r}"
         _check_keys(where, raw, {"category", "inputs"},
-                    {"eval_set", "holdback", "upsample", "bytes_per_token", "description", "tokens_note"})
+                    {"eval_set", "holdback", "upsample", "bytes_per_token", "description", "tokens_note", "filters"})
         if raw["category"] not in CATEGORIES:
             raise ValueError(f"{where}: category {raw['category']!r} unknown; use one of {sorted(CATEGORIES)}")
         if not raw["inputs"]:
@@ -166,13 +169,16 @@ def load_definitions(*paths: str | os.PathLike) -> Definitions:
         _check_keys(f"{where} holdback", hb, set(), {"eval", "val"})
         src = Source(name=name, category=raw["category"], inputs=inputs, eval_set=raw.get("eval_set"),
                      eval_share=float(hb.get("eval", 0)), val_share=float(hb.get("val", 0)),
-                     upsample=float(raw.get("upsample", 1)), bytes_per_token=float(raw.get("bytes_per_token", 4)))
+                     upsample=float(raw.get("upsample", 1)), bytes_per_token=float(raw.get("bytes_per_token", 4)),
+                     filters=QualityFilters.from_config(raw.get("filters"), f"{where} filters"))
         if not (0 <= src.eval_share and 0 <= src.val_share and src.eval_share + src.val_share < 0.9):
             raise ValueError(f"{where}: holdback eval {src.eval_share} + val {src.val_share} must be in [0, 0.9)")
         if src.upsample < 1:
             raise ValueError(f"{where}: upsample {src.upsample} must be >= 1 (1 = no repetition)")
         if src.eval_set and src.eval_share <= 0:
             raise ValueError(f"{where}: eval_set {src.eval_set!r} but holdback.eval is 0; set a share > 0")
+        for inp in inputs:
+            inp.filters = src.filters
         sources[name] = src
     names = {i.name for s in sources.values() for i in s.inputs}
     if len(names) != sum(len(s.inputs) for s in sources.values()):

@@ -116,6 +116,9 @@ def main(argv=None) -> int:
     command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
     full = all(s in args.steps for s in ("fetch", "holdback", "tokenize"))
     inputs = defs.inputs()
+    # exact deduplication across all sources: a document kept by an earlier input (definitions order, then
+    # fetch order) is a duplicate everywhere else, so it can never be in one source's train and another's eval
+    seen = build.load_seen([work_dir / i.name for i in inputs])
     for rnd in range(args.max_rounds if full else 1):
         short = []
         for inp in inputs:
@@ -134,7 +137,10 @@ def main(argv=None) -> int:
                 per_part = args.docs_per_part or (20000 if t["train"] > 100_000_000 else 500)
                 with tqdm(total=target_chars, initial=min(fs["chars"], target_chars), unit="char", unit_scale=True,
                           desc=f"fetch {inp.name} (~{t['train']:,} train tokens)", disable=args.quiet) as bar:
-                    build.fetch(inp, work, target_chars, per_part, bar)
+                    try:
+                        build.fetch(inp, work, target_chars, per_part, bar, seen=seen)
+                    except ValueError as e:  # a filter removing too much: stop before any tokenization
+                        raise SystemExit(f"fetch stopped: {e}") from None
             if "holdback" in args.steps and work.exists():
                 build.holdback(inp, work, src.eval_share, src.val_share)
         if "tokenize" in args.steps and short:

@@ -1,0 +1,356 @@
+"""Document quality: the measurements behind the spec's source audits and the filters they imply.
+
+Measurements (used by `scripts/unified_build/audit_source.py` and `report_mix.py`):
+- `detect_language(text)`: en / de / zh / other / unknown, from character scripts and stopword counts (no model,
+  no dependency; see the function for the rule);
+- `duplicated_line_share`, `has_front_matter`, `is_changelog`, `quote_reply_stats`, `grounded_answer`: the
+  structures the spec's audit talks about (OpenSubtitles' repeated lines, README front matter and changelogs,
+  Reddit quote-reply, grounded QA answers);
+- `copyable_stats(docs)`: the share of tokens an ideal induction head would predict (the spec's "induction
+  signal", measured), for k = 1..4, with the distance back to the copied occurrence;
+- `near_duplicate_flags(docs)`: MinHash over token 5-shingles with LSH banding (Jaccard >= 0.8).
+
+Filters (configured per source in `data/sources/*.json` under `filters`, applied by `data/build.py` at fetch):
+`QualityFilters.from_config(cfg).apply(text, record)` returns the document to keep (possibly modified) or the
+reason it is removed; the build counts documents and tokens per reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+# ------------------------------------------------------------------------------------------------ language
+
+# Frequent function words that are NOT also frequent in the other language ("in", "so", "was", "an", "die",
+# "will" are left out on purpose: they are common in both English and German text).
+EN_STOPWORDS = frozenset(
+    "the of and to is that for it with as on are be this by from or at not have which you can we they their "
+    "been has were but would there these its also more when if into than other then what about how all".split())
+DE_STOPWORDS = frozenset(
+    "der und den von zu das mit sich des auf für ist im dem nicht ein eine als auch es an werden aus er hat "
+    "dass sie nach wird bei einer um am sind noch wie einem über einen zum kann nur oder durch gemäss gemäß "
+    "sowie wenn diese dieser ihre sein".split())
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+_CODE_FENCE = re.compile(r"```.*?(```|\Z)|~~~.*?(~~~|\Z)|`[^`\n]*`", re.S)
+LANGUAGES = ("en", "de", "zh", "other", "unknown")
+
+
+def _is_han(c: str) -> bool:
+    o = ord(c)
+    return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF
+
+
+def _is_latin(c: str) -> bool:
+    return c.isascii() or 0x00C0 <= ord(c) <= 0x024F
+
+
+def detect_language(text: str, min_words: int = 20, min_stopword_share: float = 0.08) -> str:
+    """en, de, zh, other or unknown, from scripts and stopwords. Code spans (``` fences, `inline`) are ignored.
+
+    1. letters (str.isalpha): fewer than 20 -> unknown;
+    2. Han characters >= 30% of letters -> zh; non-Latin letters (Cyrillic, Arabic, kana, Hangul, ...) >= 30% ->
+       other;
+    3. Latin text: English and German stopwords (lists above) among its words; if neither reaches
+       `min_stopword_share` of the words -> other (another Latin-script language, or mostly identifiers);
+       else the language with more stopword hits. Fewer than `min_words` words -> unknown.
+    """
+    prose = _CODE_FENCE.sub(" ", text)
+    letters = [c for c in prose if c.isalpha()]
+    if len(letters) < 20:
+        return "unknown"
+    han = sum(map(_is_han, letters))
+    if han >= 0.3 * len(letters):
+        return "zh"
+    if sum(not _is_latin(c) for c in letters) - han >= 0.3 * len(letters):
+        return "other"
+    words = [w.lower() for w in _WORD.findall(prose)]
+    if len(words) < min_words:
+        return "unknown"
+    en = sum(w in EN_STOPWORDS for w in words)
+    de = sum(w in DE_STOPWORDS for w in words)
+    if max(en, de) < min_stopword_share * len(words):
+        return "other"
+    return "de" if de > en else "en"
+
+
+# ---------------------------------------------------------------------------------------------- structures
+
+
+def _content_lines(text: str, min_chars: int) -> list[str]:
+    return [s for s in (line.strip() for line in text.splitlines()) if len(s) >= min_chars]
+
+
+def duplicated_line_share(text: str, min_chars: int = 20) -> tuple[int, int]:
+    """(lines that repeat an earlier line of the document exactly, lines) over stripped lines of >= min_chars
+    characters (short lines such as `}`, `else:` or `---` repeat legitimately)."""
+    lines = _content_lines(text, min_chars)
+    return len(lines) - len(set(lines)), len(lines)
+
+
+def collapse_duplicate_lines(text: str, window: int = 16, min_chars: int = 20) -> str:
+    """Drop each line of >= min_chars characters that repeats one of the previous `window` such lines exactly
+    (after strip): the overlap that windowed subtitle/scrape dumps leave, while a far-apart repeat stays."""
+    out, recent = [], []
+    for line in text.splitlines(keepends=True):
+        key = line.strip()
+        if len(key) >= min_chars:
+            if key in recent:
+                continue
+            recent.append(key)
+            if len(recent) > window:
+                recent.pop(0)
+        out.append(line)
+    return "".join(out)
+
+
+_FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\n(?:.*?\n)?---[ \t]*(?:\n|\Z)", re.S)
+
+
+def has_front_matter(text: str) -> bool:
+    """Jekyll / static-site front matter: a `---` line, `key: value` lines, a `---` line, at the very start."""
+    m = _FRONT_MATTER.match(text)
+    return bool(m) and bool(re.search(r"(?m)^[A-Za-z_][\w-]*\s*:", m.group(0)))
+
+
+def strip_front_matter(text: str) -> str:
+    return _FRONT_MATTER.sub("", text, count=1).lstrip() if has_front_matter(text) else text
+
+
+_CHANGELOG_TITLE = re.compile(r"(?i)\A\s*(#+\s*|=+\s*)?(changelog|change log|changes|release notes|history|news)\b")
+_VERSION_HEADING = re.compile(r"(?im)^\s*(#+\s*|\*\s*|-\s*)?\[?v?\d+\.\d+(\.\d+)?[\w.-]*\]?\s*(\(|-|–|—|/|$)")
+_HEADING = re.compile(r"(?m)^\s*#+\s+\S|^.+\n[=-]{3,}\s*$")
+
+
+def is_changelog(text: str, path: str | None = None) -> bool:
+    """A changelog / release-notes document: its file name says so, or its title does, or version headings
+    (`## [1.2.0] - 2021-03-01`, `v0.3.1 (2020)`) make up at least half of its headings (3 or more of them)."""
+    if path and re.search(r"(?i)(^|/)(changelog|changes|history|news|release[-_ ]?notes)[^/]*$", path):
+        return True
+    if _CHANGELOG_TITLE.match(text):
+        return True
+    versions = len(_VERSION_HEADING.findall(text))
+    return versions >= 3 and versions >= 0.5 * max(1, len(_HEADING.findall(text)))
+
+
+def quote_reply_stats(text: str) -> tuple[int, int, bool]:
+    """(quoted lines `> ...`, non-blank lines, has a quote followed by a reply): Reddit's quote-reply structure."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    quoted = [line.lstrip().startswith(">") for line in lines]
+    reply = any(q and not nxt for q, nxt in zip(quoted, quoted[1:], strict=False))
+    return sum(quoted), len(lines), reply
+
+
+_RETRIEVAL = re.compile(r"\AContext:\n(?P<context>.*)\n\nQuestion: (?P<question>.*?)\nAnswer: (?P<answer>.*)\Z", re.S)
+
+
+def grounded_answer(text: str) -> str | None:
+    """For a document in the retrieval template: 'grounded' (answer found in the context), 'unanswerable'
+    (the explicit not-in-context answer) or 'ungrounded'; None for any other document."""
+    from data.formats import NOT_IN_CONTEXT  # here: formats imports this module
+
+    m = _RETRIEVAL.match(text.strip())
+    if not m:
+        return None
+    answer = m.group("answer").strip()
+    if answer == NOT_IN_CONTEXT:
+        return "unanswerable"
+    return "grounded" if answer and answer.lower() in m.group("context").lower() else "ungrounded"
+
+
+def stable_unit(text: str, salt: str = "") -> float:
+    """A number in [0, 1) from a hash of the text: the same document gets the same draw on every rebuild."""
+    return int.from_bytes(hashlib.sha256(f"{salt}\x00{text}".encode()).digest()[:8], "little") / 2**64
+
+
+def content_hash(text: str) -> int:
+    """64-bit content id of a document for exact deduplication (collisions ~1e-7 at 1e6 documents)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+# --------------------------------------------------------------------------------------- copyable tokens
+
+
+def _doc_arrays(docs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lengths = np.array([len(d) for d in docs], dtype=np.int64)
+    tokens = np.concatenate([np.asarray(d, dtype=np.int64) for d in docs]) if docs else np.zeros(0, np.int64)
+    doc_id = np.repeat(np.arange(len(docs)), lengths)
+    pos = np.arange(tokens.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position inside its document
+    return tokens, doc_id, pos
+
+
+def copyable_stats(docs: list[np.ndarray], ks: tuple[int, ...] = (1, 2, 3, 4),
+                   long_range: int = 128) -> dict[int, dict]:
+    """Per k: how many tokens an ideal induction head of order k would predict.
+
+    Token t_i of a document (i >= k) is copyable at order k if the (k+1)-gram t_{i-k..i} occurred earlier in the
+    same document, i.e. the k tokens before t_i occurred ending at some j < i AND were followed there by t_i.
+    Its distance is i - j for the most recent such j (the nearest copy source). Returns per k: `copyable`
+    (count), `tokens` (all tokens of the documents: the denominator, the same for every k), `mean_distance`,
+    `long_range` (copyable tokens whose nearest copy source is >= `long_range` tokens back).
+    Vectorised with numpy (a grouping refined one token back per order); ~1 s per million tokens for k = 1..4.
+    """
+    tokens, doc_id, pos = _doc_arrays(docs)
+    out = {}
+    # Group id of (document, t_{i-m..i}) for m = 0, 1, ...: each step refines the previous grouping by one more
+    # token back, so order k costs one np.unique and one sort. 65535 (not a GPT-2 id) pads before a document start.
+    group = np.unique(doc_id * 65536 + tokens, return_inverse=True)[1].astype(np.int64)
+    for m in range(1, max(ks) + 1):
+        back = np.where(pos >= m, np.roll(tokens, m), 65535)
+        group = np.unique(group * 65536 + back, return_inverse=True)[1].astype(np.int64)
+        if m not in ks:
+            continue
+        idx = np.flatnonzero(pos >= m)  # positions whose m tokens of context lie inside the document
+        g, p = group[idx], pos[idx]
+        order = np.lexsort((p, g))
+        g, p = g[order], p[order]
+        same = g[1:] == g[:-1]
+        dist = (p[1:] - p[:-1])[same]  # sorted by position within a group: the previous one is the nearest
+        out[m] = {"copyable": int(same.sum()), "tokens": int(tokens.size),
+                  "mean_distance": float(dist.mean()) if dist.size else None,
+                  "long_range": int((dist >= long_range).sum())}
+    return {k: out[k] for k in ks}
+
+
+# ------------------------------------------------------------------------------------------ near duplicates
+
+_MERSENNE = (1 << 61) - 1
+
+
+def minhash_signatures(docs: list[np.ndarray], shingle: int = 5, num_perm: int = 64, seed: int = 0) -> np.ndarray:
+    """(documents, num_perm) MinHash signatures over token `shingle`-grams; documents shorter than a shingle get
+    a signature of their whole token tuple (so equal short documents still match)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 1 << 31, num_perm, dtype=np.uint64)
+    b = rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+    sigs = np.empty((len(docs), num_perm), dtype=np.uint64)
+    for n, d in enumerate(docs):
+        d = np.asarray(d, dtype=np.uint64)
+        if d.size < shingle:
+            d = np.concatenate([d, np.full(shingle - d.size, 65535, np.uint64)])
+        h = np.zeros(d.size - shingle + 1, dtype=np.uint64)
+        for s in range(shingle):  # polynomial hash of the shingle, 31-bit so the products below cannot overflow
+            h = (h * np.uint64(50261) + d[s : d.size - shingle + 1 + s]) % np.uint64(2147483647)
+        h = np.unique(h)
+        sigs[n] = ((h[:, None] * a[None, :] + b[None, :]) % np.uint64(_MERSENNE)).min(axis=0)
+    return sigs
+
+
+def near_duplicate_flags(docs: list[np.ndarray], threshold: float = 0.8, bands: int = 16) -> np.ndarray:
+    """True for each document whose MinHash Jaccard estimate with an EARLIER document is >= threshold (the first
+    of a group is not flagged, as with exact duplicates). Candidates from LSH banding, then checked on the full
+    signature."""
+    sigs = minhash_signatures(docs)
+    rows = sigs.shape[1] // bands
+    flags = np.zeros(len(docs), dtype=bool)
+    buckets: dict[tuple, list[int]] = {}
+    for n in range(len(docs)):
+        cands = set()
+        for band in range(bands):
+            key = (band, sigs[n, band * rows : (band + 1) * rows].tobytes())
+            cands.update(buckets.get(key, ()))
+            buckets.setdefault(key, []).append(n)
+        if any((sigs[n] == sigs[m]).mean() >= threshold for m in cands):
+            flags[n] = True
+    return flags
+
+
+# -------------------------------------------------------------------------------------------------- filters
+
+
+FILTER_KEYS = {"exact_dedup", "min_chars", "collapse_lines", "front_matter", "changelog", "languages",
+               "quote_reply_keep_share", "max_removed_share"}
+
+
+@dataclass
+class QualityFilters:
+    """One source's filters. Defaults: exact deduplication across all sources on, documents under 50 characters
+    removed, at most 50% of a source's documents removed by any one filter; everything else off (each source
+    turns on what its audit found, see data/sources/*.json and docs/DATASET.md)."""
+
+    exact_dedup: bool = True
+    min_chars: int = 50
+    collapse_lines: dict | None = None  # {"window": 16, "min_chars": 20}
+    front_matter: bool = False  # strip Jekyll front matter
+    changelog: bool = False  # remove changelog / release-notes documents
+    languages: list[str] | None = None  # keep only these detected languages ("unknown" = too little prose: kept)
+    quote_reply_keep_share: float | None = None  # threads without quote-reply kept at this share
+    max_removed_share: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: dict | None, where: str = "filters") -> QualityFilters:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - FILTER_KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown filter(s) {sorted(unknown)}; allowed: {sorted(FILTER_KEYS)}")
+        f = cls(**cfg)
+        if f.collapse_lines is not None:
+            if f.collapse_lines is True:
+                f.collapse_lines = {}
+            if not isinstance(f.collapse_lines, dict) or set(f.collapse_lines) - {"window", "min_chars"}:
+                raise ValueError(f"{where}.collapse_lines: expected null or {{\"window\": 16, \"min_chars\": 20}}, "
+                                 f"got {f.collapse_lines!r}")
+        if f.languages is not None and (not isinstance(f.languages, list) or set(f.languages) - set(LANGUAGES)):
+            raise ValueError(f"{where}.languages: {f.languages!r}; use a list of {list(LANGUAGES)}")
+        if f.quote_reply_keep_share is not None and not 0 <= f.quote_reply_keep_share <= 1:
+            raise ValueError(f"{where}.quote_reply_keep_share: {f.quote_reply_keep_share} must be in [0, 1] or null")
+        if not 0 < f.max_removed_share <= 1:
+            raise ValueError(f"{where}.max_removed_share: {f.max_removed_share} must be in (0, 1]")
+        if not isinstance(f.min_chars, int) or f.min_chars < 0:
+            raise ValueError(f"{where}.min_chars: {f.min_chars!r} must be an integer >= 0")
+        return f
+
+    def config(self) -> dict:
+        return {k: getattr(self, k) for k in sorted(FILTER_KEYS)}
+
+    def apply(self, text: str, record: dict | None = None,
+              path_field: str | None = None) -> tuple[str | None, str, list[tuple[str, str, str]]]:
+        """(document or None, removal reason or "", [(modification, text before, text after)]). Modifications
+        first (front matter, repeated lines), then removals in a fixed order; exact deduplication is the
+        caller's (it needs state across documents and sources)."""
+        mods = []
+        if self.front_matter and has_front_matter(text):
+            mods.append(("front_matter", text, strip_front_matter(text)))
+            text = mods[-1][2]
+        if self.collapse_lines is not None:
+            collapsed = collapse_duplicate_lines(text, **self.collapse_lines)
+            if collapsed != text:
+                mods.append(("duplicate_lines", text, collapsed))
+                text = collapsed
+        path = str((record or {}).get(path_field) or "") if path_field else None
+        if self.changelog and is_changelog(text, path):
+            return None, "changelog", mods
+        if self.languages is not None:
+            lang = detect_language(text)
+            if lang != "unknown" and lang not in self.languages:
+                return None, "language", mods
+        if self.quote_reply_keep_share is not None and not quote_reply_stats(text)[2]:
+            if stable_unit(text, "quote_reply") >= self.quote_reply_keep_share:
+                return None, "no_quote_reply", mods
+        if len(text.strip()) < self.min_chars:
+            return None, "min_chars", mods
+        return text, "", mods
+
+
+class FilterShareError(ValueError):
+    """A filter removed more than `max_removed_share` of a source's documents (usually a schema mismatch)."""
+
+
+def check_removed_shares(where: str, entered: int, removed: Counter, max_share: float, min_documents: int = 100,
+                         final: bool = False) -> None:
+    """Stop when one reason removed more than `max_share` of the documents that reached the filters; judged once
+    `min_documents` have been seen (or at the end of the source), so the first few documents cannot trip it."""
+    if entered == 0 or (entered < min_documents and not final):
+        return
+    for reason, n in removed.items():
+        if n > max_share * entered:
+            raise FilterShareError(
+                f"{where}: filter {reason!r} removed {n:,} of {entered:,} documents ({n / entered:.1%}), more than "
+                f"max_removed_share {max_share:.0%}. That usually means a schema mismatch (wrong field, formatter "
+                f"or loader) rather than bad data: check a few fetched records (audit_source.py shows the "
+                f"shares); if the share is right, raise filters.max_removed_share for this source in the "
+                f"definitions")
