@@ -1,0 +1,207 @@
+"""Fused Triton kernels: the checks that run in the ordinary (compiled-mode) test process.
+
+- the interpreter suite (`tests/test_kernels_interpreter.py`), run in a subprocess started with TRITON_INTERPRET=1:
+  Triton fixes interpreter-vs-compiled mode when it is first imported, so one process cannot hold both; a
+  subprocess keeps the interpreter out of every other test module and lets this process build for the GPU;
+- ahead-of-time builds of every kernel for sm_90 (H100) and sm_80 (A100), which need no GPU;
+- the dispatcher's choices and error messages on a CPU without the interpreter;
+- on a CUDA machine only (marked `gpu`): fused vs reference at the 750M model's shapes, determinism, and "auto"
+  picking the kernels.
+
+The tolerance rule shared with the interpreter suite lives here (`check_rule`).
+
+Run: .venv/bin/pytest tests/test_kernels.py -q          (about a minute on 2 cores, most of it the subprocess)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.kernels import rms_norm, swiglu, triton_available
+
+REPO = Path(__file__).resolve().parents[1]
+EPS = 1e-5
+
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not importable")
+
+
+def _interpreting() -> bool:
+    if not triton_available():
+        return False
+    from model.kernels.triton_support import interpreting
+
+    return interpreting()
+
+
+compiled_mode_only = pytest.mark.skipif(
+    _interpreting(), reason="this process imported triton with TRITON_INTERPRET=1; run without it"
+)
+
+
+def bf16_ulp(value: float) -> float:
+    """Spacing of bf16 numbers (8 significant bits) at `value`."""
+    if value == 0:
+        return 2.0**-133
+    return 2.0 ** (math.floor(math.log2(abs(value))) - 7)
+
+
+def check_rule(name: str, fused: torch.Tensor, same_dtype: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype):
+    """The kernels issue's tolerance rule, against an fp64 reference computed from the same (rounded) inputs:
+    max|fused - ref| <= 2 * max|same-dtype PyTorch - ref| + atol, with atol 1e-5 for fp32 and, for bf16, 1e-2 but
+    never below one bf16 ulp of the largest reference value (the interpreter rounds to bf16 by truncation)."""
+    assert fused.shape == ref64.shape, f"{name}: shape {tuple(fused.shape)} != {tuple(ref64.shape)}"
+    assert fused.dtype == same_dtype.dtype, f"{name}: dtype {fused.dtype} != {same_dtype.dtype}"
+    ref64 = ref64.double().cpu()
+    err_fused = (fused.double().cpu() - ref64).abs().max().item()
+    err_torch = (same_dtype.double().cpu() - ref64).abs().max().item()
+    if dtype == torch.float32:
+        atol = 1e-5
+    elif dtype == torch.bfloat16:
+        atol = max(1e-2, bf16_ulp(ref64.abs().max().item()))
+    else:
+        raise AssertionError(f"no tolerance rule for {dtype}")
+    bound = 2 * err_torch + atol
+    assert err_fused <= bound, f"{name}: fused error {err_fused:.3g} > bound {bound:.3g} (torch error {err_torch:.3g})"
+
+
+# --- the interpreter suite, in its own process ------------------------------------------------------------------
+
+
+@needs_triton
+@compiled_mode_only
+def test_interpreter_suite_passes_in_a_subprocess():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "tests/test_kernels_interpreter.py", "-q", "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    summary = out.strip().splitlines()[-1] if out.strip() else ""
+    rerun = "TRITON_INTERPRET=1 .venv/bin/pytest tests/test_kernels_interpreter.py -q"
+    assert proc.returncode == 0, f"interpreter suite failed ({summary}); rerun: {rerun}\n{out[-6000:]}"
+    # A module-level skip also exits 0: make sure the cases really ran.
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 90 and "skipped" not in summary, summary
+
+
+# --- ahead-of-time builds for the GPUs the project trains on ----------------------------------------------------
+
+
+@needs_triton
+@compiled_mode_only
+def test_every_kernel_builds_for_sm90_and_sm80(tmp_path, monkeypatch):
+    """The interpreter compiles nothing; this runs the real compiler to PTX and cubin for H100 and A100."""
+    from model.kernels.aot import all_builds, build_all
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # a real build every time, not a cache hit
+    builds = build_all(("sm_90", "sm_80"))
+    assert len(builds) == 2 * len(all_builds()) >= 8
+    assert {b.label.split()[0] for b in builds} == {"rms_norm_fwd", "rms_norm_bwd", "swiglu_fwd", "swiglu_bwd"}
+    for b in builds:
+        assert b.cubin_bytes > 0 and b.ptx_chars > 0, b
+        assert b.registers is not None and 0 < b.registers <= 255, b
+        assert b.spill_bytes == 0, f"{b.label} on {b.arch} spills {b.spill_bytes} B/thread to local memory"
+    assert any(p.suffix == ".cubin" for p in tmp_path.rglob("*")), "no cubin written: was anything compiled?"
+
+
+# --- dispatcher ------------------------------------------------------------------------------------------------
+
+
+@compiled_mode_only
+def test_cpu_without_interpreter_uses_the_reference():
+    x = torch.randn(3, 16, requires_grad=True)
+    w = torch.ones(16, requires_grad=True)
+    for impl in ("auto", "torch"):
+        assert type(rms_norm(x, w, EPS, impl=impl).grad_fn).__name__ != "RMSNormFunctionBackward"
+        assert type(swiglu(x, x, impl=impl).grad_fn).__name__ != "SwiGLUFunctionBackward"
+    if triton_available():
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            rms_norm(x, w, EPS, impl="triton")
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            swiglu(x, x, impl="triton")
+
+
+def test_dispatcher_rejects_bad_arguments():
+    x = torch.randn(3, 16)
+    with pytest.raises(ValueError, match="impl='fast'"):
+        rms_norm(x, torch.ones(16), EPS, impl="fast")
+    with pytest.raises(ValueError, match=r"weight shape \(15,\)"):
+        rms_norm(x, torch.ones(15), EPS)
+    with pytest.raises(ValueError, match="must match"):
+        swiglu(x, torch.randn(3, 15))
+    with pytest.raises(ValueError, match="must match"):
+        swiglu(x, x.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        swiglu(x, x, impl="cuda")
+
+
+def test_rule_accepts_equal_error_and_rejects_triple():
+    ref = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    same = ref + 1e-4
+    check_rule("y", (ref + 2e-4).float(), same.float(), ref, torch.float32)
+    with pytest.raises(AssertionError, match="y: fused error"):
+        check_rule("y", (ref + 3e-4).float(), same.float(), ref, torch.float32)
+
+
+# --- on a GPU ---------------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@compiled_mode_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_kernels_match_reference_at_750m_shapes(dtype):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rows, hidden, ffn = 12 * 1024, 1280, 3456
+    x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)).to(dtype).requires_grad_()
+    dy = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
+    outs = {}
+    for name, impl, cast in (("fused", "triton", dtype), ("same", "torch", dtype), ("ref", "torch", torch.float64)):
+        xi = x.detach().to(cast).requires_grad_()
+        wi = w.detach().to(cast).requires_grad_()
+        y = rms_norm(xi, wi, EPS, impl=impl)
+        y.backward(dy.to(cast))
+        outs[name] = (y.detach(), xi.grad, wi.grad)
+    for i, what in enumerate(("y", "dx", "dweight")):
+        check_rule(f"rms_norm {what}", outs["fused"][i], outs["same"][i], outs["ref"][i], dtype)
+
+    g = torch.randn(12, 1024, ffn, device="cuda", generator=gen).to(dtype)
+    u = torch.randn(12, 1024, ffn, device="cuda", generator=gen).to(dtype)
+    dy = torch.randn(12, 1024, ffn, device="cuda", generator=gen).to(dtype)
+    outs = {}
+    for name, impl, cast in (("fused", "triton", dtype), ("same", "torch", dtype), ("ref", "torch", torch.float64)):
+        gi, ui = g.to(cast).requires_grad_(), u.to(cast).requires_grad_()
+        y = swiglu(gi, ui, impl=impl)
+        y.backward(dy.to(cast))
+        outs[name] = (y.detach(), gi.grad, ui.grad)
+    for i, what in enumerate(("y", "dgate", "dup")):
+        check_rule(f"swiglu {what}", outs["fused"][i], outs["same"][i], outs["ref"][i], dtype)
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@compiled_mode_only
+def test_cuda_weight_gradient_is_bitwise_deterministic_and_auto_picks_triton():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(12 * 1024, 1280, device="cuda", generator=gen, dtype=torch.bfloat16)
+    dy = torch.randn_like(x)
+    grads = []
+    for _ in range(3):
+        w = torch.ones(1280, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        y = rms_norm(x, w, EPS)  # auto
+        assert type(y.grad_fn).__name__ == "RMSNormFunctionBackward"
+        y.backward(dy)
+        grads.append(w.grad)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
