@@ -65,6 +65,9 @@ def iter_records(loader: dict) -> Iterator[dict]:
 
         path = Path(expand_path(loader["path"]))
         files = sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() else [str(path)]
+        files = [f for f in files if os.path.getsize(f)]  # datasets' json builder dies on an empty file
+        if not files:
+            return iter([])
         return iter(datasets.load_dataset("json" if kind == "jsonl" else "parquet", data_files=files, split="train",
                                           streaming=True))
     if kind in ("text", "code_dir"):

@@ -171,3 +171,93 @@ def test_interrupted_tokenize_resumes(tmp_path, demo):
     assert build.token_state(work) == good
     data = np.fromfile(work / "tok-00001.train.bin", dtype="<u2")
     assert data.size == json.loads((work / "tok-00001.meta.json").read_text())["train"]["tokens"]
+
+
+# ------------------------------------------------------------------ filters, audits and the mix report (issue 6)
+
+AUDIT = ROOT / "scripts" / "unified_build" / "audit_source.py"
+REPORT = ROOT / "scripts" / "unified_build" / "report_mix.py"
+
+
+def run_script(script, *args, check=True):
+    proc = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    if check and proc.returncode:
+        raise AssertionError(f"{script.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_filters_counted_in_manifest_and_lineage(demo):
+    m = TokenDataset(demo / "unified_6B").manifest
+    dup = m["sources"]["demo_qa"]["filtered"]["duplicate"]  # the generator repeats questions about an article
+    assert dup["documents"] > 100 and dup["tokens"] > 50 * dup["documents"]
+    fetched = next(n for n in m["lineage"]["inputs"] if n["source"] == "demo_qa")["inputs"][0]["inputs"][0]
+    assert fetched["filtered"]["duplicate"]["documents"] == dup["documents"]
+    assert fetched["quality_filters"]["exact_dedup"] is True and fetched["quality_filters"]["max_removed_share"] == 0.5
+    # deduplicated across all splits and sources: no whole document twice anywhere in the build (the upsampled
+    # domain source's second pass, files "-r1-", repeats the first on purpose and is left out)
+    docs = []
+    for name in ("unified_6B", "code_eval_tokenized", "retrieval_eval_tokenized", "general_eval_tokenized",
+                 "domain_eval_tokenized", "unified_6B/val"):
+        for f in TokenDataset(demo / name).manifest["files"]:
+            if "-r1-" in f["path"]:
+                continue
+            t = np.fromfile(demo / name / f["path"], dtype="<u2")
+            ends = np.flatnonzero(t == EOT)
+            starts = np.concatenate([[0], ends[:-1] + 1])
+            docs += [t[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
+    assert len(docs) > 1000 and len(docs) == len(set(docs))
+
+
+def test_audit_every_demo_source_and_a_token_dir(demo, tmp_path):
+    out = run_script(AUDIT, "demo_python", "demo_qa", "demo_prose", "demo_domain", "--sources",
+                     "data/sources/demo.json", "--out-root", tmp_path, "-n", "40").stdout
+    assert "copyable k=4" in out and "QA grounded docs" in out and "filter removes: duplicate" in out
+    audits = {s: json.loads((tmp_path / "audits" / f"{s}.json").read_text())
+              for s in ("demo_python", "demo_qa", "demo_prose", "demo_domain")}
+    assert audits["demo_qa"]["structure"]["qa_grounded"] > 0.5 and audits["demo_qa"]["structure"]["qa_unanswerable"]
+    assert audits["demo_python"]["copyable"]["4"]["share"] > audits["demo_qa"]["copyable"]["4"]["share"]
+    assert audits["demo_prose"]["language"]["en"] > 0.5
+    assert all(a["documents"] == 40 for a in audits.values())
+    run_script(AUDIT, demo / "unified_6B", "-n", "50")
+    a = json.loads((demo / "unified_6B" / "audit.json").read_text())  # next to the manifest
+    assert a["documents"] == 50 and a["target"]["kind"] == "token_dir"
+    TokenDataset(demo / "unified_6B", verify="full")  # the extra file does not disturb the reader
+
+
+def test_audit_bad_input(tmp_path):
+    proc = run_script(AUDIT, "no_such_source", "--sources", "data/sources/demo.json", check=False)
+    assert proc.returncode and "known sources: demo_domain, demo_prose, demo_python, demo_qa" in proc.stderr
+    proc = run_script(AUDIT, tmp_path, check=False)
+    assert proc.returncode and "no manifest.json" in proc.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    defs = _defs(tmp_path, **{"['sources']['demo_qa']['inputs'][0]['loader']": {"type": "jsonl",
+                                                                               "path": str(empty)}})
+    proc = run_script(AUDIT, "demo_qa", "--sources", defs, "--no-write", check=False)
+    assert proc.returncode and "source 'demo_qa' yielded no documents" in proc.stderr
+
+
+def test_mix_report_both_phases(demo, tmp_path):
+    out = run_script(REPORT, demo / "unified_phase1_circuit", demo / "unified_6B", "-n", "60", "--out-dir",
+                     tmp_path).stdout
+    assert "## unified_phase1_circuit" in out and "## unified_6B" in out and "| induction |" in out
+    reports = json.loads((tmp_path / "mix_report.json").read_text())
+    assert (tmp_path / "mix_report.png").stat().st_size > 10_000
+    for r, code, qa in zip(reports, (0.40, 0.30), (0.30, 0.20), strict=True):
+        assert r["categories"]["code"]["actual"] == pytest.approx(code)
+        assert r["coverage"]["retrieval"]["measured"] == pytest.approx(qa, abs=0.01)  # demo_qa is all template
+        assert 0.1 < r["coverage"]["induction"]["measured"] < 0.6
+        assert r["coverage"]["induction"]["spec_estimate"] in (70.0, 43.0)
+    proc = run_script(REPORT, tmp_path, check=False)
+    assert proc.returncode and "no manifest.json" in proc.stderr
+
+
+def test_filter_removing_too_much_stops_before_tokenizing(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    rows = [{"id": str(i), "title": "t", "context": "c " * 40, "question": "q?"} for i in range(300)]  # no answers
+    qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _defs(tmp_path, **{"['sources']['demo_qa']['inputs'][0]['loader']": {"type": "jsonl", "path": str(qa)}})
+    proc = run_build("--sources", path, "--out-root", tmp_path / "out", check=False)
+    assert proc.returncode and "filter 'missing_field:answers' removed 300 of 300 documents (100.0%)" in proc.stderr
+    assert not list((tmp_path / "out" / "unified_work").rglob("tok-*"))  # stopped before any tokenization
