@@ -45,6 +45,7 @@ from data.sampler import shard_for_rank
 PROBE_SEED = 97_531  # the generator seed of probe items; training data uses 1234 (data/sources/demo.json)
 TRAINING_QA_SEED = 1234
 NUM_BUCKETS = 8
+MIN_BLOCK_SIZE = 128  # the trainer runs the probes at block sizes from here up
 EOT = 50256
 PREFIX = "probe/"
 
@@ -299,14 +300,36 @@ def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_c
     return ProbeSet(block_size, induction, half, items, edges, max_new, frozenset(stop), tokenizer)
 
 
+def probes_for_block_size(block_size: int, seed: int = PROBE_SEED) -> ProbeSet | None:
+    """The per-eval probe set of the trainer, or None (with the reason printed once) when the context is too short
+    to hold eight answer buckets of filler passages (below MIN_BLOCK_SIZE, e.g. the 64-token test config)."""
+    if block_size < MIN_BLOCK_SIZE:
+        from launcher.distributed import print0
+
+        print0(f"probes: off (block_size {block_size} < {MIN_BLOCK_SIZE} leaves no room for 8 answer positions)")
+        return None
+    from data.tokenizer import get_tokenizer
+
+    return build_probes(get_tokenizer(), block_size, seed=seed)
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
-def _logits(model, idx: torch.Tensor) -> torch.Tensor:
+def _logits(model, idx: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, T, V), or (B, K, V) at positions `index` (B, K). Our Transformer computes only those positions;
+    other models (Hugging Face) compute all and are gathered: the same numbers either way."""
+    from model.transformer import Transformer
+
+    if index is not None and isinstance(model, Transformer):
+        return model(idx, logits_index=index)[0]
     out = model(idx)
     if isinstance(out, tuple):
         out = out[0]
-    return out.logits if hasattr(out, "logits") else out
+    logits = out.logits if hasattr(out, "logits") else out
+    if index is not None:
+        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.size(-1)))
+    return logits
 
 
 def normalize_answer(text: str) -> str:
@@ -333,28 +356,43 @@ def answer_loglik(model, prompts: list[Sequence[int]], answers: list[Sequence[in
     for s in range(0, len(prompts), batch_size):
         rows = [list(p) + list(a) for p, a in zip(prompts[s : s + batch_size], answers[s : s + batch_size],
                                                   strict=True)]
-        logp = torch.log_softmax(_logits(model, _padded(rows, device)).float(), dim=-1)
-        for i, (p, a) in enumerate(zip(prompts[s : s + batch_size], answers[s : s + batch_size], strict=True)):
-            pos = torch.arange(len(p) - 1, len(p) - 1 + len(a), device=logp.device)
+        chunk = list(zip(prompts[s : s + batch_size], answers[s : s + batch_size], strict=True))
+        width = max(len(a) for _, a in chunk)
+        # Positions predicting each answer token (padded by repeating the last one; the pads are not read).
+        index = torch.tensor([[len(p) - 1 + min(k, len(a) - 1) for k in range(width)] for p, a in chunk],
+                             device=device)
+        logp = torch.log_softmax(_logits(model, _padded(rows, device), index).float(), dim=-1)  # (B, width, V)
+        for i, (_, a) in enumerate(chunk):
             target = torch.tensor(list(a), device=logp.device)
-            out.append(float(logp[i, pos, target].double().mean()))
+            out.append(float(logp[i, torch.arange(len(a), device=logp.device), target].double().mean()))
     return out
 
 
+def _can_still_match(tokenizer, generated: list[int], gold: str) -> bool:
+    # Once the normalised text so far is no prefix of the normalised gold answer, no continuation can match:
+    # stopping there saves most of the generation steps of a model that answers wrongly (the common case early).
+    text = normalize_answer(tokenizer.decode(generated))
+    return normalize_answer(gold).startswith(text)
+
+
 @torch.no_grad()
-def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device, batch_size: int = 8) -> list[str]:
-    """Greedy continuation of each prompt up to EOT, a newline or `max_new_tokens`, decoded (newline cut off)."""
+def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device, batch_size: int = 8,
+                   golds: list[str] | None = None) -> list[str]:
+    """Greedy continuation of each prompt up to EOT, a newline or `max_new_tokens`, decoded (newline cut off).
+    With `golds`, a row stops as soon as it can no longer match its gold answer (its text is then cut short)."""
     texts: list[str] = []
     for s in range(0, len(prompts), batch_size):
         rows = [list(p) for p in prompts[s : s + batch_size]]
+        row_golds = golds[s : s + batch_size] if golds is not None else None
         done = [False] * len(rows)
         generated: list[list[int]] = [[] for _ in rows]
         for _ in range(probes.max_new_tokens):
-            logits = _logits(model, _padded(rows, device))
-            for i, r in enumerate(rows):
-                if done[i]:
-                    continue
-                token = int(logits[i, len(r) - 1].float().argmax())
+            active = [i for i in range(len(rows)) if not done[i]]  # finished rows leave the batch
+            index = torch.tensor([[len(rows[i]) - 1] for i in active], device=device)
+            logits = _logits(model, _padded([rows[i] for i in active], device), index)  # (B', 1, V)
+            for j, i in enumerate(active):
+                r = rows[i]
+                token = int(logits[j, 0].float().argmax())
                 if token in probes.stop_ids:
                     done[i] = True
                     if token != EOT:  # keep what precedes the newline inside this token
@@ -362,6 +400,8 @@ def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device
                     continue
                 generated[i].append(token)
                 r.append(token)
+                if row_golds is not None and not _can_still_match(probes.tokenizer, generated[i], row_golds[i]):
+                    done[i] = True
             if all(done):
                 break
         for g in generated:
@@ -403,7 +443,8 @@ def probe_sums(model, probes: ProbeSet, rank: int, world_size: int, device, batc
 
         item_ids = shard_for_rank(np.arange(len(probes.retrieval)), rank, world_size)
         items = [probes.retrieval[int(i)] for i in item_ids]
-        greedy = greedy_answers(model, [it.prompt for it in items], probes, device, batch_size)
+        greedy = greedy_answers(model, [it.prompt for it in items], probes, device, batch_size,
+                                golds=[it.answer for it in items])
         answerable = [it for it in items if it.answerable]
         ll_with = answer_loglik(model, [it.prompt for it in answerable], [it.answer_tokens for it in answerable],
                                 device, batch_size)
@@ -466,3 +507,12 @@ def run_probes(model, probes: ProbeSet, rank: int, world_size: int, device,
     """Probe metrics; call on every rank with a sum all-reduce (e.g. `launcher.distributed.all_reduce`)."""
     sums = probe_sums(model, probes, rank, world_size, device, batch_size)
     return finalize(probes, all_reduce(sums) if all_reduce is not None else sums)
+
+
+def probe_summary(metrics: dict[str, float]) -> str:
+    """One console line of the headline probe numbers."""
+    m = {k.removeprefix(PREFIX): v for k, v in metrics.items()}
+    return (f"probes: induction {m['induction_score']:.3f} | retrieval EM {m['retrieval_em']:.2f} (worst bucket "
+            f"{m['retrieval_em_worst_bucket']:.2f}, best {m['retrieval_em_best_bucket']:.2f}) | LL gain from the "
+            f"passage {m['retrieval_ll_gain']:.3f} | unanswerable -> not in context "
+            f"{m['unanswerable_not_in_context']:.2f}")

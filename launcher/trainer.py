@@ -28,6 +28,7 @@ from launcher.config import TrainConfig
 from launcher.engine import ZERO1_FP32_ACCUM, accumulation_summary, build_ds_config, build_engine, set_lr_for_step
 from launcher.evaluation import evaluate, fixed_sets
 from launcher.gold import GoldTracker
+from launcher.probes import probe_summary, probes_for_block_size, run_probes
 from launcher.run_log import RunLog
 
 BUILD_COMMAND = "python scripts/unified_build/build_unified_dataset.py"
@@ -175,6 +176,7 @@ class Trainer:
         count = cfg.eval.eval_iters * cfg.batch.micro_batch_size
         named = {VAL_SET: plan.val, **plan.eval_sets}
         self.eval_sets = fixed_sets(named, cfg.model.block_size, count, cfg.eval.eval_seed, self.rank, self.world)
+        self.probes = probes_for_block_size(cfg.model.block_size)  # induction + retrieval probes (docs/PROBES.md)
         self._train_eval_cache: dict[int, Any] = {}
         self.gold = GoldTracker(cfg.gold, baseline_step=cfg.gold_baseline_step)
         self.gold_dir = plan.ckpt_root / "gold"
@@ -243,6 +245,8 @@ class Trainer:
         losses = evaluate(self.engine.module, [*self.eval_sets, self._train_eval_set(phase)],
                           cfg.batch.micro_batch_size, self.device)
         train_loss = losses.pop(TRAIN_SET)
+        probe = {} if self.probes is None else run_probes(self.engine.module, self.probes, self.rank, self.world,
+                                                          self.device, all_reduce=dist.all_reduce)
         val_loss = losses[VAL_SET]
         set_losses = {k: v for k, v in losses.items() if k != VAL_SET}
         decision = None
@@ -263,7 +267,10 @@ class Trainer:
         record = {"step": self.step, "tokens": tokens, "phase": self.curriculum.names[phase], "lr": lr,
                   "losses": losses, "train_loss": train_loss, "gold": decision, "gold_saved": gold_path,
                   "eval_seconds": time.perf_counter() - t0}
+        if probe:
+            record["probe"] = {k.removeprefix("probe/"): v for k, v in probe.items()}
         scalars = {f"eval/{k}": v for k, v in losses.items()}
+        scalars.update(probe)  # TensorBoard: probe/induction_score, probe/retrieval_em_b0..7, ...
         scalars["eval/train"] = train_loss
         if decision["best_val_loss"] is not None:
             scalars["gold/best_val_loss"] = decision["best_val_loss"]
@@ -271,6 +278,8 @@ class Trainer:
         self.log.eval(record, scalars)
         pretty = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
         dist.print0(f"eval step {self.step}: {pretty} train {train_loss:.4f} | GOLD: {decision['reason']}")
+        if probe:
+            dist.print0(f"  {probe_summary(probe)}")
         return record
 
     def _gold_metadata(self, losses: dict[str, float], train_loss: float) -> dict[str, Any]:

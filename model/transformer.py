@@ -188,10 +188,12 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids. Returns logits (B, T, vocab_size) and, with targets (B, T), the mean
-        cross-entropy over targets != -1 (computed in fp32)."""
+        cross-entropy over targets != -1 (computed in fp32). With `logits_index` (B, K) positions, only the logits
+        at those positions are computed, (B, K, vocab_size): generation and probes need a few positions, and the
+        vocabulary projection of every position dominates the cost of a small model."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size {self.config.block_size}")
@@ -204,7 +206,9 @@ class Transformer(nn.Module):
             x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
         for layer in self.layers:
             x = layer(x, cos, sin)
-        logits = self.output(self.norm(x))  # (B, T, vocab_size)
+        if logits_index is not None:
+            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.size(-1)))  # (B, K, n_embd)
+        logits = self.output(self.norm(x))  # (B, T or K, vocab_size)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
