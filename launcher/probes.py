@@ -45,7 +45,7 @@ from data.sampler import shard_for_rank
 PROBE_SEED = 97_531  # the generator seed of probe items; training data uses 1234 (data/sources/demo.json)
 TRAINING_QA_SEED = 1234
 NUM_BUCKETS = 8
-MIN_BLOCK_SIZE = 128  # the trainer runs the probes at block sizes from here up
+MIN_BLOCK_SIZE = 64  # the trainer runs the probes at block sizes from here up
 EOT = 50256
 PREFIX = "probe/"
 
@@ -235,26 +235,35 @@ def build_retrieval_items(tokenizer, block_size: int, records: Iterable[dict], b
     answers = [r["answers"]["text"][0] for a in articles for r in a["records"] if r["answers"]["text"]]
     max_answer = max([len(tokenizer.encode_ordinary(" " + t)) for t in answers] + [len(not_in_context)])
     max_new_tokens = max_answer + 1
-    # Answers can sit anywhere from the start of the context up to the end of the room the question leaves.
-    tails = [len(tokenizer.encode_ordinary(render_retrieval("x", r["question"]))) for a in articles
+    # Bucket range: from the earliest position any answer can take (the context start plus the shortest answer
+    # offset inside a gold passage) to the latest one the shortest question leaves room for. At small block sizes
+    # the end buckets are therefore filled by the items that fit there (short prefixes, short questions).
+    tails = [len(tokenizer.encode_ordinary(render_retrieval("x", r["question"]))) - 1 for a in articles
              for r in a["records"]]
-    reach = block_size - max_new_tokens - max(tails)
+    reach = block_size - max_new_tokens - min(tails) + 1
     head = len(tokenizer.encode_ordinary(render_retrieval("\x00", "q").split("\x00")[0]))  # "Context:\n"
-    if reach - head < 4 * NUM_BUCKETS:
-        raise ValueError(f"block_size {block_size} leaves {reach - head} token positions for the context; the "
-                         f"retrieval probe needs at least {4 * NUM_BUCKETS} (use block_size >= 128)")
-    edges = [head + round(b * (reach - head) / NUM_BUCKETS) for b in range(NUM_BUCKETS + 1)]
+    offsets = []
+    for a in articles:
+        for r in a["records"]:
+            gold = _gold_passage(a, r, rng) if r["answers"]["text"] else None
+            if gold is not None:
+                offsets.append(len(tokenizer.encode_ordinary(gold[0][: gold[1]].rstrip())))
+    lo = head + min(offsets)
+    if reach - lo < 2 * NUM_BUCKETS:
+        raise ValueError(f"block_size {block_size} leaves {max(0, reach - lo)} token positions for the answer; the "
+                         f"retrieval probe needs at least {2 * NUM_BUCKETS} (use block_size >= {MIN_BLOCK_SIZE})")
+    edges = [lo + round(b * (reach - lo) / NUM_BUCKETS) for b in range(NUM_BUCKETS + 1)]
     budget = block_size - max_new_tokens
 
     pool = [(a, r) for a in articles for r in a["records"]]
     order = rng.permutation(len(pool))
     items: list[RetrievalItem] = []
     used: set[str] = set()
-    for b in buckets:
-        need = {True: per_bucket, False: unanswerable_per_bucket}
+
+    def fill(b: int, need: dict[bool, int]) -> None:
         for idx in order:
             if not any(need.values()):
-                break
+                return
             article, record = pool[int(idx)]
             answerable = bool(record["answers"]["text"])
             if need[answerable] == 0 or record["id"] in used:
@@ -278,9 +287,27 @@ def build_retrieval_items(tokenizer, block_size: int, records: Iterable[dict], b
                                        without, passage))
             used.add(record["id"])
             need[answerable] -= 1
-        if any(need.values()):
-            raise ValueError(f"could not place {need} items in bucket {b} (positions [{edges[b]}, {edges[b + 1]}))"
-                             f" at block_size {block_size}; use more probe articles or a larger block_size")
+
+    # Unanswerable prompts are placed by the start of their passage; at small block sizes a late bucket may have
+    # no room for passage + question, and those prompts go to the earliest bucket that has (only their total is
+    # reported, not per bucket).
+    deficit = 0
+    for b in buckets:
+        need = {True: per_bucket, False: unanswerable_per_bucket}
+        fill(b, need)
+        if need[True]:
+            raise ValueError(f"could not place {need[True]} answerable items in bucket {b} (positions "
+                             f"[{edges[b]}, {edges[b + 1]})) at block_size {block_size}; use more probe articles "
+                             "or a larger block_size")
+        deficit += need[False]
+    for b in buckets:
+        if deficit:
+            need = {True: 0, False: deficit}
+            fill(b, need)
+            deficit = need[False]
+    if deficit:
+        raise ValueError(f"could not place {deficit} unanswerable items at block_size {block_size}")
+    items.sort(key=lambda it: (it.bucket, not it.answerable))
     return items, edges, max_new_tokens
 
 
