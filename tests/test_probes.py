@@ -214,3 +214,19 @@ def test_probe_script_gives_the_same_numbers_on_a_checkpoint_and_its_hf_export(t
     assert ours["probe/retrieval_em"] == 0.0 and abs(ours["probe/induction_score"]) < 0.5
     with pytest.raises(SystemExit, match="neither a model checkpoint"):
         rag_probe.main([str(tmp_path)])
+
+
+def test_plot_run_draws_losses_phase_switch_gold_and_probes(tmp_path):
+    from scripts import plot_run
+
+    evals = [{"step": s, "losses": {"val": 5.0 - s / 100, "code": 5.5 - s / 100}, "gold_saved": "g" if s else None,
+              "probe": {"induction_score": s / 100, "retrieval_em": 0.1, "retrieval_em_worst_bucket": 0.0,
+                        "retrieval_em_best_bucket": 0.25, "unanswerable_not_in_context": None}} for s in (0, 40, 80)]
+    (tmp_path / "run_eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    (tmp_path / "run_train.jsonl").write_text(json.dumps({"step": 50, "event": "phase_switch", "phase": "b"}) + "\n"
+                                              + json.dumps({"step": 10, "loss": 6.0}) + "\n")
+    assert plot_run.main([str(tmp_path)]) == 0
+    png = (tmp_path / "run.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    with pytest.raises(SystemExit, match="no eval records"):
+        plot_run.main([str(tmp_path), "--model_name", "other"])
