@@ -105,8 +105,10 @@ def _steps(root: Path, name: str) -> dict[int, dict]:
     return {r["step"]: r for r in _records(root, name, "train") if "loss" in r}
 
 
-def _rank_pids(name: str) -> list[int]:
-    """PIDs of the training ranks of run `name` (what a container entrypoint signals; see DESIGN)."""
+def _rank_pids(name: str, config: Path) -> list[int]:
+    """PIDs of the training ranks of run `name` with `config` (what a container entrypoint signals; see DESIGN).
+
+    The config path is a unique temp path, so runs of other test sessions on the same machine never match."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -116,7 +118,7 @@ def _rank_pids(name: str) -> list[int]:
         except OSError:
             continue
         if b"--local_rank=0" in argv or b"--local_rank=1" in argv:
-            if name.encode() in argv and any(a.endswith(TRAIN.encode()) for a in argv):
+            if name.encode() in argv and str(config).encode() in argv and any(a.endswith(TRAIN.encode()) for a in argv):
                 pids.append(int(entry.name))
     return pids
 
@@ -139,8 +141,8 @@ def runs(tmp_path_factory):
         if log.is_file() and len(log.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    pids = _rank_pids("C")
-    assert len(pids) == 2, f"expected 2 rank processes of run C, found {pids}"
+    pids = _rank_pids("C", cfg)
+    assert len(pids) == 2, f"expected 2 rank processes of run C, found {pids}; log so far: {log.read_text()[-2000:]}"
     for pid in pids:
         os.kill(pid, signal.SIGTERM)
     stopped, _ = proc.communicate(timeout=TIMEOUT)
