@@ -29,4 +29,4 @@ test: $(VENV)/.dev-installed
 	$(BIN)/pytest -q
 
 demo: $(VENV)/.runtime-installed
-	$(BIN)/python scripts/model/smoke_test_arch.py --config configs/tiny/demo_cpu.json
+	bash scripts/demo.sh
