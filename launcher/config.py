@@ -307,8 +307,14 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes what is trained (resume refuses a checkpoint with another one)."""
         values = self.to_dict()
-        # Where files are written and how often we log do not change the model being trained.
+        # Where files are written and how often we log do not change the model being trained. Dataset paths are
+        # left out too: a pod mounts the same data elsewhere, and the data's identity is checked by the datasets'
+        # own fingerprints.
         for volatile in ("checkpoint", "logging"):
             values.pop(volatile)
+        for phase in values["curriculum"]["phases"]:
+            phase.pop("dataset_dir")
+        values["eval"]["val_dir"] = None
+        values["eval"]["sets"] = sorted(values["eval"]["sets"])
         blob = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -20,6 +20,7 @@ import torch
 
 from data.curriculum import Curriculum
 from data.loader import PrefetchLoader, StepBatch, read_micro_batch
+from data.paths import resolve
 from data.sampler import StepSampler
 from data.token_dataset import TokenDataset
 from launcher import distributed as dist
@@ -48,7 +49,8 @@ def _fingerprint_int(fingerprint: str) -> int:
 
 def open_token_dir(path: str, what: str, verify: str, block_size: int) -> TokenDataset:
     """TokenDataset with a message naming the config field and the command that builds it."""
-    if not Path(path).is_dir():
+    path = resolve(path)  # relative to $RAGLLM_WORKSPACE when set (Docker: /workspace), else the current directory
+    if not path.is_dir():
         raise ValueError(f"{what}: token directory {path} does not exist. Build the data first: {BUILD_COMMAND} "
                          "(for the CPU demo: make demo), or fix the path in the config / --dataset_dir.")
     try:
@@ -108,7 +110,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if name in eval_sets:
             raise ValueError(f"eval.sets must not be named '{name}' (reserved for the val split / train loss)")
 
-    ckpt_root = Path(cfg.checkpoint.dir) / args.model_name
+    ckpt_root = resolve(cfg.checkpoint.dir) / args.model_name
     resume_path = None
     if args.resume == "auto":
         done = complete_checkpoints(ckpt_root)
@@ -119,7 +121,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
                              "Continue it with --resume auto, or move that directory away / pick another "
                              "--model_name to start over.")
     else:
-        resume_path = Path(args.resume)
+        resume_path = resolve(args.resume)
     resume_meta = None
     if resume_path is not None:
         resume_meta = read_meta(resume_path)
@@ -194,7 +196,8 @@ class Trainer:
             self.gold.load_state_dict(client["gold"])
             self.nonfinite_total = int(client.get("nonfinite_total", 0))
             self.last_saved_step = self.step
-        self.log = RunLog(cfg.logging.log_dir, cfg.logging.tensorboard_dir, self.model_name, self.rank == 0,
+        self.log = RunLog(str(resolve(cfg.logging.log_dir)), str(resolve(cfg.logging.tensorboard_dir)),
+                          self.model_name, self.rank == 0,
                           resume_step=self.step if plan.resume_path is not None else None)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)

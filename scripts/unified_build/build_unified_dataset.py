@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tqdm import tqdm  # noqa: E402
 
 from data import build  # noqa: E402
+from data.paths import resolve  # noqa: E402
 from data.source_config import load_definitions, missing_local_paths  # noqa: E402
 from data.token_dataset import sha256_file  # noqa: E402
 
@@ -46,7 +47,8 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--sources", nargs="+", default=DEFAULT_SOURCES,
                     help="source definitions JSON file(s), merged (default: both phases of the spec's mix)")
-    ap.add_argument("--out-root", default="data", help="where the token directories go (default: data)")
+    ap.add_argument("--out-root", default="data",
+                    help="where the token directories go (default: data; under $RAGLLM_WORKSPACE if set)")
     ap.add_argument("--work-dir", default=None,
                     help="intermediate fetched/split/tokenized parts (default: <out-root>/unified_work)")
     ap.add_argument("--steps", default=",".join(STEPS),
@@ -110,8 +112,8 @@ def main(argv=None) -> int:
         return 0
     if problems:
         raise SystemExit("cannot build:\n" + "\n".join("  " + p for p in problems))
-    out_root = Path(args.out_root)
-    work_dir = Path(args.work_dir) if args.work_dir else out_root / "unified_work"
+    out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
+    work_dir = resolve(args.work_dir) if args.work_dir else out_root / "unified_work"
     definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
     command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
     full = all(s in args.steps for s in ("fetch", "holdback", "tokenize"))
