@@ -5,7 +5,9 @@ switch at step 10, eval every 5, checkpoints every 5) serve all tests through mo
 
 - A: 2 ranks x micro 2 x accum 2, uninterrupted (the reference);
 - B: 1 rank x micro 2 x accum 4 (plain `python`), same global batch;
-- C: 2 ranks, SIGTERM to both ranks after a few steps, then `--resume auto` with 2 ranks;
+- C: 2 ranks started through the Docker entrypoint (docker/entrypoint.py), which gets a SIGTERM after a few steps
+  as a pod stop would send it (it forwards the signal to the launcher's whole process group), then
+  `--resume auto` with 2 ranks;
 - D: 1 rank resumed from A's step-15 checkpoint (another world size: DeepSpeed universal checkpoint);
 - E: a run whose learning rate makes the loss NaN (skip, count, stop; GOLD never overwritten).
 
@@ -81,12 +83,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(world: int, config: Path, name: str, *extra: str, wait: bool = True):
+def _launch(world: int, config: Path, name: str, *extra: str, wait: bool = True, entrypoint: bool = False):
     if world == 1:
         cmd = [PYTHON, TRAIN]
     else:
         # A port of our own: other test modules may run a launcher at the same time.
         cmd = [DEEPSPEED, "--num_gpus", str(world), "--master_port", str(29500 + os.getpid() % 1000), TRAIN]
+    if entrypoint:  # what the Docker image runs as PID 1
+        cmd = [PYTHON, str(REPO / "docker" / "entrypoint.py"), *cmd]
     cmd += ["--config_file", str(config), "--model_name", name, "--log_sample_ids", *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
@@ -133,8 +137,9 @@ def runs(tmp_path_factory):
     out["A"] = _launch(2, cfg, "A")
     out["B"] = _launch(1, cfg, "B")
 
-    # C: stop both ranks with SIGTERM once a few steps are logged, then resume with 2 ranks.
-    proc = _launch(2, cfg, "C", wait=False)
+    # C: a pod stop. SIGTERM goes to the container entrypoint only (RunPod and `docker stop` signal PID 1); it must
+    # reach both ranks through the launcher's process group, and they must save together and exit cleanly.
+    proc = _launch(2, cfg, "C", wait=False, entrypoint=True)
     log = root / "logs" / "C_train.jsonl"
     deadline = time.time() + TIMEOUT
     while time.time() < deadline:
@@ -143,8 +148,7 @@ def runs(tmp_path_factory):
         time.sleep(0.05)
     pids = _rank_pids("C", cfg)
     assert len(pids) == 2, f"expected 2 rank processes of run C, found {pids}; log so far: {log.read_text()[-2000:]}"
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
     stopped, _ = proc.communicate(timeout=TIMEOUT)
     out["C_stop"] = stopped
     out["C_stop_rc"] = proc.returncode
