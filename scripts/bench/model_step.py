@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/tiny/demo_cpu.json", help="training or model config JSON")
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (<= block_size)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: min(block_size, 128))")
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per model (after 3 warm-up steps)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     config = ModelConfig(**{**ModelConfig.from_json(args.config).to_dict(), "dropout": 0.0})
+    args.seq = args.seq or min(config.block_size, 128)
     if args.seq > config.block_size:
         raise SystemExit(f"model_step: --seq {args.seq} exceeds block_size {config.block_size}")
 
