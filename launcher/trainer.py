@@ -143,6 +143,25 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     return RunPlan(cfg, ds_config, str(ds_path), world, phases, val, eval_sets, ckpt_root, resume_path, resume_meta)
 
 
+def check_kernels_on_device(cfg: TrainConfig, device: torch.device) -> None:
+    """Fused Triton kernels vs the reference at the model's widths on this device, before any training: a kernel
+    that builds but computes wrong gradients must stop the run now, not spoil it quietly (model/kernels/selfcheck)."""
+    from model.kernels import triton_available
+    from model.kernels.selfcheck import check_fused_kernels
+
+    if not triton_available():
+        dist.print0("fused_kernels: Triton is not importable here; the model uses the PyTorch reference")
+        return
+    problems = check_fused_kernels(device, cfg.model.n_embd, cfg.model.ffn_hidden, cfg.model.norm_eps)
+    if problems:
+        raise RuntimeError(
+            f"the fused Triton kernels disagree with the PyTorch reference on {torch.cuda.get_device_name(device)}: "
+            + "; ".join(problems)
+            + ". Set model.fused_kernels to false in the config to train with the reference, and report this."
+        )
+    dist.print0(f"fused kernels checked against the reference on {device}: RMSNorm and SwiGLU forward/backward ok")
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace, plan: RunPlan):
         self.args = args
@@ -160,6 +179,8 @@ class Trainer:
 
         self.device = torch.device(get_accelerator().current_device_name())
         self.pin_memory = self.device.type == "cuda"
+        if cfg.model.fused_kernels and self.device.type == "cuda":
+            check_kernels_on_device(cfg, self.device)
 
         from model.transformer import Transformer
 

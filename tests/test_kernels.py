@@ -15,7 +15,6 @@ Run: .venv/bin/pytest tests/test_kernels.py -q          (about a minute on 2 cor
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -26,6 +25,7 @@ import pytest
 import torch
 
 from model.kernels import rms_norm, swiglu, triton_available
+from model.kernels.selfcheck import rule_violation
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = 1e-5
@@ -46,30 +46,10 @@ compiled_mode_only = pytest.mark.skipif(
 )
 
 
-def bf16_ulp(value: float) -> float:
-    """Spacing of bf16 numbers (8 significant bits) at `value`."""
-    if value == 0:
-        return 2.0**-133
-    return 2.0 ** (math.floor(math.log2(abs(value))) - 7)
-
-
 def check_rule(name: str, fused: torch.Tensor, same_dtype: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype):
-    """The kernels issue's tolerance rule, against an fp64 reference computed from the same (rounded) inputs:
-    max|fused - ref| <= 2 * max|same-dtype PyTorch - ref| + atol, with atol 1e-5 for fp32 and, for bf16, 1e-2 but
-    never below one bf16 ulp of the largest reference value (the interpreter rounds to bf16 by truncation)."""
-    assert fused.shape == ref64.shape, f"{name}: shape {tuple(fused.shape)} != {tuple(ref64.shape)}"
-    assert fused.dtype == same_dtype.dtype, f"{name}: dtype {fused.dtype} != {same_dtype.dtype}"
-    ref64 = ref64.double().cpu()
-    err_fused = (fused.double().cpu() - ref64).abs().max().item()
-    err_torch = (same_dtype.double().cpu() - ref64).abs().max().item()
-    if dtype == torch.float32:
-        atol = 1e-5
-    elif dtype == torch.bfloat16:
-        atol = max(1e-2, bf16_ulp(ref64.abs().max().item()))
-    else:
-        raise AssertionError(f"no tolerance rule for {dtype}")
-    bound = 2 * err_torch + atol
-    assert err_fused <= bound, f"{name}: fused error {err_fused:.3g} > bound {bound:.3g} (torch error {err_torch:.3g})"
+    """The kernels issue's tolerance rule (`model/kernels/selfcheck.py`), as an assertion."""
+    problem = rule_violation(name, fused, same_dtype, ref64, dtype)
+    assert problem is None, problem
 
 
 # --- the interpreter suite, in its own process ------------------------------------------------------------------

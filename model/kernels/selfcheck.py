@@ -1,0 +1,99 @@
+"""The fused kernels' tolerance rule, and a start-up self-check of the kernels on the device a run trains on.
+
+A kernel that compiles but computes a wrong gradient would quietly spoil a multi-day run, and the CI machines have
+no GPU: so before training with `fused_kernels: true` on CUDA, the launcher runs `check_fused_kernels` (a few
+milliseconds) at the model's shapes and stops with a clear message if the kernels disagree with the reference.
+
+The rule (from the kernels issue), against an fp64 reference computed from the same rounded inputs:
+max|fused - ref| <= 2 * max|same-dtype PyTorch - ref| + atol, with atol 1e-5 for fp32 and, for bf16, 1e-2 but never
+below one bf16 ulp of the largest reference value (Triton's CPU interpreter rounds to bf16 by truncation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from model.kernels.reference import rms_norm_reference, swiglu_reference
+
+
+def bf16_ulp(value: float) -> float:
+    """Spacing of bf16 numbers (8 significant bits) at `value`."""
+    if value == 0:
+        return 2.0**-133
+    return 2.0 ** (math.floor(math.log2(abs(value))) - 7)
+
+
+def rule_violation(
+    name: str, fused: torch.Tensor, same_dtype: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype
+) -> str | None:
+    """None when `fused` passes the tolerance rule, else a one-line description of the failure."""
+    if fused.shape != ref64.shape:
+        return f"{name}: shape {tuple(fused.shape)} != {tuple(ref64.shape)}"
+    if fused.dtype != same_dtype.dtype:
+        return f"{name}: dtype {fused.dtype} != {same_dtype.dtype}"
+    ref64 = ref64.double().cpu()
+    err_fused = (fused.double().cpu() - ref64).abs().max().item()
+    err_torch = (same_dtype.double().cpu() - ref64).abs().max().item()
+    if dtype == torch.float32:
+        atol = 1e-5
+    elif dtype == torch.bfloat16:
+        atol = max(1e-2, bf16_ulp(ref64.abs().max().item()))
+    else:
+        return f"{name}: no tolerance rule for {dtype}"
+    bound = 2 * err_torch + atol
+    if not err_fused <= bound:  # also catches NaN
+        return f"{name}: fused error {err_fused:.3g} > bound {bound:.3g} (torch error {err_torch:.3g})"
+    return None
+
+
+def _grads(fn: Callable, inputs: list[torch.Tensor], dy: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+    leaves = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
+    y = fn(*leaves)
+    y.backward(dy.to(dtype))
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+def check_fused_kernels(
+    device: torch.device | str,
+    hidden: int,
+    ffn_hidden: int,
+    eps: float,
+    dtype: torch.dtype = torch.bfloat16,
+    rows: int = 259,
+    fused_rms_norm: Callable | None = None,
+    fused_swiglu: Callable | None = None,
+) -> list[str]:
+    """Forward and backward of the fused ops vs the reference on `device`; returns the rule violations (empty: ok).
+
+    `fused_*` default to the Triton kernels; tests pass other functions to check that a wrong one is caught."""
+    if fused_rms_norm is None or fused_swiglu is None:
+        from model.kernels.rmsnorm_triton import rms_norm_triton
+        from model.kernels.swiglu_triton import swiglu_triton
+
+        fused_rms_norm = fused_rms_norm or rms_norm_triton
+        fused_swiglu = fused_swiglu or swiglu_triton
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(dtype).to(device)  # rounded to dtype once: one input for all
+
+    problems = []
+    x, weight, dy = rand(rows, hidden), (1 + 0.1 * rand(hidden)), rand(rows, hidden)
+    cases = [
+        ("rms_norm", ("y", "dx", "dweight"), [x, weight], dy,
+         lambda a, w: fused_rms_norm(a, w, eps), lambda a, w: rms_norm_reference(a, w, eps)),
+        ("swiglu", ("y", "dgate", "dup"), [rand(rows, ffn_hidden), rand(rows, ffn_hidden)], rand(rows, ffn_hidden),
+         fused_swiglu, swiglu_reference),
+    ]
+    for op, names, inputs, grad_out, fused_fn, reference_fn in cases:
+        fused = _grads(fused_fn, inputs, grad_out, dtype)
+        same = _grads(reference_fn, inputs, grad_out, dtype)
+        ref = _grads(reference_fn, inputs, grad_out, torch.float64)
+        for name, f, s, r in zip(names, fused, same, ref, strict=True):
+            problem = rule_violation(f"{op} {name}", f, s, r, dtype)
+            if problem:
+                problems.append(problem)
+    return problems
