@@ -493,6 +493,28 @@ def mix_plans(defs: Definitions, work_dir: Path) -> dict[str, dict]:
     return plans
 
 
+def _build_output(directory: Path, name: str, plan: dict, key: str, work_dir: Path, out_root: Path,
+                  defs: Definitions, definitions_info: list[dict], command: list[str]) -> dict:
+    """Assemble one mix (with its val split) or eval set, and stamp its manifest with the plan hash."""
+    if plan["kind"] == "mix":
+        subdirs = {}
+        if plan["val_parts"]:
+            val_tmp = out_root / f".{name}.val.tmp-{os.getpid()}"
+            assemble(val_tmp, plan["val_parts"], work_dir, "val_split", f"{name}/val", defs, definitions_info,
+                     command, allow_short=True)
+            subdirs["val"] = val_tmp
+        assemble(directory, plan["parts"], work_dir, "mix", name, defs, definitions_info, command,
+                 extra_subdirs=subdirs)
+    else:
+        assemble(directory, plan["parts"], work_dir, "eval_set", name, defs, definitions_info, command,
+                 allow_short=True)
+    # the plan hash (a mix's covers its val split too) lets an unchanged rerun skip the directory as a whole
+    m = _read_json(directory / "manifest.json")
+    m["plan_hash"] = key
+    _atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
+    return m
+
+
 def mix(defs: Definitions, work_dir: Path, out_root: Path, definitions_info: list[dict], command: list[str],
         bar: tqdm | None = None) -> dict[str, dict]:
     """Assemble every mix (with `val/` inside) and eval set under `out_root`; skip ones already up to date."""
@@ -502,27 +524,9 @@ def mix(defs: Definitions, work_dir: Path, out_root: Path, definitions_info: lis
         key = _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in plan["parts"] + plan.get("val_parts", [])])
         if _up_to_date(directory, key):
             results[name] = _read_json(directory / "manifest.json")
-        elif plan["kind"] == "mix":
-            subdirs = {}
-            if plan["val_parts"]:
-                val_tmp = out_root / f".{name}.val.tmp-{os.getpid()}"
-                assemble(val_tmp, plan["val_parts"], work_dir, "val_split", f"{name}/val", defs, definitions_info,
-                         command, allow_short=True)
-                subdirs["val"] = val_tmp
-            results[name] = assemble(directory, plan["parts"], work_dir, "mix", name, defs, definitions_info,
-                                     command, extra_subdirs=subdirs)
-            # the mix's plan hash covers its val split too, so an unchanged rerun is skipped as a whole
-            m = _read_json(directory / "manifest.json")
-            m["plan_hash"] = key
-            _atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
-            results[name] = m
         else:
-            results[name] = assemble(directory, plan["parts"], work_dir, "eval_set", name, defs, definitions_info,
-                                     command, allow_short=True)
-            m = _read_json(directory / "manifest.json")
-            m["plan_hash"] = key
-            _atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
-            results[name] = m
+            results[name] = _build_output(directory, name, plan, key, work_dir, out_root, defs, definitions_info,
+                                          command)
         if bar is not None:
             bar.update(results[name]["num_tokens"])
     return results
