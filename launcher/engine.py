@@ -36,6 +36,8 @@ ENGINE_KEYS = {
     "seq_parallel_communication_data_type", "timers", "compile", "torch_autocast", "amp",
 }
 ZERO1_FP32_ACCUM = "ds_configs/zero1_bf16_fp32accum.json"
+ZERO2_FP32 = "ds_configs/zero2_fp32.json"
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def load_ds_json(path: str | Path) -> dict[str, Any]:
@@ -79,6 +81,10 @@ def trainer_owned_values(cfg: TrainConfig, world_size: int, on_cuda: bool) -> di
                 "warmup_type": "linear",
                 "warmup_min_ratio": 0.0,
                 "cos_min_ratio": o.min_lr / o.learning_rate,
+                # Built "already started": at the default -1 DeepSpeed's constructor asks itself for an lr and logs
+                # "Attempting to get learning rate from scheduler before it has started". set_lr_for_step sets
+                # the real position before every step (and before nothing else reads the lr).
+                "last_batch_iteration": 0,
             },
         },
     }
@@ -124,7 +130,7 @@ def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_c
 def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
     """Micro-steps per optimizer step and the dtype gradients are accumulated in (see DESIGN, "Gradient
     accumulation precision": ZeRO-2 accumulates in the parameter dtype; fp32 accumulation needs stage 1)."""
-    bf16 = bool(ds_config.get("bf16", ds_config.get("bfloat16", {})).get("enabled"))
+    bf16 = _bf16_enabled(ds_config)
     stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
     requested = ds_config.get("data_types", {}).get("grad_accum_dtype")
     param_dtype = "bf16" if bf16 else "fp32"
@@ -139,6 +145,60 @@ def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
         note = f"data_types.grad_accum_dtype=fp32 is ignored at ZeRO stage {stage} (DeepSpeed honours it at stage 1)"
     return {"steps": int(ds_config["gradient_accumulation_steps"]), "dtype": dtype, "param_dtype": param_dtype,
             "zero_stage": stage, "note": note}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware, as torch itself decides it (its CPU capability checks).
+
+    x86: AVX512-BF16 or AMX (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later). Without them torch
+    emulates bf16 through fp32 conversions: a bf16 matmul of the demo's output layer took 675 ms against 80 ms in
+    fp32 on an AVX2 machine (issue 15). ARM: torch's SVE capability (Graviton 3/4, Grace), whose cores have BF16.
+    """
+    cpu = torch.cpu
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        if getattr(cpu, check, lambda: False)():
+            return True
+    return torch.backends.cpu.get_cpu_capability().startswith("SVE")
+
+
+def _bf16_enabled(ds_config: dict[str, Any]) -> bool:
+    return bool(ds_config.get("bf16", ds_config.get("bfloat16", {})).get("enabled"))
+
+
+def precision_of(ds_config: dict[str, Any]) -> str:
+    """"bf16" or "fp32": what the engine built from this ds_config trains in (fp16 is refused earlier)."""
+    return "bf16" if _bf16_enabled(ds_config) else "fp32"
+
+
+def _with_bf16(ds_config: dict[str, Any], enabled: bool) -> dict[str, Any]:
+    out = copy.deepcopy(ds_config)
+    section = out.pop("bfloat16", None) or out.get("bf16") or {}  # "bfloat16" is DeepSpeed's older alias
+    out["bf16"] = {**section, "enabled": enabled}
+    return out
+
+
+def resolve_precision(ds_config: dict[str, Any], ds_path: str | Path, requested: str,
+                      device_type: str) -> tuple[dict[str, Any], str]:
+    """The ds_config with bf16 on or off for this machine, and the one line the run prints about it.
+
+    `requested` is `--precision`: "bf16" / "fp32" force that precision; "auto" keeps what the ds_config says, except
+    that a bf16 ds_config on a CPU without native bf16 runs in fp32 (bf16 emulation is ~8x slower there, and the CPU
+    path exists for the demo and tests). Only `bf16.enabled` changes: ZeRO stage, buckets, the launcher, sampler,
+    eval and GOLD are the same, and the stock ds_config then equals ds_configs/zero2_fp32.json (a test checks that).
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {list(PRECISIONS)}, got {requested!r}")
+    configured = precision_of(ds_config)
+    if requested != "auto":
+        note = f"precision: {requested} (--precision {requested}; {ds_path} says {configured})"
+        return _with_bf16(ds_config, requested == "bf16"), note
+    if configured == "bf16" and device_type == "cpu" and not cpu_has_native_bf16():
+        capability = torch.backends.cpu.get_cpu_capability()
+        note = (f"precision: fp32, not the bf16 of {ds_path}: this CPU has no native bf16 (torch CPU capability "
+                f"{capability}, no AVX512-BF16/AMX), where bf16 runs ~8x slower; everything else is unchanged "
+                f"(as {ZERO2_FP32}). --precision bf16 forces bf16.")
+        return _with_bf16(ds_config, False), note
+    return ds_config, f"precision: {configured} ({ds_path})"
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

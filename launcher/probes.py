@@ -29,10 +29,11 @@ training article; the without-passage log-likelihood shows what the model knows 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,24 +149,34 @@ class _Builder:
         self.enc = tokenizer
         self.block_size = block_size
         self.fillers = filler_articles
+        # Lower-cased once: the filters below test every sentence of every filler article for every placement try.
+        self.lowered = [[(s, s.lower()) for _, s in art["sentences"]] for art in filler_articles]
         self.rng = rng
+        self._token_chars: np.ndarray | None = None  # token id -> characters it adds to the decoded text
+        self._token_cont: np.ndarray | None = None  # token id -> 1 if it starts inside a UTF-8 character
         self.head_chars = len(render_retrieval("\x00", "q").split("\x00")[0])  # "Context:\n"
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
-    def filler_stream(self, title: str, banned: str | None) -> list[str]:
+    def filler_stream(self, title: str, banned: str | None) -> Iterator[str]:
         """Filler sentences, article after article in a random order: never about `title`, never containing the
-        gold answer `banned`, so the gold passage is the only place the answer (or the subject) appears."""
-        order = self.rng.permutation(len(self.fillers))
-        out = []
-        for i in order[:64]:
-            art = self.fillers[int(i)]
-            if art["title"] == title:
-                continue
-            out.extend(s for _, s in art["sentences"]
-                       if not (banned and banned.lower() in s.lower()) and title.lower() not in s.lower())
-        return out
+        gold answer `banned`, so the gold passage is the only place the answer (or the subject) appears.
+
+        The order is drawn now (the builder's random stream does not depend on how much is read); the sentences
+        are produced as they are read, since a placement usually needs only the first few."""
+        order = self.rng.permutation(len(self.fillers))[:64]
+        title_l, banned_l = title.lower(), banned.lower() if banned else None
+
+        def sentences() -> Iterator[str]:
+            for i in order:
+                if self.fillers[int(i)]["title"] == title:
+                    continue
+                for s, low in self.lowered[int(i)]:
+                    if not (banned_l and banned_l in low) and title_l not in low:
+                        yield s
+
+        return sentences()
 
     def layout(self, before: list[str], passage: str, after: list[str], question: str) -> tuple[str, int]:
         context = " ".join([*before, passage, *after])
@@ -175,9 +186,19 @@ class _Builder:
         return prompt, passage_at
 
     def token_index(self, ids: list[int], char: int) -> int:
-        """Index of the token holding character `char` of the decoded text."""
-        _, offsets = self.enc.decode_with_offsets(ids)
-        return int(np.searchsorted(np.asarray(offsets), char, side="right")) - 1
+        """Index of the token holding character `char` of the decoded text.
+
+        The offsets are tiktoken's `decode_with_offsets` (a token starting inside a UTF-8 character starts one
+        character early), computed from per-token character counts taken once for the whole vocabulary: decoding
+        every candidate prompt byte by byte made the probe set take seconds to build at each run's start."""
+        if self._token_chars is None:
+            raw = [self.enc.decode_single_token_bytes(t) for t in range(self.enc.n_vocab)]
+            self._token_chars = np.array([sum(1 for c in b if not 0x80 <= c < 0xC0) for b in raw], dtype=np.int64)
+            self._token_cont = np.array([0x80 <= b[0] < 0xC0 for b in raw], dtype=np.int64)
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        text_len = np.cumsum(self._token_chars[ids_arr]) - self._token_chars[ids_arr]  # characters before each token
+        offsets = np.maximum(0, text_len - self._token_cont[ids_arr])
+        return int(np.searchsorted(offsets, char, side="right")) - 1
 
     def place(self, record: dict, passage: str, answer_char: int, lo: int, hi: int, budget: int,
               tries: int = 6) -> tuple[list[int], int, list[str], list[str]] | None:
@@ -186,17 +207,24 @@ class _Builder:
         question = record["question"]
         answer = record["answers"]["text"][0] if record["answers"]["text"] else None
         anchor = answer_char if answer_char >= 0 else 0
-        for _ in range(tries):
+        for attempt in range(tries):
             stream = self.filler_stream(record["title"], answer)
             before: list[str] = []
             ok = None
-            for sentence in [None, *stream]:
+            for sentence in itertools.chain([None], stream):
                 if sentence is not None:
                     before.append(sentence)
                 prompt, at = self.layout(before, passage, [], question)
                 ids = self.encode(prompt)
                 pos = self.token_index(ids, at + anchor)
                 if pos >= hi or len(ids) > budget:
+                    if not before:
+                        # Without fillers the anchor is already past the bucket (or the prompt over budget):
+                        # fillers only push it further, so every try fails. Draw the skipped tries' orders anyway,
+                        # so that the items after this one are the same as if they had run.
+                        for _ in range(tries - attempt - 1):
+                            self.filler_stream(record["title"], answer)
+                        return None
                     break
                 if pos >= lo:
                     ok = (before.copy(), pos)
@@ -205,8 +233,7 @@ class _Builder:
                 continue
             before, _ = ok
             after: list[str] = []
-            rest = stream[len(before):]
-            for sentence in rest:
+            for sentence in stream:  # the rest of this try's stream, after the sentences placed before
                 prompt, _ = self.layout(before, passage, [*after, sentence], question)
                 if len(self.encode(prompt)) > budget:
                     break

@@ -12,6 +12,8 @@ Usage (from the repository root):
 
     # continue after a stop (SIGTERM/SIGINT save a checkpoint and exit 0); --resume auto is the default
     deepspeed --num_gpus 8 launcher/train.py ... --resume auto
+    # bf16 on a CPU without native bf16 (where the default trains in fp32: emulated bf16 is ~8x slower)
+    deepspeed --num_gpus 2 launcher/train.py --config_file configs/tiny/demo_cpu.json --model_name demo --precision bf16
     # fp32 gradient accumulation (ZeRO stage 1) instead of the config's ds_config
     deepspeed --num_gpus 2 launcher/train.py ... --deepspeed_config ds_configs/zero1_bf16_fp32accum.json
 
@@ -48,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "none: start fresh (refused when checkpoints exist); or a path to a step_<N> directory")
     p.add_argument("--resume_ignore_mismatch", action="store_true",
                    help="resume even when the checkpoint's config or dataset fingerprints differ from this run's")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: what the ds_config says (bf16), except fp32 on a CPU without native bf16, where bf16 "
+                        "is ~8x slower (default); bf16 / fp32: force it")
     p.add_argument("--max_iters", type=int, default=None,
                    help="override optim.max_iters (the LR schedule's length too); for tests and the demo")
     p.add_argument("--log_sample_ids", action="store_true",

@@ -26,7 +26,15 @@ from data.token_dataset import TokenDataset
 from launcher import distributed as dist
 from launcher.checkpointing import CheckpointManager, complete_checkpoints, read_meta, save_gold
 from launcher.config import TrainConfig
-from launcher.engine import ZERO1_FP32_ACCUM, accumulation_summary, build_ds_config, build_engine, set_lr_for_step
+from launcher.engine import (
+    ZERO1_FP32_ACCUM,
+    accumulation_summary,
+    build_ds_config,
+    build_engine,
+    precision_of,
+    resolve_precision,
+    set_lr_for_step,
+)
 from launcher.evaluation import evaluate, fixed_sets
 from launcher.gold import GoldTracker
 from launcher.probes import probe_summary, probes_for_block_size, run_probes
@@ -68,6 +76,7 @@ class RunPlan:
     cfg: TrainConfig
     ds_config: dict[str, Any]
     ds_config_path: str
+    precision_note: str
     world_size: int
     phases: list[TokenDataset]
     val: TokenDataset
@@ -94,6 +103,9 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     world = dist.launch_world_size()
     ds_path = args.deepspeed_config or cfg.deepspeed_config
     ds_config = build_ds_config(cfg, ds_path, world, on_cuda=torch.cuda.is_available())
+    from deepspeed.accelerator import get_accelerator
+
+    ds_config, precision_note = resolve_precision(ds_config, ds_path, args.precision, get_accelerator().device_name())
     if ds_config.get("bf16", {}).get("check_grad_overflow") is False:
         raise ValueError(f"DeepSpeed config {ds_path}: bf16.check_grad_overflow must not be false (the trainer relies "
                          "on it to skip the update of a step with NaN/inf gradients)")
@@ -136,11 +148,19 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             raise ValueError(f"resume checkpoint {resume_path} is from another run: " + "; ".join(problems) +
                              ". Use the config and data it was trained with, or pass --resume_ignore_mismatch "
                              "to continue anyway (the data order and schedule then change).")
+        precision = precision_of(ds_config)
+        if resume_meta.get("precision", precision) != precision:
+            # A bf16 engine saves bf16 weights and its optimizer state under other file names than an fp32 one:
+            # DeepSpeed would fail deep inside the load.
+            raise ValueError(f"resume checkpoint {resume_path} was trained in {resume_meta['precision']}, but this run "
+                             f"would train in {precision} ({precision_note}). Pass --precision "
+                             f"{resume_meta['precision']} to continue it.")
         if resume_meta.get("world_size") != world:
             # ZeRO partitions the optimizer state per rank: another world size loads through DeepSpeed's Universal
             # Checkpoint, which must be requested when the engine is built.
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
-    return RunPlan(cfg, ds_config, str(ds_path), world, phases, val, eval_sets, ckpt_root, resume_path, resume_meta)
+    return RunPlan(cfg, ds_config, str(ds_path), precision_note, world, phases, val, eval_sets, ckpt_root, resume_path,
+                   resume_meta)
 
 
 def check_kernels_on_device(cfg: TrainConfig, device: torch.device) -> None:
@@ -325,7 +345,8 @@ class Trainer:
                   "config_fingerprint": self.cfg.fingerprint(), "train_config": self.cfg.to_dict()}
         meta = {"config_fingerprint": self.cfg.fingerprint(),
                 "data_fingerprints": [ds.fingerprint for ds in self.plan.phases],
-                "world_size": self.world, "model_name": self.model_name}
+                "world_size": self.world, "model_name": self.model_name,
+                "precision": precision_of(self.plan.ds_config)}
         path = self.ckpt.save(self.engine, self.step, client, meta)
         self.last_saved_step = self.step
         dist.print0(f"checkpoint step {self.step} saved to {path} in {time.perf_counter() - t0:.1f}s")
@@ -339,6 +360,7 @@ class Trainer:
         dist.print0(f"batch: global {cfg.batch.global_batch_size} = micro {cfg.batch.micro_batch_size} x "
                     f"{self.world} ranks x {acc['steps']} accumulation steps "
                     f"({cfg.batch.global_batch_size * cfg.model.block_size:,} tokens/step)")
+        dist.print0(self.plan.precision_note)
         hint = "" if acc["dtype"] == "fp32" or acc["steps"] == 1 else (
             f"; for fp32 accumulation use --deepspeed_config {ZERO1_FP32_ACCUM} (docs/TRAINING.md)")
         dist.print0(f"gradient accumulation: {acc['steps']} micro-steps, accumulated in {acc['dtype']} "
@@ -480,6 +502,7 @@ def _fmt_seconds(seconds: float) -> str:
 def dump_plan(plan: RunPlan) -> str:
     """One JSON line describing the resolved run (printed at start for the record)."""
     return json.dumps({"config_fingerprint": plan.cfg.fingerprint(), "ds_config": plan.ds_config_path,
+                       "precision": precision_of(plan.ds_config),
                        "world_size": plan.world_size, "phases": [str(p.directory) for p in plan.phases],
                        "val": str(plan.val.directory), "eval_sets": {k: str(v.directory)
                                                                      for k, v in plan.eval_sets.items()},

@@ -3,7 +3,6 @@ budgets, hard links, resume, lineage, dry run of the real definitions, and bad d
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from data import build
 from data.source_config import load_definitions
 from data.token_dataset import TokenDataset
 from data.tokenizer import EOT, get_tokenizer
+from tests.process_group import run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "unified_build" / "build_unified_dataset.py"
@@ -22,8 +22,7 @@ OUTPUTS = ["unified_6B", "unified_6B/val", "unified_phase1_circuit", "unified_ph
 
 
 def run_build(*args, check=True):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quiet", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = run([sys.executable, str(SCRIPT), "--quiet", *map(str, args)], cwd=ROOT, timeout=300)
     if check and proc.returncode:
         raise AssertionError(f"build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -102,8 +101,9 @@ def test_lineage_recorded_and_printed(demo):
     assert lin["definitions"][0]["path"].endswith("demo.json") and len(lin["definitions"][0]["sha256"]) == 64
     fetched = lin["inputs"][0]["inputs"][0]["inputs"][0]
     assert fetched["kind"] == "fetched" and fetched["records_read"] > 0 and fetched["files"][0]["sha256"]
-    out = subprocess.run([sys.executable, "-m", "data.lineage", str(demo / "unified_6B")], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    result = run([sys.executable, "-m", "data.lineage", str(demo / "unified_6B")], cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     assert "mix: unified_6B" in out and "fetched: demo_qa" in out and "demo_domain" in out
 
 
@@ -180,8 +180,7 @@ REPORT = ROOT / "scripts" / "unified_build" / "report_mix.py"
 
 
 def run_script(script, *args, check=True):
-    proc = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = run([sys.executable, str(script), *map(str, args)], cwd=ROOT, timeout=300)
     if check and proc.returncode:
         raise AssertionError(f"{script.name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

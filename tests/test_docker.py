@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.process_group import run, started
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -117,19 +119,17 @@ time.sleep(1000)
 
 
 def test_entrypoint_forwards_sigterm_to_every_process_and_waits_for_them(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "docker" / "entrypoint.py"), sys.executable, "-c", TREE, str(tmp_path)],
-        env={**os.environ, "RAGLLM_STOP_TIMEOUT": "30"},
-    )
-    time.sleep(2.0)  # let the ranks install their handlers
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    with started([sys.executable, str(ROOT / "docker" / "entrypoint.py"), sys.executable, "-c", TREE, str(tmp_path)],
+                 env={**os.environ, "RAGLLM_STOP_TIMEOUT": "30"}) as proc:
+        time.sleep(2.0)  # let the ranks install their handlers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     # Both "ranks" heard the signal although only the entrypoint was signalled, and it waited for their saves.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
 
 
 def test_entrypoint_returns_the_commands_exit_code():
     entry = str(ROOT / "docker" / "entrypoint.py")
-    assert subprocess.run([sys.executable, entry, "true"]).returncode == 0
-    assert subprocess.run([sys.executable, entry, sys.executable, "-c", "raise SystemExit(3)"]).returncode == 3
-    assert subprocess.run([sys.executable, entry, "no-such-command-xyz"]).returncode == 127
+    assert run([sys.executable, entry, "true"], timeout=60).returncode == 0
+    assert run([sys.executable, entry, sys.executable, "-c", "raise SystemExit(3)"], timeout=60).returncode == 3
+    assert run([sys.executable, entry, "no-such-command-xyz"], timeout=60).returncode == 127

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 from model.kernels import rms_norm, swiglu, triton_available
 from model.kernels.selfcheck import rule_violation
+from tests.process_group import run
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = 1e-5
@@ -60,7 +60,7 @@ def check_rule(name: str, fused: torch.Tensor, same_dtype: torch.Tensor, ref64: 
 def test_interpreter_suite_passes_in_a_subprocess():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "tests/test_kernels_interpreter.py", "-q", "-p", "no:cacheprovider"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = run(cmd, cwd=REPO, env=env, timeout=600)
     out = proc.stdout + proc.stderr
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     rerun = "TRITON_INTERPRET=1 .venv/bin/pytest tests/test_kernels_interpreter.py -q"

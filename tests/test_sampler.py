@@ -2,7 +2,6 @@
 are fixed and sharded without loss or duplication."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 import data.sampler as sampler_mod
 from data.sampler import StepSampler, epoch_permutation, eval_sample_ids, shard_for_rank
+from tests.process_group import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +97,9 @@ def test_same_order_in_a_fresh_process_whatever_the_hash_seed():
     here = ",".join(str(int(i)) for k in (0, 5, 6) for i in StepSampler(97, 16, 1234, "fingerprint-xyz").sample_ids(k))
     for hash_seed in ("0", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed)
-        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        result = run([sys.executable, "-c", code], cwd=REPO, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.strip()
         assert out == here
 
 

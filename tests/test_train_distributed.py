@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.process_group import run, started
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
@@ -38,6 +40,17 @@ TIMEOUT = 240
 # there on. Losses near 10.8 nats stay within this over 20 steps; a wrong sample order or a missing micro-batch
 # moves them by far more (checked by the deliberately broken runs described in docs/TRAINING.md).
 BF16_LOSS_ATOL = 0.03
+# fp32 (the default on a CPU without native bf16, launcher/engine.py resolve_precision): only the summation order
+# differs between world sizes, so the runs agree to rounding noise.
+FP32_LOSS_ATOL = 1e-4
+
+
+def _precision(console: str) -> str:
+    """The precision a run trained in, from the line it prints at start ("precision: fp32, ...")."""
+    for line in console.splitlines():
+        if line.startswith("precision: "):
+            return line.removeprefix("precision: ")[:4]
+    raise AssertionError("the run printed no 'precision:' line")
 
 
 def _pattern(rng: np.random.Generator, n_tokens: int, period: int) -> np.ndarray:
@@ -83,7 +96,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _launch(world: int, config: Path, name: str, *extra: str, wait: bool = True, entrypoint: bool = False):
+def _command(world: int, config: Path, name: str, *extra: str, entrypoint: bool = False) -> list[str]:
     if world == 1:
         cmd = [PYTHON, TRAIN]
     else:
@@ -91,13 +104,15 @@ def _launch(world: int, config: Path, name: str, *extra: str, wait: bool = True,
         cmd = [DEEPSPEED, "--num_gpus", str(world), "--master_port", str(29500 + os.getpid() % 1000), TRAIN]
     if entrypoint:  # what the Docker image runs as PID 1
         cmd = [PYTHON, str(REPO / "docker" / "entrypoint.py"), *cmd]
-    cmd += ["--config_file", str(config), "--model_name", name, "--log_sample_ids", *extra]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if not wait:
-        return proc
-    out, _ = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
+    return cmd + ["--config_file", str(config), "--model_name", name, "--log_sample_ids", *extra]
+
+
+def _launch(world: int, config: Path, name: str, *extra: str) -> str:
+    """Run to the end (the launcher and its ranks are killed together on a timeout); the console output."""
+    cmd = _command(world, config, name, *extra)
+    result = run(cmd, timeout=TIMEOUT, cwd=REPO, env=_env(), stderr=subprocess.STDOUT)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-6000:]}"
+    return result.stdout
 
 
 def _records(root: Path, name: str, kind: str) -> list[dict]:
@@ -139,17 +154,18 @@ def runs(tmp_path_factory):
 
     # C: a pod stop. SIGTERM goes to the container entrypoint only (RunPod and `docker stop` signal PID 1); it must
     # reach both ranks through the launcher's process group, and they must save together and exit cleanly.
-    proc = _launch(2, cfg, "C", wait=False, entrypoint=True)
-    log = root / "logs" / "C_train.jsonl"
-    deadline = time.time() + TIMEOUT
-    while time.time() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    pids = _rank_pids("C", cfg)
-    assert len(pids) == 2, f"expected 2 rank processes of run C, found {pids}; log so far: {log.read_text()[-2000:]}"
-    proc.send_signal(signal.SIGTERM)
-    stopped, _ = proc.communicate(timeout=TIMEOUT)
+    command = _command(2, cfg, "C", entrypoint=True)
+    with started(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        log = root / "logs" / "C_train.jsonl"
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline:
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        pids = _rank_pids("C", cfg)
+        assert len(pids) == 2, f"expected 2 rank processes of run C, found {pids}; log: {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGTERM)
+        stopped, _ = proc.communicate(timeout=TIMEOUT)
     out["C_stop"] = stopped
     out["C_stop_rc"] = proc.returncode
     out["C_stop_records"] = _records(root, "C", "train")
@@ -157,6 +173,19 @@ def runs(tmp_path_factory):
 
     # D: A's step-15 checkpoint (after the switch) continued on one process, into its own directories.
     out["D"] = _launch(1, cfg, "D", "--resume", str(root / "checkpoints" / "A" / "step_15"))
+
+    # F: the bf16 path, forced, at the smallest useful length (bf16 is emulated and ~8x slower on CPUs without native
+    # bf16, where A-D run in fp32): 5 steps of phase 1 only, so its samples are A's first 5 steps, and the lrs of
+    # the 4 updates before step 5's loss are A's too (the same warmup; max_iters only shapes the later decay).
+    f_cfg = json.loads(cfg.read_text())
+    f_cfg["curriculum"]["phases"] = f_cfg["curriculum"]["phases"][:1]
+    f_cfg["curriculum"]["phases"][0]["until_step"] = None
+    f_cfg["optim"]["max_iters"] = 5
+    f_cfg["eval"]["val_dir"] = str(root / "data/phase2/val")
+    f_path = root / "cfg_bf16.json"
+    f_path.write_text(json.dumps(f_cfg, indent=2))
+    out["F"] = _launch(2, f_path, "F", "--precision", "bf16")
+    out["atol"] = BF16_LOSS_ATOL if _precision(out["A"]) == "bf16" else FP32_LOSS_ATOL
     return out
 
 
@@ -166,9 +195,26 @@ def test_same_sample_ids_and_losses_at_world_size_1_and_2(runs):
     for step in a:
         assert a[step]["sample_ids"] == b[step]["sample_ids"], f"step {step}: different samples"
         assert len(set(a[step]["sample_ids"])) == 8
-        assert abs(a[step]["step_loss"] - b[step]["step_loss"]) < BF16_LOSS_ATOL, step
+        assert abs(a[step]["step_loss"] - b[step]["step_loss"]) < runs["atol"], step
     # The loss of this learnable data falls over the first phase (the runs actually train).
     assert a[10]["step_loss"] < a[1]["step_loss"] - 1.0
+
+
+def test_forced_bf16_trains_in_bf16_and_tracks_the_reference_run(runs):
+    root, console = runs["root"], runs["F"]
+    assert _precision(console) == "bf16" and "(--precision bf16;" in console
+    assert "gradient accumulation: 2 micro-steps, accumulated in bf16 (params bf16, ZeRO stage 2)" in console
+    a, f = _steps(root, "A"), _steps(root, "F")
+    assert sorted(f) == [1, 2, 3, 4, 5]
+    for step in f:
+        assert f[step]["sample_ids"] == a[step]["sample_ids"]
+        # A is fp32 where bf16 is not native: the bf16 run tracks it within bf16's rounding, and it trains.
+        assert abs(f[step]["step_loss"] - a[step]["step_loss"]) < BF16_LOSS_ATOL, (step, f[step], a[step])
+    assert f[5]["step_loss"] < f[1]["step_loss"] - 0.1
+    meta = json.loads((root / "checkpoints" / "F" / "step_5" / "trainer_meta.json").read_text())
+    assert meta["precision"] == "bf16"
+    gold = json.loads((root / "checkpoints" / "F" / "gold" / "metadata.json").read_text())
+    assert gold["weights_dtype"] == "torch.bfloat16"
 
 
 def test_curriculum_switches_at_the_configured_step(runs):
@@ -214,7 +260,7 @@ def test_resume_on_another_world_size_after_the_switch(runs):
     for step in d:
         assert d[step]["phase"] == "balanced"
         assert d[step]["sample_ids"] == a[step]["sample_ids"]
-        assert abs(d[step]["step_loss"] - a[step]["step_loss"]) < BF16_LOSS_ATOL
+        assert abs(d[step]["step_loss"] - a[step]["step_loss"]) < runs["atol"]
         assert d[step]["lr"] == pytest.approx(a[step]["lr"], rel=1e-9)
 
 
@@ -229,7 +275,7 @@ def test_eval_numbers_equal_at_world_size_1_and_2(runs):
     assert set(ea[0]["losses"]) == {"val", "general", "code"}
     for step in (5, 10, 15, 20):
         for name, loss in ea[step]["losses"].items():
-            assert abs(eb[step]["losses"][name] - loss) < BF16_LOSS_ATOL, (step, name)
+            assert abs(eb[step]["losses"][name] - loss) < runs["atol"], (step, name)
 
 
 def test_gold_decisions_recorded_and_gold_checkpoint_exportable(runs):
@@ -254,8 +300,8 @@ def test_gold_decisions_recorded_and_gold_checkpoint_exportable(runs):
     assert metadata["losses"]["val"] == pytest.approx(last["losses"]["val"])
     assert model_config.n_layer == 2 and model_config.n_embd == 64
     export = root / "hf_export"
-    result = subprocess.run([PYTHON, "scripts/export_hf.py", str(root / "checkpoints" / "A" / "gold"), str(export)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run([PYTHON, "scripts/export_hf.py", str(root / "checkpoints" / "A" / "gold"), str(export)],
+                 cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (export / "config.json").is_file()
 
@@ -286,7 +332,13 @@ def test_tensorboard_scalars_and_console(runs):
         assert value == pytest.approx(a[step]["loss"], rel=1e-6)
     assert [e.step for e in acc.Scalars("eval/val")] == [0, 5, 10, 15, 20]
     console = runs["A"]
-    assert "gradient accumulation: 2 micro-steps, accumulated in bf16" in console
+    precision = _precision(console)
+    from launcher.engine import cpu_has_native_bf16
+
+    # The stock bf16 ds_config trains in fp32 exactly where this CPU has no native bf16, and says so once.
+    assert precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert console.count("precision: ") == 1
+    assert f"gradient accumulation: 2 micro-steps, accumulated in {precision}" in console
     assert "step 20/20 | loss" in console and "MFU" in console and "ETA" in console
     # Only rank 0 prints the progress lines.
     assert console.count("step 20/20 | loss") == 1
@@ -305,8 +357,7 @@ def test_nan_loss_skips_counts_stops_and_keeps_gold(runs, tmp_path):
     root = runs["root"]
     # A learning rate this large turns the weights into inf/NaN after the first update; every later step is NaN.
     cfg = _config(root, optim__learning_rate=1e30, optim__min_lr=1e29, optim__max_nonfinite_steps=3)
-    proc = subprocess.run([PYTHON, TRAIN, "--config_file", str(cfg), "--model_name", "E"], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = run([PYTHON, TRAIN, "--config_file", str(cfg), "--model_name", "E"], cwd=REPO, env=_env(), timeout=TIMEOUT)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "consecutive steps with non-finite loss" in out
@@ -378,6 +429,16 @@ def test_bad_input_ds_config_contradicting_training_config(runs, monkeypatch, tm
     assert merged["gradient_accumulation_steps"] == 2
 
 
+def test_bad_input_resume_in_another_precision(runs, monkeypatch):
+    root = runs["root"]
+    trained = json.loads((root / "checkpoints" / "A" / "step_20" / "trainer_meta.json").read_text())["precision"]
+    other = "bf16" if trained == "fp32" else "fp32"
+    msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "X", "--precision", other,
+                                    "--resume", str(root / "checkpoints" / "A" / "step_20")])
+    assert f"was trained in {trained}, but this run would train in {other}" in msg
+    assert f"--precision {trained}" in msg
+
+
 def test_bad_input_batch_not_divisible(runs, monkeypatch):
     msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "X"], world=3)
     assert "not divisible" in msg and "[1, 2, 4]" in msg
@@ -394,8 +455,8 @@ def test_bad_input_resume_from_another_config(runs, monkeypatch):
 
 
 def test_cli_exits_nonzero_with_message(runs):
-    proc = subprocess.run([PYTHON, TRAIN, "--config_file", str(runs["cfg"]), "--model_name", "X", "--dataset_dir",
-                           "/nonexistent/tokens"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = run([PYTHON, TRAIN, "--config_file", str(runs["cfg"]), "--model_name", "X", "--dataset_dir",
+                "/nonexistent/tokens"], cwd=REPO, env=_env(), timeout=120)
     assert proc.returncode != 0
     assert "/nonexistent/tokens" in proc.stderr and "does not exist" in proc.stderr
 
