@@ -8,8 +8,11 @@ Three ways to start are supported and all end in a torch.distributed process gro
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
+import warnings
 
 import torch
 
@@ -49,7 +52,19 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+    # DeepSpeed 0.19.8's CPU backend announces its shared-memory allreduce op with a bare print() on every rank
+    # ("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"): keep that line out of the console,
+    # pass anything else it prints through.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
+    for line in captured.getvalue().splitlines():
+        if not (line.startswith("DeepSpeed ") and line.endswith(" built successfully")):
+            print(line, flush=True)
+    # ZeRO-2 in DeepSpeed 0.19.8 gathers partitions with torch.distributed.all_gather_into_tensor, which torch 2.13
+    # deprecates with a FutureWarning on every rank. The call is DeepSpeed's, not ours, and nothing we can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                            category=FutureWarning)
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))
 

@@ -64,5 +64,12 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
                      stderr=subprocess.STDOUT)
         output = result.stdout[-5000:]
         assert result.returncode == 0, f"README block failed:\n{block}\n--- output ---\n{output}"
+        if block.strip().startswith("make demo"):
+            demo_console = result.stdout
+    # A quiet console: every line is the project's own (issue 15), none of DeepSpeed's or torch's chatter.
+    for noise in ("FutureWarning", "DeprecationWarning", "Attempting to get learning rate", "[WARNING]", "[INFO]",
+                  "built successfully"):
+        assert noise not in demo_console, f"`make demo` printed {noise!r}:\n{demo_console[-5000:]}"
+    assert "demo wall time: training " in demo_console and "torch CPU capability" in demo_console
     assert (root / "out" / "hf_demo_cpu" / "model.safetensors").is_file()
     assert (root / "checkpoints" / "demo_cpu" / "gold" / "model.safetensors").is_file()

@@ -342,6 +342,10 @@ def test_tensorboard_scalars_and_console(runs):
     assert "step 20/20 | loss" in console and "MFU" in console and "ETA" in console
     # Only rank 0 prints the progress lines.
     assert console.count("step 20/20 | loss") == 1
+    # No third-party chatter from the trainer's ranks (the deepspeed runner's own INFO lines are the user's choice:
+    # `make demo` passes --quiet).
+    for noise in ("FutureWarning", "Attempting to get learning rate", "built successfully"):
+        assert noise not in console, noise
 
 
 def test_resumed_tensorboard_has_no_duplicate_steps(runs):
