@@ -234,7 +234,7 @@ class HealthConfig:
     """
 
     window_evals: int = 8
-    """Evals K the trend checks look back over (retrieval plateau, code gap growth, grounding gain); 8 evals are
+    """Evals K the trend checks look back over (retrieval plateau, code drift, grounding gain); 8 evals are
     2,800 steps at the spec's eval_interval: long enough that one noisy eval cannot decide, short enough to warn
     within a few hours."""
     retrieval_set: str = "retrieval"
@@ -250,11 +250,12 @@ class HealthConfig:
     code_max_gap: float = 0.5
     """Failing when |code - val| / val exceeds this; code is more predictable than prose, so its loss sits below
     val by a mix-dependent margin (0.3-0.4 is ordinary), and only a gap no mix explains should fail."""
-    code_watch_gap_growth: float = 0.05
-    """Watch when that gap grew by more than this (absolute, 0.05 = 5 points of val) over the window: code and val
-    drifting apart, before the gap itself is alarming."""
-    code_fail_gap_growth: float = 0.15
-    """Failing when the gap grew by more than this over the window: code diverging from val."""
+    code_watch_drift: float = 0.05
+    """Watch when (code - val) / val rose by more than this over the window (0.05 = 5 points of val): code losing
+    ground on val, before the gap itself is alarming. Signed on purpose: a code loss climbing from below val towards
+    it shrinks |code - val| yet is the forgetting this criterion is for; code improving faster than val is fine."""
+    code_fail_drift: float = 0.15
+    """Failing when (code - val) / val rose by more than this over the window: code diverging from val."""
     stability_sets: list[str] = field(default_factory=lambda: ["general", "domain"])
     """Eval sets that must stay near their GOLD baselines (criterion 3; the limit is gold.max_regression)."""
     stability_watch_share: float = 0.5
@@ -284,10 +285,9 @@ class HealthConfig:
             raise ValueError(f"health.stability_sets must be a list of eval set names, got {self.stability_sets!r}")
         if not self.code_max_gap > 0:
             raise ValueError(f"health.code_max_gap must be positive (a fraction of val), got {self.code_max_gap}")
-        if not 0 <= self.code_watch_gap_growth <= self.code_fail_gap_growth:
-            raise ValueError(
-                f"health.code_watch_gap_growth ({self.code_watch_gap_growth}) must be >= 0 and at most "
-                f"health.code_fail_gap_growth ({self.code_fail_gap_growth})")
+        if not 0 <= self.code_watch_drift <= self.code_fail_drift:
+            raise ValueError(f"health.code_watch_drift ({self.code_watch_drift}) must be >= 0 and at most "
+                             f"health.code_fail_drift ({self.code_fail_drift})")
         if not 0 < self.stability_watch_share <= 1:
             raise ValueError(f"health.stability_watch_share must be in (0, 1], got {self.stability_watch_share}")
         if not 1 <= self.gold_watch_evals <= self.gold_fail_evals:

@@ -43,7 +43,8 @@ def _base():
         return json.load(f)
 
 
-@pytest.mark.parametrize("section", ["model", "optim", "batch", "data", "eval", "gold", "checkpoint", "logging", "health"])
+@pytest.mark.parametrize("section",
+                         ["model", "optim", "batch", "data", "eval", "gold", "checkpoint", "logging", "health"])
 def test_unknown_key_in_any_section_is_named(tmp_path, section):
     values = _base()
     values[section]["learning_rat"] = 1
