@@ -14,8 +14,8 @@ import pytest
 
 from launcher.config import GoldConfig, HealthConfig
 from launcher.gold import GoldTracker
-from launcher.health import FAILING, NOT_YET, OK, WATCH, judge, scalars, timeline
-from launcher.run_log import _clean
+from launcher.health import FAILING, NOT_YET, OK, WATCH, judge, newly_failing, scalars, timeline, warning
+from launcher.run_log import RunLog, _clean
 from scripts import plot_run, train_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,3 +251,34 @@ def test_timeline_is_judge_on_each_prefix():
     records = history(n=6)
     assert [{n: v.status for n, v in t.items()} for t in timeline(records, HealthConfig())] == \
         [statuses(records[: i + 1]) for i in range(6)]
+
+
+def test_a_criterion_is_warned_about_when_it_turns_failing_not_while_it_stays_failing():
+    def plateau(i):
+        out = healthy_losses(i)
+        out["retrieval"] = 1.1 * falling(min(i, 8))
+        return out
+
+    records, warned, previous = history(plateau), [], {}
+    for i in range(len(records)):
+        verdicts = judge(records[: i + 1], HealthConfig())
+        warned += [(records[i]["step"], name) for name in newly_failing(previous, verdicts)]
+        previous = {name: v.status for name, v in verdicts.items()}
+    assert len(warned) == 1 and warned[0][1] == "retrieval"
+    text = warning(warned[0][0], "retrieval", judge(records, HealthConfig())["retrieval"])
+    assert text.startswith(f"WARNING run health: retrieval is failing at step {warned[0][0]}") and "Look at" in text
+    # Recovering and failing again is a new episode: warned again.
+    fail = judge(records, HealthConfig())
+    assert newly_failing({"retrieval": "ok"}, fail) == ["retrieval"]
+    assert newly_failing({"retrieval": "failing"}, fail) == []
+
+
+def test_after_a_resume_the_history_is_the_eval_log_up_to_the_resumed_step(tmp_path):
+    records = history(n=8)
+    _write_log(tmp_path, records, name="r")
+    log = RunLog(str(tmp_path), str(tmp_path / "runs"), "r", is_writer=True, resume_step=500)
+    try:
+        assert [r["step"] for r in log.eval_records()] == [0, 100, 200, 300, 400, 500]
+    finally:
+        log.close()
+    assert RunLog(str(tmp_path), str(tmp_path / "runs"), "r", is_writer=False, resume_step=500).eval_records() == []
