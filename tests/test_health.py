@@ -151,6 +151,13 @@ def test_no_gold_since_the_baseline_fails():
     assert statuses(records[:8])["gold"] == WATCH  # 5 evals since the baseline without a GOLD
     assert statuses(records, HealthConfig(gold_watch_evals=20, gold_fail_evals=30))["gold"] == WATCH
 
+    # A GOLD chosen before the baseline step passed a vacuous regression guard: it does not count as one that
+    # passed all three, even while nothing is refused (val flat from step 200 on: no new best to refuse).
+    flat = history(losses=lambda i: healthy_losses(min(i, 2)) | {"retrieval": 1.1 * falling(i)}, n=6)
+    assert flat[-1]["gold"]["best_step"] == 200 and not flat[-1]["gold"]["is_new_best"]
+    verdict = judge(flat, HealthConfig())["gold"]
+    assert verdict.status == WATCH and "since the baseline step 300" in verdict.detail
+
 
 def test_a_model_that_ignores_the_context_fails_grounding():
     def ignoring(i):
@@ -190,10 +197,13 @@ def test_missing_sets_probes_and_null_losses_never_crash():
 
 def test_the_jsonl_round_trip_gives_the_same_verdicts():
     records = history()
-    records[5]["losses"]["code"] = math.nan  # in memory NaN, in the JSONL null
+    records[5]["losses"]["code"] = math.nan  # in memory NaN (what the trainer judges), in the JSONL null
+    records[-1]["losses"]["retrieval"] = math.nan
     read_back = json.loads(json.dumps(_clean(records)))
-    assert {n: v.to_dict() for n, v in judge(records, HealthConfig()).items()} == \
-        {n: v.to_dict() for n, v in judge(read_back, HealthConfig()).items()}
+    live = {n: v.to_dict() for n, v in judge(records, HealthConfig()).items()}
+    assert live == {n: v.to_dict() for n, v in judge(read_back, HealthConfig()).items()}
+    assert live["retrieval"]["status"] == FAILING and "not finite" in live["retrieval"]["detail"]
+    json.dumps(live, allow_nan=False)  # the record's health object is strict JSON
 
 
 def _write_log(tmp_path, records, name="run"):
