@@ -1,9 +1,10 @@
 """Training configuration: one dataclass per concern, loaded from a JSON file, unknown keys rejected.
 
 A training config JSON has the sections `model`, `optim`, `batch`, `data`, `curriculum`, `eval`, `gold`,
-`checkpoint`, `logging` and the key `deepspeed_config`. Hyperparameters live here and only here: the DeepSpeed
-JSON (`ds_configs/*.json`) carries engine settings, and the launcher fills DeepSpeed's batch, clipping, optimizer
-and scheduler fields from this config (see DESIGN, "One source of truth per value").
+`checkpoint`, `logging`, `health` (optional, like every section with defaults) and the key `deepspeed_config`.
+Hyperparameters live here and only here: the DeepSpeed JSON (`ds_configs/*.json`) carries engine settings, and the
+launcher fills DeepSpeed's batch, clipping, optimizer and scheduler fields from this config (see DESIGN, "One source
+of truth per value").
 
 Every field is documented once, in its docstring below; the README's config reference is checked against these.
 """
@@ -224,6 +225,79 @@ class LoggingConfig:
             raise ValueError("logging.log_interval and logging.peak_flops_per_device must be positive")
 
 
+@dataclass
+class HealthConfig:
+    """Run-health thresholds: the spec's five success criteria judged at every eval (`launcher/health.py`).
+
+    Monitoring only: a verdict never stops the run, and this section is left out of the config fingerprint, so
+    changing a threshold does not block a resume. Defaults assume the spec's run (an eval every 350 steps of 75,000).
+    """
+
+    window_evals: int = 8
+    """Evals K the trend checks look back over (retrieval plateau, code drift, grounding gain); 8 evals are
+    2,800 steps at the spec's eval_interval: long enough that one noisy eval cannot decide, short enough to warn
+    within a few hours."""
+    retrieval_set: str = "retrieval"
+    """The eval set (a name in eval.sets) whose loss must keep falling (criterion 1)."""
+    retrieval_watch_improvement: float = 0.015
+    """Watch when the retrieval loss fell less than this fraction over the last window_evals evals; a loss still
+    learning falls about 1.5% or more per 2,800 steps through most of a 75k-step cosine schedule."""
+    retrieval_fail_improvement: float = 0.005
+    """Failing (plateau) when it fell less than this fraction over the window: below 0.5% the loss is flat (the
+    eval samples are fixed, so this is the weights not moving, not sampling noise)."""
+    code_set: str = "code"
+    """The eval set whose loss must track the val loss (criterion 2)."""
+    code_max_gap: float = 0.5
+    """Failing when |code - val| / val exceeds this; code is more predictable than prose, so its loss sits below
+    val by a mix-dependent margin (0.3-0.4 is ordinary), and only a gap no mix explains should fail."""
+    code_watch_drift: float = 0.05
+    """Watch when (code - val) / val rose by more than this over the window (0.05 = 5 points of val): code losing
+    ground on val, before the gap itself is alarming. Signed on purpose: a code loss climbing from below val towards
+    it shrinks |code - val| yet is the forgetting this criterion is for; code improving faster than val is fine."""
+    code_fail_drift: float = 0.15
+    """Failing when (code - val) / val rose by more than this over the window: code diverging from val."""
+    stability_sets: list[str] = field(default_factory=lambda: ["general", "domain"])
+    """Eval sets that must stay near their GOLD baselines (criterion 3; the limit is gold.max_regression)."""
+    stability_watch_share: float = 0.5
+    """Watch when a stability set has used this share of the GOLD regression allowance (0.5 with max_regression
+    0.20: 10% above baseline), so forgetting shows before GOLD starts refusing saves."""
+    gold_watch_evals: int = 5
+    """Watch when the GOLD checkpoint is this many evals old (or none passed the guards since the baseline step);
+    while the val loss falls a new GOLD comes every eval or two."""
+    gold_fail_evals: int = 15
+    """Failing when the GOLD checkpoint is this many evals old (5,250 steps at the spec's interval): the val loss
+    stopped improving or every new best is refused."""
+    grounding_min_ll_gain: float = 0.0
+    """Failing when the retrieval probe's log-likelihood gain from the passage is at or below this (nats/token):
+    the passage does not make the answer more likely, so the model ignores its context (criterion 5)."""
+    grounding_min_bucket_ratio: float = 0.5
+    """Watch when the worst position bucket's exact match is below this share of the best bucket's: answers are
+    found at some positions of the context only."""
+
+    def __post_init__(self):
+        if isinstance(self.window_evals, bool) or not isinstance(self.window_evals, int) or self.window_evals < 1:
+            raise ValueError(f"health.window_evals must be an integer >= 1, got {self.window_evals!r}")
+        if not 0 <= self.retrieval_fail_improvement <= self.retrieval_watch_improvement:
+            raise ValueError(
+                f"health.retrieval_fail_improvement ({self.retrieval_fail_improvement}) must be >= 0 and at most "
+                f"health.retrieval_watch_improvement ({self.retrieval_watch_improvement})")
+        if not isinstance(self.stability_sets, list) or not all(isinstance(n, str) for n in self.stability_sets):
+            raise ValueError(f"health.stability_sets must be a list of eval set names, got {self.stability_sets!r}")
+        if not self.code_max_gap > 0:
+            raise ValueError(f"health.code_max_gap must be positive (a fraction of val), got {self.code_max_gap}")
+        if not 0 <= self.code_watch_drift <= self.code_fail_drift:
+            raise ValueError(f"health.code_watch_drift ({self.code_watch_drift}) must be >= 0 and at most "
+                             f"health.code_fail_drift ({self.code_fail_drift})")
+        if not 0 < self.stability_watch_share <= 1:
+            raise ValueError(f"health.stability_watch_share must be in (0, 1], got {self.stability_watch_share}")
+        if not 1 <= self.gold_watch_evals <= self.gold_fail_evals:
+            raise ValueError(f"health.gold_watch_evals ({self.gold_watch_evals}) must be >= 1 and at most "
+                             f"health.gold_fail_evals ({self.gold_fail_evals})")
+        if not 0 <= self.grounding_min_bucket_ratio <= 1:
+            raise ValueError(
+                f"health.grounding_min_bucket_ratio must be in [0, 1], got {self.grounding_min_bucket_ratio}")
+
+
 SECTIONS = {
     "model": ModelConfig,
     "optim": OptimConfig,
@@ -234,6 +308,7 @@ SECTIONS = {
     "gold": GoldConfig,
     "checkpoint": CheckpointConfig,
     "logging": LoggingConfig,
+    "health": HealthConfig,
 }
 
 
@@ -250,6 +325,7 @@ class TrainConfig:
     gold: GoldConfig = field(default_factory=GoldConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     deepspeed_config: str = "ds_configs/zero2_bf16.json"
     """DeepSpeed engine JSON (ZeRO stage, bf16, buckets); `--deepspeed_config` on the command line overrides it."""
 
@@ -307,10 +383,10 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes what is trained (resume refuses a checkpoint with another one)."""
         values = self.to_dict()
-        # Where files are written and how often we log do not change the model being trained. Dataset paths are
-        # left out too: a pod mounts the same data elsewhere, and the data's identity is checked by the datasets'
-        # own fingerprints.
-        for volatile in ("checkpoint", "logging"):
+        # Where files are written, how often we log and the run-health thresholds (monitoring only) do not change
+        # the model being trained. Dataset paths are left out too: a pod mounts the same data elsewhere, and the
+        # data's identity is checked by the datasets' own fingerprints.
+        for volatile in ("checkpoint", "logging", "health"):
             values.pop(volatile)
         for phase in values["curriculum"]["phases"]:
             phase.pop("dataset_dir")

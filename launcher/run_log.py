@@ -3,8 +3,9 @@
 - `<log_dir>/<model_name>_train.jsonl`: one record per log interval (loss, lr, grad norm, tokens/s, MFU, data-wait
   share) plus one `{"event": "phase_switch"}` record per curriculum switch;
 - `<log_dir>/<model_name>_eval.jsonl`: one record per eval (time, step, tokens, phase, lr, losses, GOLD guards and
-  decision);
-- TensorBoard under `<tensorboard_dir>/<model_name>/`: `train/*`, `eval/*`, `gold/*` scalars by optimizer step.
+  decision, probes, run health);
+- TensorBoard under `<tensorboard_dir>/<model_name>/`: `train/*`, `eval/*`, `gold/*`, `probe/*`, `health/*` scalars by
+  optimizer step.
 
 On resume, records past the resumed step (written by the interrupted run after its last checkpoint) are dropped
 from both JSONL files and TensorBoard (`purge_step`), so the logs read as one uninterrupted run.
@@ -103,6 +104,18 @@ class RunLog:
             if value is not None and math.isfinite(value):
                 self.tb.add_scalar(name, value, record["step"])
         self.tb.flush()
+
+    def eval_records(self) -> list[dict[str, Any]]:
+        """The eval records written so far (after a resume: those up to the resumed step), oldest first."""
+        if not self.is_writer or not self.eval_path.is_file():
+            return []
+        records = []
+        for line in self.eval_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill (truncate_jsonl drops those on resume)
+                continue
+        return records
 
     def close(self) -> None:
         if self.tb is not None:

@@ -24,6 +24,7 @@ from data.paths import resolve
 from data.sampler import StepSampler
 from data.token_dataset import TokenDataset
 from launcher import distributed as dist
+from launcher import health
 from launcher.checkpointing import CheckpointManager, complete_checkpoints, read_meta, save_gold
 from launcher.config import TrainConfig
 from launcher.engine import (
@@ -240,6 +241,12 @@ class Trainer:
         self.log = RunLog(str(resolve(cfg.logging.log_dir)), str(resolve(cfg.logging.tensorboard_dir)),
                           self.model_name, self.rank == 0,
                           resume_step=self.step if plan.resume_path is not None else None)
+        # Run health is judged on rank 0 from every eval record of the run. RunLog has already cut the eval log back
+        # to the resumed step, so reading it back gives the history an uninterrupted run would hold.
+        self.eval_history: list[dict[str, Any]] = self.log.eval_records() if self.rank == 0 else []
+        self.health_status: dict[str, str] = {
+            name: v.get("status") for name, v in (self.eval_history[-1].get("health") or {}).items()
+            if isinstance(v, dict)} if self.eval_history else {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
@@ -319,11 +326,23 @@ class Trainer:
         if decision["best_val_loss"] is not None:
             scalars["gold/best_val_loss"] = decision["best_val_loss"]
         scalars["gold/saved"] = 1.0 if gold_path else 0.0
+        verdicts = None
+        if self.rank == 0:
+            self.eval_history.append(record)
+            verdicts = health.judge(self.eval_history, cfg.health)
+            record["health"] = health.to_record(verdicts)
+            scalars.update(health.scalars(verdicts))
         self.log.eval(record, scalars)
         pretty = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
         dist.print0(f"eval step {self.step}: {pretty} train {train_loss:.4f} | GOLD: {decision['reason']}")
         if probe:
             dist.print0(f"  {probe_summary(probe)}")
+        if verdicts is not None:
+            dist.print0(f"  {health.health_line(self.step, verdicts)}")
+            # Warn when a criterion turns failing, not at every eval it stays so; the run goes on either way.
+            for name in health.newly_failing(self.health_status, verdicts):
+                dist.print0(f"  {health.warning(self.step, name, verdicts[name])}")
+            self.health_status = {name: v.status for name, v in verdicts.items()}
         return record
 
     def _gold_metadata(self, losses: dict[str, float], train_loss: float) -> dict[str, Any]:

@@ -1,15 +1,18 @@
 """Plot a training run from its JSONL logs into one PNG: losses per eval set, the phase switch, GOLD saves, the
-induction score and retrieval accuracy over steps.
+induction score and retrieval accuracy over steps, and the run health (which criterion failed at which eval).
 
 Usage:
     python scripts/plot_run.py logs/train                          # every run in the folder -> <run>.png next to it
     python scripts/plot_run.py logs/train --model_name demo        # one run
     python scripts/plot_run.py logs/train --model_name demo --out out/demo.png
+    python scripts/plot_run.py logs/train --model_name demo --config_file configs/tiny/demo_cpu.json  # its thresholds
 
 LOGDIR is the trainer's `logging.log_dir` holding `<model_name>_eval.jsonl` (and `<model_name>_train.jsonl`, whose
 train loss and `phase_switch` events are drawn when present). Panels: (1) train loss and every eval set's loss,
 phase switches as vertical lines, GOLD saves as stars on the val curve; (2) induction score; (3) retrieval exact
-match (mean, worst and best position bucket) and the share of unanswerable prompts answered "not in the context".
+match (mean, worst and best position bucket) and the share of unanswerable prompts answered "not in the context";
+(last) the run health as it was at each eval (`launcher/health.py`): one row per criterion, ok / watch / failing,
+the failing evals as red crosses, which are also drawn along the top of the loss panel.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a pod or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launcher import health  # noqa: E402
+from launcher.config import HealthConfig, TrainConfig  # noqa: E402
+
+HEALTH_STYLE = {health.OK: ("o", "tab:green"), health.WATCH: ("o", "tab:orange"), health.FAILING: ("X", "red")}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -43,7 +53,19 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def plot_run(log_dir: str | Path, model_name: str, out: str | Path) -> Path:
+def failing_steps(evals: list[dict], cfg: HealthConfig) -> dict[str, list[int]]:
+    """Per criterion, the steps of the evals at which it was failing (as the trainer judged it live)."""
+    marks: dict[str, list[int]] = {}
+    for record, verdicts in zip(evals, health.timeline(evals, cfg), strict=True):
+        for name, v in verdicts.items():
+            if v.status == health.FAILING:
+                marks.setdefault(name, []).append(record["step"])
+    return marks
+
+
+def draw_run(log_dir: str | Path, model_name: str, cfg: HealthConfig | None = None) -> plt.Figure:
+    """The figure of one run (the caller saves or closes it)."""
+    cfg = cfg or HealthConfig()
     log_dir = Path(log_dir)
     evals = read_jsonl(log_dir / f"{model_name}_eval.jsonl")
     if not evals:
@@ -53,8 +75,9 @@ def plot_run(log_dir: str | Path, model_name: str, out: str | Path) -> Path:
     train = read_jsonl(log_dir / f"{model_name}_train.jsonl")
     steps = [r["step"] for r in evals]
     has_probe = any("probe" in r for r in evals)
-    fig, axes = plt.subplots(3 if has_probe else 1, 1, figsize=(10, 11 if has_probe else 5), sharex=True,
-                             squeeze=False)
+    rows = 4 if has_probe else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 3.3 * rows + 1), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3] * (rows - 1) + [1.6]})
     ax = axes[0][0]
     losses = [r for r in train if "loss" in r and "event" not in r]
     if losses:
@@ -70,6 +93,12 @@ def plot_run(log_dir: str | Path, model_name: str, out: str | Path) -> Path:
     for i, ax_row in enumerate(axes):
         for r in switches:
             ax_row[0].axvline(r["step"], color="red", ls="--", lw=1, label=f"phase -> {r['phase']}" if i == 0 else None)
+    timeline = health.timeline(evals, cfg)
+    failing = sorted({r["step"] for r, verdicts in zip(evals, timeline, strict=True)
+                      if any(v.status == health.FAILING for v in verdicts.values())})
+    if failing:  # along the top edge of the loss panel: where to look on the loss curves
+        ax.plot(failing, [1.0] * len(failing), "X", color="red", transform=ax.get_xaxis_transform(), clip_on=False,
+                label="a health criterion failing")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{model_name}: losses")
     ax.legend(fontsize=8, ncol=2)
@@ -94,8 +123,24 @@ def plot_run(log_dir: str | Path, model_name: str, out: str | Path) -> Path:
         ax.set_title("retrieval probe")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    ax = axes[-1][0]
+    for status, (marker, color) in HEALTH_STYLE.items():
+        points = [(r["step"], row) for r, verdicts in zip(evals, timeline, strict=True)
+                  for row, name in enumerate(health.CRITERIA) if verdicts[name].status == status]
+        if points:
+            ax.scatter([s for s, _ in points], [y for _, y in points], marker=marker, color=color, s=40, label=status)
+    ax.set_yticks(range(len(health.CRITERIA)), health.CRITERIA)
+    ax.set_ylim(len(health.CRITERIA) - 0.5, -0.5)
+    ax.set_title("run health at each eval (not yet: no mark)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel("optimizer step")
     fig.tight_layout()
+    return fig
+
+
+def plot_run(log_dir: str | Path, model_name: str, out: str | Path, cfg: HealthConfig | None = None) -> Path:
+    fig = draw_run(log_dir, model_name, cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
@@ -110,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("log_dir", help="the run's log folder (logging.log_dir, e.g. logs/train)")
     parser.add_argument("--model_name", help="the run to plot (default: every *_eval.jsonl in log_dir)")
     parser.add_argument("--out", help="output PNG (default: <log_dir>/<model_name>.png); only with --model_name")
+    parser.add_argument("--config_file", help="the run's training config: its `health` section sets the health "
+                        "thresholds (default: the defaults)")
     args = parser.parse_args(argv)
+    try:
+        cfg = TrainConfig.from_json(args.config_file).health if args.config_file else HealthConfig()
+    except ValueError as e:
+        raise SystemExit(f"plot_run: {e}") from None
     log_dir = Path(args.log_dir)
     if not log_dir.is_dir():
         raise SystemExit(f"plot_run: {log_dir} is not a folder; pass the run's logging.log_dir (e.g. logs/train)")
@@ -122,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("plot_run: --out needs --model_name (one run per PNG)")
     for name in names:
         try:
-            out = plot_run(log_dir, name, args.out or log_dir / f"{name}.png")
+            out = plot_run(log_dir, name, args.out or log_dir / f"{name}.png", cfg)
         except ValueError as e:
             raise SystemExit(f"plot_run: {e}") from None
         print(f"wrote {out}")

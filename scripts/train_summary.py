@@ -1,6 +1,11 @@
-"""Summarise a run's eval log: the first and last eval, every GOLD save and every refused new best.
+"""Summarise a run's eval log: the first and last eval, every GOLD save and every refused new best, and the run
+health (the spec's five success criteria, `launcher/health.py`) at the last eval with the evals where it changed.
 
     python scripts/train_summary.py logs/train/demo_cpu_eval.jsonl
+    python scripts/train_summary.py logs/train/demo_cpu_eval.jsonl --config_file configs/tiny/demo_cpu.json
+
+Works on a finished run or a log copied off a pod mid-run. The health thresholds are the `health` section of
+--config_file (the run's training config) when given, else the defaults.
 """
 
 from __future__ import annotations
@@ -10,20 +15,53 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launcher import health  # noqa: E402
+from launcher.config import HealthConfig, TrainConfig  # noqa: E402
+
 
 def _losses(record: dict) -> str:
     return " ".join(f"{k} {v:.4f}" if v is not None else f"{k} nan" for k, v in record["losses"].items())
 
 
+def health_report(records: list[dict], cfg: HealthConfig) -> list[str]:
+    """The health table at the last eval, the status changes eval by eval, and what to look at."""
+    history = health.timeline(records, cfg)
+    final = history[-1]
+    width = max(len(n) for n in final)
+    lines = [f"run health at step {records[-1]['step']}:"]
+    lines += [f"  {name:<{width}}  {v.status:<7}  {v.detail}" for name, v in final.items()]
+    changes = []
+    for before, after, record in zip(history, history[1:], records[1:], strict=False):
+        for name, v in after.items():
+            old = before[name].status
+            # "not yet" -> ok is the evidence arriving, not news.
+            if v.status != old and not (old == health.NOT_YET and v.status == health.OK):
+                changes.append(f"  step {record['step']}: {name} {old} -> {v.status}")
+    if changes:
+        lines += ["health changes:", *changes]
+    look = [f"  {name}: {v.look_at}" for name, v in final.items() if v.status in (health.WATCH, health.FAILING)]
+    if look:
+        lines += ["what to look at:", *look]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("eval_log", type=Path, help="the <model_name>_eval.jsonl written by launcher/train.py")
+    p.add_argument("--config_file", type=Path,
+                   help="the run's training config: its `health` section sets the thresholds (default: defaults)")
     args = p.parse_args(argv)
     if not args.eval_log.is_file():
         raise SystemExit(f"error: {args.eval_log} does not exist (run launcher/train.py first)")
     records = [json.loads(line) for line in args.eval_log.read_text().splitlines() if line.strip()]
     if not records:
         raise SystemExit(f"error: {args.eval_log} holds no eval records")
+    try:
+        cfg = TrainConfig.from_json(args.config_file).health if args.config_file else HealthConfig()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     first, last = records[0], records[-1]
     print(f"first eval (step {first['step']}): {_losses(first)}")
     print(f"last eval  (step {last['step']}): {_losses(last)}")
@@ -34,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         g = r["gold"]
         if g["save"] or g["is_new_best"]:
             print(f"  step {r['step']:>6} [{r['phase']}]: {g['reason']}")
+    print("\n".join(health_report(records, cfg)))
     return 0
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from launcher.config import TrainConfig
+from launcher.config import HealthConfig, TrainConfig
 
 BASE_CONFIG = "configs/base/750M_unified_v1.json"
 
@@ -43,7 +43,8 @@ def _base():
         return json.load(f)
 
 
-@pytest.mark.parametrize("section", ["model", "optim", "batch", "data", "eval", "gold", "checkpoint", "logging"])
+@pytest.mark.parametrize("section",
+                         ["model", "optim", "batch", "data", "eval", "gold", "checkpoint", "logging", "health"])
 def test_unknown_key_in_any_section_is_named(tmp_path, section):
     values = _base()
     values[section]["learning_rat"] = 1
@@ -77,6 +78,8 @@ def test_global_batch_not_divisible_names_the_gpu_counts_that_work():
         (("batch", "global_batch_size"), 100, "global_batch_size"),
         (("curriculum", "phases"), [{"name": "a", "dataset_dir": "x", "until_step": 5}], "last phase"),
         (("data", "verify"), "sometimes", "verify"),
+        (("health", "retrieval_fail_improvement"), 0.5, "retrieval_fail_improvement"),
+        (("health", "window_evals"), 0, "window_evals"),
     ],
 )
 def test_bad_values_are_named(tmp_path, path, value, message):
@@ -92,5 +95,15 @@ def test_fingerprint_changes_with_training_values_only():
     assert a.fingerprint() == b.fingerprint()
     b.logging.log_interval = 1
     assert a.fingerprint() == b.fingerprint()
+    b.health.retrieval_fail_improvement = 0.001  # monitoring thresholds must not block a resume
+    assert a.fingerprint() == b.fingerprint()
     b.optim.learning_rate = 3e-4
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_config_without_a_health_section_gets_the_defaults(tmp_path):
+    values = _base()
+    del values["health"]
+    c = TrainConfig.from_json(_write(tmp_path, values))
+    assert c.health == HealthConfig()
+    assert c.fingerprint() == TrainConfig.from_json(BASE_CONFIG).fingerprint()
