@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint install install-dev clean-demo
+.PHONY: test test-fast demo lint install install-dev clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: $(VENV)/.dev-installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# While editing: everything but the multi-rank runs and the Triton interpreter suite (CI runs `make test`).
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -m "not multirank and not slow"
 
 demo: $(VENV)/.runtime-installed
 	bash scripts/demo.sh

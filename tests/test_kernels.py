@@ -55,6 +55,7 @@ def check_rule(name: str, fused: torch.Tensor, same_dtype: torch.Tensor, ref64: 
 # --- the interpreter suite, in its own process ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_triton
 @compiled_mode_only
 def test_interpreter_suite_passes_in_a_subprocess():

@@ -31,6 +31,8 @@ import pytest
 
 from tests.process_group import run, started
 
+pytestmark = pytest.mark.multirank  # every test here reads the runs of the module's fixture
+
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
