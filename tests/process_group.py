@@ -1,9 +1,12 @@
-"""Subprocesses for tests that never outlive their test: each starts in a process group of its own, and the whole
-tree (the group, and any descendant that moved to a session of its own, as the Docker entrypoint's command does) is
-killed when the test times out, fails or ends with the process still running.
+"""Subprocesses for tests that never outlive their test: every process a test starts (and everything those start) is
+killed when the test times out, fails, or finishes with some of them still running.
 
 A `deepspeed --num_gpus 2` launch is three processes deep (runner -> launch -> ranks); `subprocess.run(timeout=...)`
-kills only the runner, and the ranks keep training for minutes beside the tests after it (issue 15).
+kills only the runner, and the ranks keep training for minutes beside the tests after it (issue 15). Walking the
+process tree is not enough either: a process whose parent died is re-parented to init, and the Docker entrypoint
+starts its command in a session of its own. So each started command gets an environment variable with a token of its
+own, which every descendant inherits (the deepspeed launcher and the entrypoint pass the environment on), and the
+kill takes every process that carries it, wherever it now hangs in the tree.
 
     from tests.process_group import run, started
 
@@ -18,80 +21,78 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+MARKER = "RAGLLM_TEST_PROCESS_TREE"
 
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc (Linux)."""
-    tree: dict[int, list[int]] = {}
+
+def tree_pids(token: str) -> list[int]:
+    """Live processes whose environment holds MARKER=token (Linux /proc; our own processes only)."""
+    needle = f"{MARKER}={token}".encode()
+    pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            # Field 4 of /proc/<pid>/stat is the parent pid; the command name (field 2) may hold spaces, so split
-            # after its closing parenthesis.
-            stat = (entry / "stat").read_text()
-        except OSError:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # exited meanwhile, or another user's process
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
+    return pids
 
 
-def descendants(pid: int) -> list[int]:
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        for child in tree.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the process's group (started as a new session, its id is the pid: this also reaches members orphaned
-    by a dead parent) and every descendant with its own group; then reap the process."""
-    # Once reaped, the pid may belong to someone else: only a live process's tree is walked.
-    pids = [proc.pid, *descendants(proc.pid)] if proc.poll() is None else []
-    groups = {proc.pid}
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            groups.add(os.getpgid(pid))
-    groups.discard(os.getpgid(0))  # never the test runner's own group
-    for group in groups:
-        with contextlib.suppress(OSError):
-            os.killpg(group, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+def kill_tree(proc: subprocess.Popen, token: str) -> None:
+    """SIGKILL every process of the tree (repeated while new ones appear: a dying launcher may still spawn), then reap
+    the direct child."""
+    for _ in range(20):
+        pids = tree_pids(token)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
 
 
 @contextlib.contextmanager
-def started(cmd: list[str], **kwargs) -> Iterator[subprocess.Popen]:
-    """Popen in a new session; on leaving the block, whatever of its tree still runs is killed."""
-    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+def started(cmd: list[str], env: dict[str, str] | None = None, **kwargs) -> Iterator[subprocess.Popen]:
+    """Popen (in a session of its own, so a signal to the test's terminal does not reach it twice); on leaving the
+    block, whatever of its tree still runs is killed."""
+    token = uuid.uuid4().hex
+    env = {**(os.environ if env is None else env), MARKER: token}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs)
     try:
         yield proc
     finally:
-        kill_tree(proc)
+        kill_tree(proc, token)
 
 
-def run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run(cmd, capture_output=True, text=True, timeout=timeout) that kills the whole tree on timeout.
+def run(cmd: list[str], timeout: float, stderr=None, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True, timeout=timeout), but the whole tree is killed on a
+    timeout (subprocess.TimeoutExpired is raised after, with the output so far) and when the command returns.
 
-    Raises subprocess.TimeoutExpired (with the output so far) after killing it."""
-    kwargs.setdefault("stdout", subprocess.PIPE)
-    kwargs.setdefault("stderr", subprocess.PIPE)
-    kwargs.setdefault("text", True)
-    with started(cmd, **kwargs) as proc:
-        t0 = time.monotonic()
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            kill_tree(proc)
-            out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(cmd, time.monotonic() - t0, output=out, stderr=err) from e
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    Output goes through temporary files, not pipes: a leftover process holding a pipe would make reading it wait for
+    that process instead of the command. `stderr=subprocess.STDOUT` merges the two as usual."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        merged = stderr == subprocess.STDOUT
+        with started(cmd, stdout=out, stderr=out if merged else err, **kwargs) as proc:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            else:
+                timed_out = False
+        # The block's exit killed what was left; the files now hold everything that was written.
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr_text = None if merged else err.read().decode(errors="replace")
+    if timed_out:
+        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr_text)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr_text)
