@@ -53,10 +53,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root` (and the folders) to disk: the COMPLETE marker must never reach the disk before
+    the files it vouches for (a power loss after a rename can otherwise leave a marker beside empty files)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(Path(folder) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -98,13 +123,54 @@ class CheckpointManager:
         dist.barrier()
         engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=client_state)
         torch.save(rng_state(), path / f"rng_rank{dist.rank()}.pt")
-        dist.barrier()  # every rank's files are on disk before the marker says so
+        dist.barrier()  # every rank has written its files before the marker says so
         if dist.rank() == 0:
+            fsync_tree(path)
             _write_atomic(path / META, json.dumps({**meta, "step": step}, indent=2) + "\n")
             _write_atomic(path / MARKER, f"{step}\n")
             self.prune()
         dist.barrier()
         return path
+
+    def set_aside_after(self, step: int, gold_dir: Path, stamp: str) -> list[str]:
+        """Rank 0, at a resume from step `step`: move every step_<N> with N > step (the newer work of the branch being
+        left, or a crash's half-written save) and a GOLD saved after `step` into `<root>/abandoned-<stamp>/`, never
+        deleting them. Pruning and `--resume auto` then see only the live branch. Returns what moved."""
+        moved = []
+        aside = self.root / f"abandoned-{stamp}"
+        children = list(self.root.iterdir()) if self.root.is_dir() else []
+        candidates = [c for c in children if _TAG.match(c.name) and int(_TAG.match(c.name).group(1)) > step]
+        gold_meta = gold_dir / "metadata.json"
+        if gold_meta.is_file():
+            try:
+                gold_step = int(json.loads(gold_meta.read_text())["step"])
+            except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                gold_step = None
+            if gold_step is None or gold_step > step:
+                candidates.append(gold_dir)
+        for path in sorted(candidates):
+            if path != gold_dir and not (path / MARKER).is_file():
+                shutil.rmtree(path, ignore_errors=True)  # a save killed half-way holds nothing to keep
+                continue
+            aside.mkdir(parents=True, exist_ok=True)
+            path.rename(aside / path.name)
+            moved.append(path.name)
+        return moved
+
+    def remove_incomplete(self) -> list[str]:
+        """Rank 0, at start: delete step_<N> folders without the marker (a save killed half-way; up to ~10 GB each
+        at 750M). Only folders at or below the newest complete step are removed here: set_aside_after handles the
+        newer ones."""
+        done = complete_checkpoints(self.root)
+        newest = done[-1][0] if done else -1
+        removed = []
+        if self.root.is_dir():
+            for child in sorted(self.root.iterdir()):
+                m = _TAG.match(child.name)
+                if m and child.is_dir() and not (child / MARKER).is_file() and int(m.group(1)) <= newest:
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(child.name)
+        return removed
 
     def prune(self) -> None:
         done = complete_checkpoints(self.root)

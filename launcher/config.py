@@ -381,13 +381,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what is trained (resume refuses a checkpoint with another one)."""
+        """Hash of the settings that change what is trained (resume refuses a checkpoint with another one).
+
+        Left out, so that they may change on a resume: where files go and how often they are written or logged
+        (`checkpoint`, `logging`), the run-health thresholds, how the same numbers are computed or fed
+        (`model.fused_kernels`, the kernel self-check's own advice; `data.prefetch_batches`, `data.verify`), the
+        NaN patience (`optim.max_nonfinite_steps`), the ds_config's path (its ZeRO stage and precision are
+        recorded and checked on their own), and dataset paths (a pod mounts the same data elsewhere; the data's
+        identity is checked by the datasets' own fingerprints, eval sets included)."""
         values = self.to_dict()
-        # Where files are written, how often we log and the run-health thresholds (monitoring only) do not change
-        # the model being trained. Dataset paths are left out too: a pod mounts the same data elsewhere, and the
-        # data's identity is checked by the datasets' own fingerprints.
-        for volatile in ("checkpoint", "logging", "health"):
+        for volatile in ("checkpoint", "logging", "health", "deepspeed_config"):
             values.pop(volatile)
+        values["model"].pop("fused_kernels")
+        values["data"].pop("prefetch_batches")
+        values["data"].pop("verify")
+        values["optim"].pop("max_nonfinite_steps")
         for phase in values["curriculum"]["phases"]:
             phase.pop("dataset_dir")
         values["eval"]["val_dir"] = None

@@ -131,7 +131,7 @@ def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
     """Micro-steps per optimizer step and the dtype gradients are accumulated in (see DESIGN, "Gradient
     accumulation precision": ZeRO-2 accumulates in the parameter dtype; fp32 accumulation needs stage 1)."""
     bf16 = _bf16_enabled(ds_config)
-    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    stage = zero_stage(ds_config)
     requested = ds_config.get("data_types", {}).get("grad_accum_dtype")
     param_dtype = "bf16" if bf16 else "fp32"
     if not bf16:
@@ -163,6 +163,10 @@ def cpu_has_native_bf16() -> bool:
 
 def _bf16_enabled(ds_config: dict[str, Any]) -> bool:
     return bool(ds_config.get("bf16", ds_config.get("bfloat16", {})).get("enabled"))
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def precision_of(ds_config: dict[str, Any]) -> str:

@@ -16,8 +16,12 @@ Decisions the spec leaves open, made here:
 
 - "New best" means below the best val loss among GOLD saves so far: the GOLD checkpoint is the best *trusted* one,
   so an eval refused by a guard does not raise the bar, and the next eval that beats the last GOLD and passes is
-  saved. A tie is not new. The first eval with a finite val loss is new best by definition (often step 0, so a
-  GOLD exists from the start of training; later saves replace it).
+  saved. A tie is not new. The first eval with a finite val loss at or after the baseline step is new best by
+  definition.
+- GOLD saves start at the baseline step: before it the regression guard has nothing to compare with, and the
+  model is barely trained (at step 0 every loss is ln(50304)), so a GOLD there would be an untrusted model written
+  (1.4 GB at 750M, rank 0 while the others wait) only to be replaced. Those evals are decided and logged ("not
+  saved: before the baseline step"), and do not set the bar.
 - The regression guard covers the val loss too (as set "val") alongside the named eval sets: every eval set the
   trainer measures. Pass the val loss as `val_loss`, never inside `set_losses`.
 - Before baselines exist (evals before `baseline_step`) the regression guard passes with reason
@@ -212,8 +216,14 @@ class GoldTracker:
         is_new_best = _finite(val_loss) and (previous_best is None or val_loss < previous_best)
         all_passed = all(g["passed"] for g in guards.values())
 
+        before_baseline = step < self.baseline_step
+        if before_baseline:
+            is_new_best = False
         if not _finite(val_loss) or not _finite(train_loss):
             reason = f"not saved: non-finite loss (val {val_loss}, train {train_loss})"
+        elif before_baseline:
+            reason = (f"not saved: before the baseline step {self.baseline_step} (GOLD saves start there, once the "
+                      "regression guard has baselines)")
         elif not is_new_best:
             reason = f"not saved: val loss {val_loss:.4f} is not below the GOLD best {previous_best:.4f} " \
                      f"(step {previous_step})"

@@ -32,11 +32,12 @@ def _clean(value):
     return value
 
 
-def truncate_jsonl(path: Path, after_step: int) -> int:
-    """Drop records with step > after_step (atomically); returns how many were dropped."""
+def truncate_jsonl(path: Path, after_step: int, aside: Path | None = None) -> int:
+    """Drop records with step > after_step (atomically); returns how many were dropped. With `aside`, the dropped
+    records are appended there first (the abandoned branch's log, kept for the reader, out of the live one)."""
     if not path.is_file():
         return 0
-    kept, dropped = [], 0
+    kept, dropped, moved = [], 0, []
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -47,8 +48,14 @@ def truncate_jsonl(path: Path, after_step: int) -> int:
             continue
         if record.get("step", -1) > after_step:
             dropped += 1
+            moved.append(line)
         else:
             kept.append(line)
+    if moved and aside is not None:
+        with open(aside, "a") as f:
+            f.write("".join(line + "\n" for line in moved))
+            f.flush()
+            os.fsync(f.fileno())
     if dropped:
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         tmp.write_text("".join(line + "\n" for line in kept))
@@ -59,7 +66,8 @@ def truncate_jsonl(path: Path, after_step: int) -> int:
 class RunLog:
     """JSONL + TensorBoard writer. Construct on every rank; only rank 0 writes anything."""
 
-    def __init__(self, log_dir: str, tensorboard_dir: str, model_name: str, is_writer: bool, resume_step: int | None):
+    def __init__(self, log_dir: str, tensorboard_dir: str, model_name: str, is_writer: bool, resume_step: int | None,
+                 aside_suffix: str = ""):
         self.is_writer = is_writer
         self.train_path = Path(log_dir) / f"{model_name}_train.jsonl"
         self.eval_path = Path(log_dir) / f"{model_name}_eval.jsonl"
@@ -73,8 +81,10 @@ class RunLog:
             for path in (self.train_path, self.eval_path):
                 path.unlink(missing_ok=True)
         else:
+            # The records past the resumed step (an interrupted run's, or a branch resumed from an older checkpoint)
+            # go to `<log>.abandoned-<time>`, so the live log reads as one run and nothing is lost.
             for path in (self.train_path, self.eval_path):
-                truncate_jsonl(path, resume_step)
+                truncate_jsonl(path, resume_step, path.with_name(path.name + aside_suffix) if aside_suffix else None)
         from torch.utils.tensorboard import SummaryWriter
 
         # Records at step N are written before the checkpoint of step N, so they stay; purge_step drops the events

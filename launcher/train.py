@@ -48,8 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", default="auto",
                    help="auto: continue from the newest complete checkpoint of this run if any (default); "
                         "none: start fresh (refused when checkpoints exist); or a path to a step_<N> directory")
-    p.add_argument("--resume_ignore_mismatch", action="store_true",
-                   help="resume even when the checkpoint's config or dataset fingerprints differ from this run's")
+    p.add_argument("--resume_ignore", action="append", choices=["config", "data", "eval"], default=[],
+                   help="resume although the checkpoint differs in this (repeatable): config (training settings), "
+                        "data (the phases' datasets), eval (the val/eval sets: GOLD baselines move)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: what the ds_config says (bf16), except fp32 on a CPU without native bf16, where bf16 "
                         "is ~8x slower (default); bf16 / fp32: force it")

@@ -35,6 +35,7 @@ from launcher.engine import (
     precision_of,
     resolve_precision,
     set_lr_for_step,
+    zero_stage,
 )
 from launcher.evaluation import evaluate, fixed_sets
 from launcher.gold import GoldTracker
@@ -70,6 +71,27 @@ def open_token_dir(path: str, what: str, verify: str, block_size: int) -> TokenD
     return ds
 
 
+# What a resume compares with the checkpoint, by the kind `--resume_ignore` names.
+RESUME_CHECKS = {
+    "config_fingerprint": "the training settings (model shape, optimizer, schedule, batch, data seed, curriculum, "
+                          "eval and GOLD settings)",
+    "data_fingerprints": "the curriculum phases' datasets",
+    "eval_fingerprints": "the val and eval sets (their losses are the GOLD baselines)",
+}
+RESUME_IGNORE_KINDS = {"config": "config_fingerprint", "data": "data_fingerprints", "eval": "eval_fingerprints"}
+
+
+def _ignore_flag(check: str) -> str:
+    return next(k for k, v in RESUME_IGNORE_KINDS.items() if v == check)
+
+
+def resume_identity(cfg: TrainConfig, phases: list[TokenDataset], val: TokenDataset,
+                    eval_sets: dict[str, TokenDataset]) -> dict[str, Any]:
+    """What makes a checkpoint this run's: recorded at every save, compared at every resume."""
+    return {"config_fingerprint": cfg.fingerprint(), "data_fingerprints": [ds.fingerprint for ds in phases],
+            "eval_fingerprints": {VAL_SET: val.fingerprint, **{n: ds.fingerprint for n, ds in eval_sets.items()}}}
+
+
 @dataclasses.dataclass
 class RunPlan:
     """Everything decided and checked before the process group and engine exist."""
@@ -85,6 +107,7 @@ class RunPlan:
     ckpt_root: Path
     resume_path: Path | None
     resume_meta: dict[str, Any] | None
+    resume_universal: bool = False
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -136,19 +159,26 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     else:
         resume_path = resolve(args.resume)
     resume_meta = None
+    resume_universal = False
     if resume_path is not None:
         resume_meta = read_meta(resume_path)
+        ignored = {RESUME_IGNORE_KINDS[k] for k in (args.resume_ignore or [])}
+        ours = resume_identity(cfg, phases, val, eval_sets)
         problems = []
-        if resume_meta.get("config_fingerprint") != cfg.fingerprint():
-            problems.append(f"config fingerprint {resume_meta.get('config_fingerprint')} != {cfg.fingerprint()} "
-                            "(model/optim/batch/data/curriculum/eval/gold settings differ)")
-        want = [ds.fingerprint for ds in phases]
-        if resume_meta.get("data_fingerprints") != want:
-            problems.append(f"dataset fingerprints {resume_meta.get('data_fingerprints')} != {want}")
-        if problems and not args.resume_ignore_mismatch:
+        for kind, what in RESUME_CHECKS.items():
+            theirs = resume_meta.get(kind)
+            if theirs is None or theirs == ours[kind]:  # None: written before this kind was recorded
+                continue
+            if kind in ignored:
+                dist.print0(f"resume: {what} differ from the checkpoint's, ignored as asked "
+                            f"(--resume_ignore {_ignore_flag(kind)})")
+            else:
+                problems.append(f"{what} differ ({theirs} != {ours[kind]}; --resume_ignore {_ignore_flag(kind)})")
+        if problems:
             raise ValueError(f"resume checkpoint {resume_path} is from another run: " + "; ".join(problems) +
-                             ". Use the config and data it was trained with, or pass --resume_ignore_mismatch "
-                             "to continue anyway (the data order and schedule then change).")
+                             ". Use the config and data it was trained with, or pass the --resume_ignore flag of "
+                             "each difference to continue anyway (the data order, schedule or GOLD baselines then "
+                             "change).")
         precision = precision_of(ds_config)
         if resume_meta.get("precision", precision) != precision:
             # A bf16 engine saves bf16 weights and its optimizer state under other file names than an fp32 one:
@@ -156,12 +186,15 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             raise ValueError(f"resume checkpoint {resume_path} was trained in {resume_meta['precision']}, but this run "
                              f"would train in {precision} ({precision_note}). Pass --precision "
                              f"{resume_meta['precision']} to continue it.")
-        if resume_meta.get("world_size") != world:
-            # ZeRO partitions the optimizer state per rank: another world size loads through DeepSpeed's Universal
-            # Checkpoint, which must be requested when the engine is built.
+        stage = zero_stage(ds_config)
+        if resume_meta.get("world_size") != world or resume_meta.get("zero_stage", stage) != stage:
+            # ZeRO partitions the optimizer state per rank, and stages 1 and 2 lay it out differently: another world
+            # size or stage loads through DeepSpeed's Universal Checkpoint, which must be requested when the engine
+            # is built.
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
+            resume_universal = True
     return RunPlan(cfg, ds_config, str(ds_path), precision_note, world, phases, val, eval_sets, ckpt_root, resume_path,
-                   resume_meta)
+                   resume_meta, resume_universal)
 
 
 def check_kernels_on_device(cfg: TrainConfig, device: torch.device) -> None:
@@ -228,19 +261,36 @@ class Trainer:
         self.accum = accumulation_summary(plan.ds_config)
 
         self.step = 0
+        self.eval_owed = False
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.last_saved_step: int | None = None
+        # Lineage: a resume continues from its checkpoint's state, so everything this run's folder holds from after
+        # that step (the newer work of a branch being left, a half-written save, a GOLD chosen after it) is moved
+        # aside before anything is loaded or pruned; the logs' records past it go aside too (RunLog).
+        stamp = self.run_started = time.strftime("%Y%m%d-%H%M%S")
+        if self.rank == 0:
+            removed = self.ckpt.remove_incomplete()
+            if removed:
+                dist.print0(f"removed unfinished checkpoint folders {removed} (saves that were killed half-way)")
+            if plan.resume_path is not None:
+                moved = self.ckpt.set_aside_after(int(plan.resume_meta["step"]), self.gold_dir, stamp)
+                if moved:
+                    dist.print0(f"resuming from step {plan.resume_meta['step']}: moved the newer {moved} of "
+                                f"{plan.ckpt_root} to {plan.ckpt_root / f'abandoned-{stamp}'} (kept, not deleted); "
+                                "their log records go to the logs' .abandoned-" + stamp + " files")
+        dist.barrier()
         if plan.resume_path is not None:
-            universal = plan.resume_meta.get("world_size") != self.world
-            client = self.ckpt.load(self.engine, plan.resume_path, universal=universal)
+            client = self.ckpt.load(self.engine, plan.resume_path, universal=plan.resume_universal)
             self.step = int(client["step"])
             self.gold.load_state_dict(client["gold"])
             self.nonfinite_total = int(client.get("nonfinite_total", 0))
+            self.eval_owed = bool(client.get("eval_owed", False))
             self.last_saved_step = self.step
         self.log = RunLog(str(resolve(cfg.logging.log_dir)), str(resolve(cfg.logging.tensorboard_dir)),
                           self.model_name, self.rank == 0,
-                          resume_step=self.step if plan.resume_path is not None else None)
+                          resume_step=self.step if plan.resume_path is not None else None,
+                          aside_suffix=f".abandoned-{stamp}")
         # Run health is judged on rank 0 from every eval record of the run. RunLog has already cut the eval log back
         # to the resumed step, so reading it back gives the history an uninterrupted run would hold.
         self.eval_history: list[dict[str, Any]] = self.log.eval_records() if self.rank == 0 else []
@@ -356,16 +406,19 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, eval_due: bool = False) -> None:
         if self.last_saved_step == self.step:
             return
         t0 = time.perf_counter()
         client = {"step": self.step, "gold": self.gold.state_dict(), "nonfinite_total": self.nonfinite_total,
+                  "eval_owed": eval_due,
                   "config_fingerprint": self.cfg.fingerprint(), "train_config": self.cfg.to_dict()}
-        meta = {"config_fingerprint": self.cfg.fingerprint(),
-                "data_fingerprints": [ds.fingerprint for ds in self.plan.phases],
+        meta = {**resume_identity(self.cfg, self.plan.phases, self.plan.val, self.plan.eval_sets),
                 "world_size": self.world, "model_name": self.model_name,
-                "precision": precision_of(self.plan.ds_config)}
+                "precision": precision_of(self.plan.ds_config), "zero_stage": zero_stage(self.plan.ds_config),
+                # Lineage: which run wrote it and where that run started from (null: a fresh start).
+                "run_started": self.run_started,
+                "parent": str(self.plan.resume_path) if self.plan.resume_path is not None else None}
         path = self.ckpt.save(self.engine, self.step, client, meta)
         self.last_saved_step = self.step
         dist.print0(f"checkpoint step {self.step} saved to {path} in {time.perf_counter() - t0:.1f}s")
@@ -398,12 +451,16 @@ class Trainer:
         max_iters = cfg.optim.max_iters
         self.describe()
         if self.step >= max_iters:
+            if self.eval_owed:  # stopped by a signal on the last step, before its eval
+                self.run_eval(set_lr_for_step(self.engine, self.step))
             dist.print0(f"nothing to do: the run is at step {self.step} of max_iters {max_iters}")
             return
         self.check_agreement(self.step)
         lr = set_lr_for_step(self.engine, self.step)
-        if self.step == 0:
-            self.run_eval(lr)  # the starting point of every loss curve
+        if self.step == 0 or self.eval_owed:
+            # Step 0: the starting point of every loss curve. eval_owed: a stop signal saved this step's checkpoint
+            # instead of running its eval.
+            self.run_eval(lr)
         tokens_per_step = cfg.batch.global_batch_size * cfg.model.block_size
         peak = cfg.logging.peak_flops_per_device * self.world
         self.loader = PrefetchLoader(self.make_batch, self.step, max_iters, cfg.data.prefetch_batches)
@@ -474,15 +531,23 @@ class Trainer:
                             f"ETA {_fmt_seconds(eta)}")
                 interval_t0, interval_wait0, interval_losses = now, self.loader.wait_seconds, []
 
-            if self.step % cfg.eval.eval_interval == 0 or self.step == max_iters:
-                self.run_eval(lr)
+            eval_due = self.step % cfg.eval.eval_interval == 0 or self.step == max_iters
+            paused = time.perf_counter()
             if stop:
-                dist.print0(f"stop requested by a signal: saving at step {self.step} and exiting")
-                self.save_checkpoint()
+                # Straight to the save: the launcher gives each rank 30 s after a stop signal, and an eval with
+                # probes (and maybe a GOLD save) would spend it. The eval owed at this step runs after the resume.
+                dist.print0(f"stop requested by a signal: saving at step {self.step} and exiting"
+                            + (" (this step's eval runs after the resume)" if eval_due else ""))
+                self.save_checkpoint(eval_due=eval_due)
                 dist.print0(f"stopped cleanly at step {self.step}; continue with --resume auto")
                 return
+            if eval_due:
+                self.run_eval(lr)
             if self.step % cfg.checkpoint.interval == 0 or self.step == max_iters:
                 self.save_checkpoint()
+            # Evals and saves stop the clock of the throughput interval: tokens/s, MFU and the data-wait share
+            # measure training steps only (the ETA above still counts them, as wall time should).
+            interval_t0 += time.perf_counter() - paused
         dist.print0(f"training finished at step {self.step}; GOLD checkpoint: "
                     f"{self.gold_dir if self.gold.best_step is not None else 'none saved'}")
 

@@ -97,8 +97,20 @@ def test_fingerprint_changes_with_training_values_only():
     assert a.fingerprint() == b.fingerprint()
     b.health.retrieval_fail_improvement = 0.001  # monitoring thresholds must not block a resume
     assert a.fingerprint() == b.fingerprint()
-    b.optim.learning_rate = 3e-4
-    assert a.fingerprint() != b.fingerprint()
+    # How the same numbers are computed or fed: the kernel self-check's advice (fused_kernels false) must resume.
+    b.model.fused_kernels = not b.model.fused_kernels
+    b.data.prefetch_batches, b.data.verify = 1, "full"
+    b.optim.max_nonfinite_steps = 99
+    b.deepspeed_config = "ds_configs/zero2_fp32.json"  # its stage and precision are checked on their own
+    b.curriculum.phases[0].dataset_dir = "/mnt/elsewhere/phase1"
+    assert a.fingerprint() == b.fingerprint()
+    for change in (lambda c: setattr(c.optim, "learning_rate", 3e-4), lambda c: setattr(c.model, "n_layer", 31),
+                   lambda c: setattr(c.batch, "global_batch_size", 48), lambda c: setattr(c.data, "seed", 1),
+                   lambda c: setattr(c.curriculum.phases[0], "until_step", 9000),
+                   lambda c: setattr(c.gold, "max_regression", 0.3), lambda c: setattr(c.eval, "eval_seed", 7)):
+        c = TrainConfig.from_json(BASE_CONFIG)
+        change(c)
+        assert a.fingerprint() != c.fingerprint()
 
 
 def test_config_without_a_health_section_gets_the_defaults(tmp_path):

@@ -93,6 +93,17 @@ def test_regression_guard(regression, saved):
         assert "code" in d.reason and "+21.0%" in d.reason
 
 
+def test_no_gold_before_the_baseline_step_and_no_bar_set_there():
+    gold = tracker(baseline_step=200)
+    early, at_baseline, later = feed(gold, [2.5, 3.2, 3.0])  # steps 100, 200, 300
+    # Step 100 has the lowest loss of all, but it is before the baseline: not saved, not new best, no bar.
+    assert not early.save and not early.is_new_best and early.best_val_loss is None
+    assert early.reason == ("not saved: before the baseline step 200 (GOLD saves start there, once the regression "
+                            "guard has baselines)")
+    assert at_baseline.save and "no earlier GOLD" in at_baseline.reason
+    assert later.save and later.previous_best_val_loss == 3.2 and later.best_step == 300
+
+
 def test_baseline_is_the_first_eval_at_or_after_the_step_not_before():
     gold = tracker(baseline_step=250)
     d = feed(gold, [3.5, 3.4, 3.3])  # steps 100, 200, 300: baseline at 300

@@ -143,17 +143,21 @@ def test_general_regression_fails_stability_and_gold_refuses():
 
 
 def test_no_gold_since_the_baseline_fails():
-    # val/train > 5 from the baseline on: the overfit guard refuses every new best; the last GOLD is step 200's,
-    # chosen before the regression guard had baselines.
+    # val/train > 5 from the baseline on: the overfit guard refuses every new best, and GOLD saves start at the
+    # baseline step (launcher/gold.py), so the run has no GOLD at all.
     records = history(train=lambda i, val: val / 6 if i >= 3 else val)
-    assert records[-1]["gold"]["best_step"] == 200
+    assert records[-1]["gold"]["best_step"] is None
     assert statuses(records) == {**ALL_OK, "gold": FAILING}
     assert statuses(records[:8])["gold"] == WATCH  # 5 evals since the baseline without a GOLD
     assert statuses(records, HealthConfig(gold_watch_evals=20, gold_fail_evals=30))["gold"] == WATCH
 
-    # A GOLD chosen before the baseline step passed a vacuous regression guard: it does not count as one that
-    # passed all three, even while nothing is refused (val flat from step 200 on: no new best to refuse).
+    # A GOLD chosen before the baseline step (logs of runs from before GOLD saves waited for the baseline) passed a
+    # vacuous regression guard: it does not count as one that passed all three, even while nothing is refused.
     flat = history(losses=lambda i: healthy_losses(min(i, 2)) | {"retrieval": 1.1 * falling(i)}, n=6)
+    for r in flat:
+        if r["step"] >= 200:
+            r["gold"].update(best_step=200, best_val_loss=flat[2]["losses"]["val"], is_new_best=r["step"] == 200,
+                             save=r["step"] == 200)
     assert flat[-1]["gold"]["best_step"] == 200 and not flat[-1]["gold"]["is_new_best"]
     verdict = judge(flat, HealthConfig())["gold"]
     assert verdict.status == WATCH and "since the baseline step 300" in verdict.detail

@@ -188,6 +188,14 @@ def runs(tmp_path_factory):
     f_path.write_text(json.dumps(f_cfg, indent=2))
     out["F"] = _launch(2, f_path, "F", "--precision", "bf16")
     out["atol"] = BF16_LOSS_ATOL if _precision(out["A"]) == "bf16" else FP32_LOSS_ATOL
+
+    # R: dropout 0.1 (the spec's), one rank, 12 steps; then the usual move after a loss spike, a resume from an
+    # older checkpoint (step 5) of the same run: the newer checkpoints and logs must be set aside, not lost, and the
+    # replayed steps must be bit-identical (the RNG streams of dropout restored).
+    r_path = _config(root, model__dropout=0.1, optim__max_iters=12, checkpoint__keep_last=3)
+    out["R"] = _launch(1, r_path, "R")
+    out["R_first"] = {"train": _records(root, "R", "train"), "eval": _records(root, "R", "eval")}
+    out["R_back"] = _launch(1, r_path, "R", "--resume", str(root / "checkpoints" / "R" / "step_5"))
     return out
 
 
@@ -252,6 +260,35 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(runs):
         # Same world size, same restored state: bit-identical on CPU.
         assert c[step]["step_loss"] == a[step]["step_loss"], (step, stop_step)
     assert [r["step"] for r in _records(root, "C", "eval")] == [0, 5, 10, 15, 20]
+
+
+def test_resume_from_an_older_checkpoint_sets_the_newer_work_aside_and_replays_exactly(runs):
+    root, console = runs["root"], runs["R_back"]
+    ckpt = root / "checkpoints" / "R"
+    aside = [p for p in ckpt.iterdir() if p.name.startswith("abandoned-")]
+    assert len(aside) == 1, sorted(p.name for p in ckpt.iterdir())
+    # The first run's step_10 and step_12, and its GOLD if chosen after step 5: moved, complete.
+    gold_step = max(r["step"] for r in runs["R_first"]["eval"] if r["gold"]["save"])
+    newer = (["gold"] if gold_step > 5 else []) + ["step_10", "step_12"]
+    assert sorted(p.name for p in aside[0].iterdir()) == newer
+    assert all((aside[0] / name / "COMPLETE").is_file() for name in ("step_10", "step_12"))
+    assert f"resuming from step 5: moved the newer {newer}" in console
+    # The live branch: step_5 and its own step_10 and step_12 (keep_last 3), none pruned by the old ones.
+    assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_10", "step_12", "step_5"]
+    meta = json.loads((ckpt / "step_12" / "trainer_meta.json").read_text())
+    assert meta["parent"] == str(ckpt / "step_5")
+    # Logs: every step once in the live log (no mixing of branches); the abandoned records kept beside it.
+    train = [r for r in _records(root, "R", "train") if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 13))
+    abandoned = root / "logs" / f"R_train.jsonl.{aside[0].name}"
+    assert [json.loads(line)["step"] for line in abandoned.read_text().splitlines()
+            if "loss" in json.loads(line)] == list(range(6, 13))
+    # Dropout 0.1: the replay is bit-identical only if every RNG stream was restored.
+    first = {r["step"]: r for r in runs["R_first"]["train"] if "loss" in r}
+    for r in train:
+        assert r["step_loss"] == first[r["step"]]["step_loss"], r["step"]
+        assert r["sample_ids"] == first[r["step"]]["sample_ids"]
+    assert [r["step"] for r in _records(root, "R", "eval")] == [0, 5, 10, 12]
 
 
 def test_resume_on_another_world_size_after_the_switch(runs):
@@ -348,6 +385,16 @@ def test_tensorboard_scalars_and_console(runs):
     # `make demo` passes --quiet).
     for noise in ("FutureWarning", "Attempting to get learning rate", "built successfully"):
         assert noise not in console, noise
+
+
+def test_throughput_intervals_exclude_evals_and_saves(runs):
+    # Run A logs every step and evaluates (with probes) and checkpoints every 5: the step after each of those must
+    # not show a dip, since its interval clock stops during the eval and the save.
+    a = _steps(runs["root"], "A")
+    after = [a[s]["tokens_per_s"] for s in (6, 11, 16)]
+    others = sorted(a[s]["tokens_per_s"] for s in range(2, 21) if s not in (6, 11, 16))
+    median = others[len(others) // 2]
+    assert min(after) > 0.5 * median, (after, median)
 
 
 def test_resumed_tensorboard_has_no_duplicate_steps(runs):
@@ -455,7 +502,38 @@ def test_bad_input_resume_from_another_config(runs, monkeypatch):
     other = _config(root, optim__learning_rate=1e-3)
     msg = _main_error(monkeypatch, ["--config_file", str(other), "--model_name", "X", "--resume",
                                     str(root / "checkpoints" / "A" / "step_20")])
-    assert "from another run" in msg and "--resume_ignore_mismatch" in msg
+    assert "from another run" in msg and "the training settings" in msg and "--resume_ignore config" in msg
+    assert "datasets differ" not in msg and "eval sets" not in msg  # only what differs is named
+
+
+def test_resume_checks_eval_sets_and_allows_harmless_changes(runs, monkeypatch, tmp_path):
+    from data.token_dataset import write_token_dir
+
+    root = runs["root"]
+    step_20 = str(root / "checkpoints" / "A" / "step_20")
+    # A rebuilt eval set would silently move the GOLD baselines: refused, naming the flag that accepts it.
+    write_token_dir(tmp_path / "code_rebuilt", [np.arange(9_000) % 50_000])
+    other_eval = _config(root, eval__sets={"general": str(root / "data/general_eval"),
+                                           "code": str(tmp_path / "code_rebuilt")})
+    msg = _main_error(monkeypatch, ["--config_file", str(other_eval), "--model_name", "X", "--resume", step_20],
+                      world=2)
+    assert "the val and eval sets" in msg and "--resume_ignore eval" in msg and "training settings" not in msg
+
+    from launcher.train import parse_args
+    from launcher.trainer import plan_run
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    plan = plan_run(parse_args(["--config_file", str(other_eval), "--model_name", "X", "--resume", step_20,
+                                "--resume_ignore", "eval"]))
+    assert plan.resume_path == Path(step_20) and not plan.resume_universal
+    # What the kernel self-check advises (fused_kernels false) and loader settings resume without a flag.
+    harmless = _config(root, model__fused_kernels=True, data__prefetch_batches=1, data__verify="full",
+                       optim__max_nonfinite_steps=50)
+    assert plan_run(parse_args(["--config_file", str(harmless), "--model_name", "X", "--resume", step_20]))
+    # Another ZeRO stage at the same world size loads through the universal checkpoint (other optimizer layout).
+    plan = plan_run(parse_args(["--config_file", str(runs["cfg"]), "--model_name", "X", "--resume", step_20,
+                                "--deepspeed_config", "ds_configs/zero1_bf16_fp32accum.json"]))
+    assert plan.resume_universal and plan.ds_config["checkpoint"]["load_universal"]
     msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "A", "--resume", "none"])
     assert "already holds checkpoints" in msg
 
