@@ -32,10 +32,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.demo_corpus import expand_path
-from data.formats import SkipRecord, get_formatter
+from data.formats import SchemaError, SkipRecord, get_formatter, record_id
 from data.lineage import build_node, root_node
 from data.quality import check_removed_shares, content_hash
-from data.source_config import Definitions, Input, input_targets
+from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
 from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
 from data.tokenizer import EOT, get_tokenizer, tokenizer_info
 
@@ -90,6 +90,42 @@ def iter_records(loader: dict) -> Iterator[dict]:
         module, _, func = loader["callable"].partition(":")
         return iter(getattr(importlib.import_module(module), func)(**loader.get("kwargs", {})))
     raise ValueError(f"unknown loader type {kind!r}")
+
+
+class LoaderError(RuntimeError):
+    """An input's loader could not open or stream its dataset; the message names the input and the fix."""
+
+
+def loader_error(inp: Input, e: BaseException) -> LoaderError:
+    """One clear message for a loader failure: which input, what went wrong (first line), and what to do."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    what = f"{type(e).__name__}: {first}"
+    where = f"source {inp.source!r} input {inp.name!r} ({inp.loader.get('path') or inp.loader.get('callable')})"
+    if "scripts are no longer supported" in first:
+        fix = ("the dataset repository ships a loading script, which the pinned `datasets` refuses; load its data "
+               "files instead: loader.builder (json/parquet) + loader.data_files (paths inside the repository) + "
+               "loader.revision, as the pes2o input does (docs/DATASET.md)")
+    elif "gated" in first.lower() or "authenticated" in first.lower() or "ask for access" in first.lower():
+        fix = (f"the dataset is gated: accept its terms on {inp.card or 'its dataset page'}, then run "
+               f"`{LOGIN_COMMAND}` (or export HF_TOKEN)")
+    elif isinstance(e, ConnectionError) or "offline" in first.lower() or "couldn't reach" in first.lower():
+        fix = "the Hugging Face hub cannot be reached from here: check the network (HF_HUB_OFFLINE must be unset)"
+    else:
+        fix = f"check loader.path/name/split/revision against the dataset card {inp.card or ''}".rstrip()
+    return LoaderError(f"{where}: cannot load records: {what}. Fix: {fix}")
+
+
+def _guarded(records, inp: Input):
+    """The records, with any loader failure while streaming turned into a LoaderError naming the input."""
+    it = iter(records)
+    while True:
+        try:
+            record = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # datasets/hub/fsspec raise many types; each is the same stop for the user
+            raise loader_error(inp, e) from e
+        yield record
 
 
 def _skip(records, n: int):
@@ -163,7 +199,10 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     path_field = inp.formatter_options.get("path_field")
     filt = inp.loader.get("filter")
     filt_re = re.compile(filt["regex"]) if filt else None
-    records = iter(_skip(iter_records(inp.loader), state["records_read"]))
+    try:
+        records = _guarded(_skip(iter_records(inp.loader), state["records_read"]), inp)
+    except Exception as e:  # load_dataset raises while resolving the repository, before any record
+        raise loader_error(inp, e) from e
     part = state["parts"]
     # share check denominators: records past the loader filter (a selection, not a quality verdict)
     removed = Counter(state["skipped"]) + Counter({r: c["documents"] for r, c in state["filtered"].items()})
@@ -175,12 +214,22 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         for record in records:
             read += 1
             try:
-                if filt_re and not filt_re.search(str(record.get(filt["field"], ""))):
-                    raise SkipRecord("loader_filter")
+                if filt_re:
+                    if not isinstance(record, dict) or filt["field"] not in record:  # not a selection: a mismatch
+                        raise SchemaError(filt["field"], "missing (read by the loader's filter)")
+                    if not filt_re.search(str(record[filt["field"]] or "")):
+                        raise SkipRecord("loader_filter")
                 text = fmt(record, **inp.formatter_options)
             except SkipRecord as s:
                 skipped[s.reason] += 1
                 continue
+            except SchemaError as e:
+                index = state["records_read"] + read - 1
+                rid = record_id(record)
+                raise ValueError(f"source {inp.source!r} input {inp.name!r} record {index}"
+                                 f"{f' (id {rid})' if rid else ''}: {e} -- formatter {inp.formatter!r} does not "
+                                 f"fit this dataset's schema; check the loader against its card "
+                                 f"{inp.card or '(local input)'}") from None
             kept, reason, mods = qf.apply(text, record, path_field)
             if kept is not None and qf.exact_dedup:
                 h = content_hash(kept)
@@ -238,13 +287,28 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     return state
 
 
+def hub_data_files(loader: dict) -> list[str]:
+    """`hf://` URLs of loader.data_files inside the dataset repository, at loader.revision when given."""
+    files = loader["data_files"]
+    files = [files] if isinstance(files, str) else list(files)
+    at = f"@{loader['revision']}" if loader.get("revision") else ""
+    return [f"hf://datasets/{loader['path']}{at}/{f}" for f in files]
+
+
 def _hf(loader: dict):
-    """An HF streaming dataset object (not an iterator), so resuming can use its `.skip()`."""
+    """An HF streaming dataset object (not an iterator), so resuming can use its `.skip()`.
+
+    With `builder` (json, parquet, ...) the repository's data files are read by that packaged builder, never by
+    the repository's own loading script: the pinned `datasets` refuses scripts even when data_files are given
+    (datasets/load.py raises "Dataset scripts are no longer supported" if `<name>.py` exists in the repo)."""
     import datasets  # imported here: the demo and --dry-run never load the hub client
 
+    split, streaming = loader.get("split", "train"), loader.get("streaming", True)
+    if loader.get("builder"):
+        return datasets.load_dataset(loader["builder"], data_files={split: hub_data_files(loader)}, split=split,
+                                     streaming=streaming)
     kwargs = {k: loader[k] for k in ("name", "data_dir", "data_files", "revision") if loader.get(k)}
-    return datasets.load_dataset(loader["path"], split=loader.get("split", "train"),
-                                 streaming=loader.get("streaming", True), **kwargs)
+    return datasets.load_dataset(loader["path"], split=split, streaming=streaming, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- 2. holdback

@@ -15,6 +15,7 @@ produces identical documents.
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 from collections.abc import Callable
 
@@ -32,17 +33,55 @@ class SkipRecord(Exception):
         self.reason = reason
 
 
+class SchemaError(ValueError):
+    """A record that does not have the shape its formatter was written for (a key missing, a value of the wrong
+    type or nesting): the definitions point at the wrong dataset, config or formatter, or the dataset changed.
+    Never skipped: the build stops naming the source, the record and the field (see `data/build.py`)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"field {field!r}: {problem}")
+        self.field = field
+
+
+# Fields that identify a record in an error message, in the order tried (SQuAD/peS2o/FineWeb `id`, TriviaQA
+# `question_id`, REDDIT_threaded `thread_id`, StackExchange `qid`, The Stack `hexsha`, code files `path`,
+# CodeParrot `repo_name`).
+RECORD_ID_FIELDS = ("id", "question_id", "thread_id", "qid", "hexsha", "max_stars_repo_path", "path", "repo_name")
+
+
+def record_id(record) -> str | None:
+    """The record's own id, for error messages; None when it has none of RECORD_ID_FIELDS."""
+    if isinstance(record, dict):
+        for key in RECORD_ID_FIELDS:
+            if record.get(key) not in (None, ""):
+                return str(record[key])
+    return None
+
+
 def render_retrieval(context: str, question: str, answer: str | None = None) -> str:
     """The shared retrieval layout; without `answer` it is the evaluation prompt (ending in "Answer:")."""
     prompt = RETRIEVAL_TEMPLATE.format(context=context.strip(), question=question.strip())
     return prompt if answer is None else f"{prompt} {answer.strip()}"
 
 
-def _field(record: dict, name: str):
-    """A required field; a missing one skips the record (counted as `missing_field:<name>`), never crashes a build."""
-    if not isinstance(record, dict) or name not in record or record[name] is None:
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", bool: "a boolean"}
+
+
+def _field(record: dict, name: str, kind: type | tuple[type, ...] | None = None):
+    """A required field of the dataset's schema. An absent key or a value of the wrong type is a SchemaError (the
+    schema is not what the formatter expects: stop); a null value is a record without content, skipped and
+    counted as `missing_field:<name>`."""
+    if not isinstance(record, dict):
+        raise SchemaError("<record>", f"expected an object, got {type(record).__name__}")
+    if name not in record:
+        raise SchemaError(name, f"missing (record has {sorted(record)})")
+    value = record[name]
+    if value is None:
         raise SkipRecord(f"missing_field:{name}")
-    return record[name]
+    if kind is not None and not isinstance(value, kind):
+        want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise SchemaError(name, f"expected {want}, got {type(value).__name__} {str(value)[:60]!r}")
+    return value
 
 
 def _stable_unit(*parts: str) -> float:
@@ -56,14 +95,11 @@ def _stable_unit(*parts: str) -> float:
 
 def format_text(record: dict, text_field: str = "text", title_field: str | None = None, min_chars: int = 1) -> str:
     """Plain prose. With `title_field` (Wikipedia) the title is the first line."""
-    text = _field(record, text_field)
-    if not isinstance(text, str):
-        raise SkipRecord(f"bad_type:{text_field}")
-    text = text.strip()
+    text = _field(record, text_field, str).strip()
     if len(text) < min_chars:
         raise SkipRecord("too_short")
     if title_field:
-        title = str(_field(record, title_field)).strip()
+        title = _field(record, title_field, str).strip()
         if title and text.split("\n", 1)[0].strip() != title:  # no duplicate heading line
             text = f"{title}\n\n{text}"
     return text
@@ -78,13 +114,15 @@ def format_readme(record: dict, text_field: str = "content", min_chars: int = 20
     READMEs (the Chinese READMEs the audit found) dropped. With `builtin_filters=False` only the length check
     stays: the source's `filters` (front_matter, changelog, languages; data/quality.py) do the rest and the build
     counts the tokens they remove, which a formatter skip cannot."""
+    if path_field and isinstance(record, dict) and path_field not in record:  # the changelog filter reads it
+        raise SchemaError(path_field, f"missing (record has {sorted(record)})")
     if not builtin_filters:
         text = format_text(record, text_field)
         if len(text) < min_chars:
             raise SkipRecord("too_short")
         return text
     if path_field:
-        path = str(_field(record, path_field))
+        path = str(record[path_field] or "")
         if re.search(r"(?i)(changelog|changes|history)[^/]*$", path):
             raise SkipRecord("changelog")
     text = _FRONTMATTER.sub("", format_text(record, text_field)).strip()
@@ -104,15 +142,16 @@ def format_readme(record: dict, text_field: str = "content", min_chars: int = 20
 def format_code(record: dict, text_field: str = "content", path_field: str | None = None, max_chars: int = 1_000_000,
                 min_chars: int = 1, header: bool = True) -> str:
     """A source file. With `path_field` a `# path` comment line first, the way a file is seen in a repository."""
-    text = _field(record, text_field)
-    if not isinstance(text, str):
-        raise SkipRecord(f"bad_type:{text_field}")
+    text = _field(record, text_field, str)
     if not text.strip() or len(text) < min_chars:
         raise SkipRecord("too_short")
     if len(text) > max_chars:  # minified bundles and data blobs: no copy signal, lots of tokens
         raise SkipRecord("too_long")
-    if header and path_field and record.get(path_field):
-        text = f"# {record[path_field]}\n{text}"
+    if header and path_field:
+        if path_field not in record:
+            raise SchemaError(path_field, f"missing (record has {sorted(record)})")
+        if record[path_field]:  # a null path: the file without its header line
+            text = f"# {record[path_field]}\n{text}"
     return text.rstrip() + "\n"
 
 
@@ -120,12 +159,14 @@ def format_code(record: dict, text_field: str = "content", path_field: str | Non
 
 
 def format_squad_v2(record: dict) -> str:
-    """SQuAD v2 (`rajpurkar/squad_v2`: id, title, context, question, answers{text, answer_start}).
-    Unanswerable questions (empty answers) get the explicit NOT_IN_CONTEXT answer."""
-    context, question, answers = _field(record, "context"), _field(record, "question"), _field(record, "answers")
-    texts = answers.get("text") if isinstance(answers, dict) else None
-    if texts is None:
-        raise SkipRecord("missing_field:answers.text")
+    """SQuAD v2 (https://huggingface.co/datasets/rajpurkar/squad_v2, config squad_v2: id, title, context, question,
+    answers {text: [str], answer_start: [int]}: a dict of lists, empty lists for an unanswerable question).
+    Unanswerable questions get the explicit NOT_IN_CONTEXT answer."""
+    context, question = _field(record, "context", str), _field(record, "question", str)
+    answers = _field(record, "answers", dict)
+    texts = answers.get("text", None)
+    if not isinstance(texts, list):
+        raise SchemaError("answers.text", f"expected a list (the card's answers is a dict of lists), got {texts!r}")
     if not texts:
         return render_retrieval(context, question, NOT_IN_CONTEXT)
     answer = texts[0]
@@ -163,19 +204,32 @@ def cut_window(passage: str, start: int, end: int, max_chars: int, unit: float) 
     return passage[lo:hi].strip()
 
 
+def _column(record: dict, name: str, column: str) -> list:
+    """`record[name][column]` of a datasets `Sequence` of structs, which the card declares and the library delivers
+    as a dict of lists (`entity_pages: {wiki_context: [...], title: [...], ...}`), not a list of dicts."""
+    value = _field(record, name, dict)
+    if column not in value:
+        raise SchemaError(f"{name}.{column}", f"missing (has {sorted(value)})")
+    if not isinstance(value[column], list):
+        raise SchemaError(f"{name}.{column}", f"expected a list, got {type(value[column]).__name__}")
+    return value[column]
+
+
 def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
-    """TriviaQA rc (`mandarjoshi/trivia_qa`, config rc: question, question_id, answer{value, aliases, ...},
-    entity_pages{wiki_context}, search_results{search_context}).
+    """TriviaQA rc (https://huggingface.co/datasets/mandarjoshi/trivia_qa, config rc: question, question_id,
+    question_source, entity_pages {doc_source, filename, title, wiki_context} and search_results {description,
+    filename, rank, title, url, search_context} as dicts of lists, answer {aliases, normalized_aliases,
+    matched_wiki_entity_name, normalized_matched_wiki_entity_name, normalized_value, type, value}).
 
     Grounding filter (spec): keep the example only if `answer.lower() in passage.lower()` for one of its
     passages (answer value first, then aliases); the first such passage, cut to `max_context_chars` with the
     answer at a per-question position, is the context. Ungrounded examples are skipped ("ungrounded")."""
-    question, answer = _field(record, "question"), _field(record, "answer")
-    if not isinstance(answer, dict) or "value" not in answer:
-        raise SkipRecord("missing_field:answer.value")
+    question, answer = _field(record, "question", str), _field(record, "answer", dict)
+    if "value" not in answer or not isinstance(answer.get("aliases", []), list):
+        raise SchemaError("answer", f"expected {{value, aliases: [...]}}, got keys {sorted(answer)}")
     candidates = [answer["value"], *(answer.get("aliases") or [])]
-    passages = [*((record.get("entity_pages") or {}).get("wiki_context") or []),
-                *((record.get("search_results") or {}).get("search_context") or [])]
+    passages = [*_column(record, "entity_pages", "wiki_context"), *_column(record, "search_results", "search_context")]
+    passages = [p for p in passages if isinstance(p, str) and p.strip()]
     if not passages:
         raise SkipRecord("no_passage")
     for passage in passages:
@@ -194,67 +248,44 @@ _HTML_TAG = re.compile(r"<[^>]+>")
 
 
 def format_stackexchange(record: dict, max_answers: int = 3, min_score: int = 0) -> str:
-    """A StackExchange thread (`HuggingFaceH4/stack-exchange-preferences`: qid, question, answers[{text, pm_score,
-    selected}]): the question, then its answers (accepted first, then by score), so answers that echo the
+    """A StackExchange thread (https://huggingface.co/datasets/HuggingFaceH4/stack-exchange-preferences: qid,
+    question (HTML), answers [{answer_id, author, author_id, author_profile, pm_score, selected, text}], date,
+    metadata): the question, then its answers (accepted first, then by score), so answers that echo the
     question's code and errors follow it in the context."""
-    question, answers = _field(record, "question"), _field(record, "answers")
-    if not isinstance(answers, list):
-        raise SkipRecord("bad_type:answers")
-    kept = [a for a in answers if isinstance(a, dict) and a.get("text") and (a.get("pm_score") or 0) >= min_score]
+    question, answers = _field(record, "question", str), _field(record, "answers", list)
+    for i, a in enumerate(answers):
+        missing = {"text", "pm_score", "selected"} - set(a) if isinstance(a, dict) else {"<object>"}
+        if missing:
+            raise SchemaError(f"answers[{i}]", f"missing {sorted(missing)}")
+    kept = [a for a in answers if a["text"] and (a["pm_score"] or 0) >= min_score]
     if not kept:
         raise SkipRecord("no_answers")
-    kept.sort(key=lambda a: (not a.get("selected"), -(a.get("pm_score") or 0)))
+    kept.sort(key=lambda a: (not a["selected"], -(a["pm_score"] or 0)))
     parts = [f"Question:\n{_HTML_TAG.sub('', question).strip()}"]
     for a in kept[:max_answers]:
-        label = "Accepted answer" if a.get("selected") else "Answer"
-        parts.append(f"{label} (score {a.get('pm_score', 0)}):\n{_HTML_TAG.sub('', a['text']).strip()}")
+        label = "Accepted answer" if a["selected"] else "Answer"
+        parts.append(f"{label} (score {a['pm_score']}):\n{_HTML_TAG.sub('', a['text']).strip()}")
     return "\n\n".join(parts)
 
 
-def _quote(text: str, max_chars: int) -> str:
-    text = text.strip()
-    if len(text) > max_chars:
-        text = text[:max_chars].rsplit(" ", 1)[0] + " ..."
-    return "\n".join("> " + line if line else ">" for line in text.splitlines())
+def format_reddit_thread(record: dict, text_field: str = "text", min_messages: int = 2, min_chars: int = 1) -> str:
+    """A Reddit thread of HuggingFaceGECLM/REDDIT_threaded (https://huggingface.co/datasets/HuggingFaceGECLM/
+    REDDIT_threaded: start_date, end_date, thread_id, subreddit, subreddit_id, total_score, text, num_messages,
+    avg_score; one split per subreddit, no `train`). The card gives a whole thread as one `text` string and
+    does not document how its messages are joined, so the text is kept as it is: no re-threading. The
+    quote-reply signal the spec keeps Reddit for is the users' own markdown quotes (`> ...` lines followed by a
+    reply), which the source's `quote_reply_keep_share` filter finds line by line (data/quality.py).
 
-
-def format_reddit_thread(record: dict, comments_field: str = "comments", quote_chars: int = 400,
-                         require_reply: bool = True) -> str:
-    """A Reddit thread (Pushshift fields: title, selftext, comments[{id, parent_id, body}] with parent_id
-    "t3_<post>" for top-level and "t1_<comment>" for replies). A reply to a comment is rendered after a `> `
-    quote of the comment it answers: the explicit context echo the audit kept Reddit for. Threads with no
-    reply to a comment (flat debate) are skipped as "no_quote_reply" when `require_reply`."""
-    title = str(_field(record, "title")).strip()
-    comments = _field(record, comments_field)
-    if not isinstance(comments, list):
-        raise SkipRecord(f"bad_type:{comments_field}")
-    by_id = {c.get("id"): c for c in comments if isinstance(c, dict) and c.get("body")}
-    children: dict[str, list[dict]] = {}
-    for c in by_id.values():
-        children.setdefault(str(c.get("parent_id", ""))[3:], []).append(c)
-    parts = [title + ("\n\n" + record["selftext"].strip() if (record.get("selftext") or "").strip() else "")]
-    replies = 0
-
-    def walk(comment: dict, parent: dict | None):
-        nonlocal replies
-        body = comment["body"].strip()
-        if body in ("[deleted]", "[removed]"):
-            return
-        if parent is not None:
-            replies += 1
-            parts.append(f"{_quote(parent['body'], quote_chars)}\n\n{body}")
-        else:
-            parts.append(body)
-        for child in children.get(comment.get("id"), []):
-            walk(child, comment)
-
-    top = [c for c in by_id.values() if str(c.get("parent_id", "")).startswith("t3_") or
-           str(c.get("parent_id", ""))[3:] not in by_id]
-    for c in top:
-        walk(c, None)
-    if require_reply and replies == 0:
-        raise SkipRecord("no_quote_reply")
-    return "\n\n---\n\n".join(parts)
+    Reddit dumps store bodies HTML-escaped (`&gt;` for a quote marker); unescaping is a no-op on text that is not
+    escaped and turns escaped quotes into the `>` lines the filter counts. Threads with fewer than
+    `min_messages` messages (`num_messages`) have nothing to reply to and are skipped ("single_message")."""
+    text = html.unescape(_field(record, text_field, str)).strip()
+    num = _field(record, "num_messages", int)
+    if num < min_messages:
+        raise SkipRecord("single_message")
+    if len(text) < min_chars:
+        raise SkipRecord("too_short")
+    return text
 
 
 FORMATTERS: dict[str, Callable[..., str]] = {

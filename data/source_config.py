@@ -3,11 +3,14 @@
 A definitions file holds any of:
 - `extends`: another definitions file (path relative to this one) loaded first;
 - `sources`: {name: {category, eval_set, holdback {eval, val}, upsample, bytes_per_token, filters {...} (see
-  `data/quality.py` QualityFilters), inputs: [{name, share, loader, formatter, formatter_options}]}};
+  `data/quality.py` QualityFilters), inputs: [{name, share, card, gated, loader, formatter, formatter_options,
+  available_tokens_estimate {tokens, derivation}}]}};
 - `mixes`: {mix_dir_name: {total_tokens, val_tokens, percent {source: %}}};
 - `eval_sets`: {eval_dir_name: {sources: [...], min_tokens, max_tokens}}.
 See docs/DATASET.md for every field. Everything is checked here, before any download: percentages that do not
-sum to 100, unknown formatters, loaders or sources, and missing local paths stop the build naming the source.
+sum to 100, unknown formatters, loaders or sources, and missing local paths stop the build naming the source;
+`budget_problems` checks each input's declared available tokens against what the mixes ask of it, and
+`gated_inputs` / `login_instructions` say which inputs need a Hugging Face login.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from data.formats import get_formatter
 from data.quality import QualityFilters
 
 LOADER_TYPES = {"hf", "jsonl", "parquet", "text", "code_dir", "python"}
+HF_LOADER_KEYS = {"type", "path", "name", "split", "data_dir", "data_files", "builder", "revision", "streaming",
+                  "filter", "hint"}
+CARD_PREFIX = "https://huggingface.co/datasets/"
+# The login command of the huggingface_hub that the pinned `datasets` installs (2.x ships only the `hf` CLI; the
+# older `huggingface-cli login` is gone). Checked with `hf auth login --help`.
+LOGIN_COMMAND = "hf auth login"
 LOCAL_LOADERS = {"jsonl", "parquet", "text", "code_dir"}
 CATEGORIES = {"code", "retrieval", "general", "domain", "structured"}
 
@@ -35,6 +44,10 @@ class Input:
     formatter: str
     formatter_options: dict = field(default_factory=dict)
     filters: QualityFilters = field(default_factory=QualityFilters)  # the source's, shared by its inputs
+    card: str | None = None  # the dataset card the schema was checked against (hub inputs)
+    gated: bool = False  # the hub asks the user to accept terms and log in before any file is served
+    available_tokens: int | None = None  # declared estimate of what the input can supply after its filters
+    available_derivation: str = ""  # how that estimate was computed, so it can be re-checked
 
 
 @dataclass
@@ -122,7 +135,8 @@ def _check_keys(where: str, obj: dict, required: set[str], optional: set[str]) -
 
 def _parse_input(src: str, i: int, raw: dict) -> Input:
     where = f"source {src!r} input {i}"
-    _check_keys(where, raw, {"loader", "formatter"}, {"name", "share", "formatter_options"})
+    _check_keys(where, raw, {"loader", "formatter"},
+                {"name", "share", "formatter_options", "card", "gated", "available_tokens_estimate", "notes"})
     loader = raw["loader"]
     if not isinstance(loader, dict) or loader.get("type") not in LOADER_TYPES:
         raise ValueError(f"{where}: loader type {loader.get('type') if isinstance(loader, dict) else loader!r} "
@@ -131,8 +145,30 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
         get_formatter(raw["formatter"])
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    card = raw.get("card")
+    if loader["type"] == "hf":
+        _check_keys(f"{where} loader", loader, {"type", "path"}, HF_LOADER_KEYS)
+        expected = CARD_PREFIX + loader["path"]
+        # the card is where the split, field and gating facts of this input come from: it must be the loader's
+        if card != expected:
+            raise ValueError(f"{where}: card {card!r} must be the dataset card of loader.path, {expected!r}")
+        if loader.get("builder") and not loader.get("data_files"):
+            raise ValueError(f"{where}: loader.builder {loader['builder']!r} needs loader.data_files (paths of the "
+                             f"data files inside the dataset repository)")
+    gated = raw.get("gated", False)
+    if not isinstance(gated, bool):
+        raise ValueError(f"{where}: gated must be true or false, got {gated!r}")
+    est = raw.get("available_tokens_estimate")
+    tokens, derivation = None, ""
+    if est is not None:
+        _check_keys(f"{where} available_tokens_estimate", est, {"tokens", "derivation"}, set())
+        tokens, derivation = est["tokens"], est["derivation"]
+        if tokens is not None and (not isinstance(tokens, int) or tokens < 0):
+            raise ValueError(f"{where}: available_tokens_estimate.tokens must be a whole number >= 0 or null "
+                             f"(unknown), got {tokens!r}")
     return Input(source=src, name=raw.get("name", src if i == 0 else f"{src}_{i}"), share=float(raw.get("share", 1)),
-                 loader=loader, formatter=raw["formatter"], formatter_options=raw.get("formatter_options", {}))
+                 loader=loader, formatter=raw["formatter"], formatter_options=raw.get("formatter_options", {}),
+                 card=card, gated=gated, available_tokens=tokens, available_derivation=derivation)
 
 
 def load_definitions(*paths: str | os.PathLike) -> Definitions:
@@ -236,3 +272,51 @@ def input_targets(defs: Definitions) -> dict[str, dict]:
                       default=0)
             out[inp.name] = {"train": int(train * inp.share / src.upsample + 0.999999), "val": int(val * inp.share)}
     return out
+
+
+def fetch_needs(defs: Definitions) -> dict[str, int]:
+    """Per input: tokens it must supply before hold-back, so that after the eval / val shares are held back its
+    train split covers the mixes (after upsampling) and its val and eval splits cover theirs."""
+    tg = input_targets(defs)
+    out = {}
+    for src in defs.sources.values():
+        fracs = {"train": 1 - src.eval_share - src.val_share, "val": src.val_share, "eval": src.eval_share}
+        for inp in src.inputs:
+            t = tg[inp.name]
+            out[inp.name] = int(max(t[s] / fracs[s] for s in ("train", "val") if fracs[s] > 0 and t[s]) + 0.5) \
+                if any(t[s] for s in ("train", "val")) else 0
+    return out
+
+
+def budget_problems(defs: Definitions) -> list[str]:
+    """One line per input whose declared `available_tokens_estimate` is below what the mixes need of it (after
+    upsampling and hold-back); inputs without an estimate (tokens null or absent) are not judged here."""
+    problems = []
+    needs = fetch_needs(defs)
+    for inp in defs.inputs():
+        need, have = needs[inp.name], inp.available_tokens
+        if have is not None and have < need:
+            src = defs.sources[inp.source]
+            problems.append(
+                f"source {inp.source!r} input {inp.name!r}: needs {need:,} tokens before hold-back "
+                f"(train budget x share {inp.share:g} / upsample {src.upsample:g}, / train share "
+                f"{1 - src.eval_share - src.val_share:.3f}) but can supply about {have:,} "
+                f"({inp.available_derivation}); lower its percentage, raise upsample, or add data")
+    return problems
+
+
+def gated_inputs(defs: Definitions) -> list[Input]:
+    return [i for i in defs.inputs() if i.gated]
+
+
+def login_instructions(defs: Definitions) -> list[str]:
+    """The steps a user takes once before a build that has gated inputs (empty when there are none)."""
+    gated = gated_inputs(defs)
+    if not gated:
+        return []
+    cards = sorted({i.card for i in gated if i.card})
+    return [f"gated inputs: {', '.join(i.name for i in gated)}",
+            "  1. open each dataset page while logged in to huggingface.co and accept its terms:",
+            *(f"       {c}" for c in cards),
+            "  2. create a read token at https://huggingface.co/settings/tokens",
+            f"  3. run `{LOGIN_COMMAND}` and paste the token (or export HF_TOKEN=<token>)"]

@@ -146,14 +146,28 @@ def test_bad_definitions_stop_before_work(tmp_path, override, message):
     assert not (tmp_path / "out").exists()  # nothing fetched or written
 
 
-def test_empty_source_and_missing_fields(tmp_path):
-    bad = tmp_path / "qa.jsonl"
-    bad.write_text(json.dumps({"id": "1", "title": "t", "question": "q"}) + "\n")  # no context, no answers
+def test_empty_source_and_null_fields(tmp_path):
+    bad = tmp_path / "qa.jsonl"  # every key of the schema present, but no content: skipped, counted
+    bad.write_text(json.dumps({"id": "1", "title": "t", "context": None, "question": "q",
+                               "answers": {"text": [], "answer_start": []}}) + "\n")
     path = _defs(tmp_path, **{"['sources']['demo_qa']['inputs'][0]['loader']": {"type": "jsonl", "path": str(bad)}})
     proc = run_build("--sources", path, "--out-root", tmp_path / "out", check=False)
     assert proc.returncode != 0 and "source 'demo_qa'" in proc.stderr and "no tokens available" in proc.stderr
     meta = json.loads((tmp_path / "out/unified_work/demo_qa/fetch-00000.meta.json").read_text())
     assert meta["skipped"] == {"missing_field:context": 1} and meta["documents"] == 0
+
+
+def test_schema_mismatch_stops_naming_source_record_and_field(tmp_path):
+    bad = tmp_path / "qa.jsonl"  # no `context` column at all: the wrong dataset for this formatter
+    rows = [{"id": f"b{i}", "title": "t", "question": "q?", "answers": {"text": [], "answer_start": []}}
+            for i in range(3)]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _defs(tmp_path, **{"['sources']['demo_qa']['inputs'][0]['loader']": {"type": "jsonl", "path": str(bad)}})
+    proc = run_build("--sources", path, "--out-root", tmp_path / "out", check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "source 'demo_qa' input 'demo_qa' record 0 (id b0): field 'context': missing" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out" / "unified_work" / "demo_qa").glob("fetch-*"))  # nothing of that input written
 
 
 def test_interrupted_tokenize_resumes(tmp_path, demo):
@@ -254,9 +268,10 @@ def test_mix_report_both_phases(demo, tmp_path):
 
 def test_filter_removing_too_much_stops_before_tokenizing(tmp_path):
     qa = tmp_path / "qa.jsonl"
-    rows = [{"id": str(i), "title": "t", "context": "c " * 40, "question": "q?"} for i in range(300)]  # no answers
+    rows = [{"id": str(i), "title": "t", "context": "c " * 40, "question": "q?",  # answers not in the context
+             "answers": {"text": ["Ulm"], "answer_start": [0]}} for i in range(300)]
     qa.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = _defs(tmp_path, **{"['sources']['demo_qa']['inputs'][0]['loader']": {"type": "jsonl", "path": str(qa)}})
     proc = run_build("--sources", path, "--out-root", tmp_path / "out", check=False)
-    assert proc.returncode and "filter 'missing_field:answers' removed 300 of 300 documents (100.0%)" in proc.stderr
+    assert proc.returncode and "filter 'answer_not_in_context' removed 300 of 300 documents (100.0%)" in proc.stderr
     assert not list((tmp_path / "out" / "unified_work").rglob("tok-*"))  # stopped before any tokenization

@@ -1,10 +1,13 @@
-"""Formatters on hand-written records in each dataset's real schema (one test group per source kind)."""
+"""Formatters on hand-written records (one test group per source kind). The records of every hub source in the
+exact schema of its dataset card, run through loader -> formatter -> filters -> tokenizer, are in
+tests/test_source_schemas.py with tests/fixtures/sources/."""
 
 import pytest
 
 from data.formats import (
     NOT_IN_CONTEXT,
     RETRIEVAL_TEMPLATE,
+    SchemaError,
     SkipRecord,
     cut_window,
     format_code,
@@ -35,8 +38,12 @@ def test_squad_v2_answerable_and_unanswerable():
     assert doc == render_retrieval(SQUAD["context"], SQUAD["question"], "September 4, 1981")
     unans = {**SQUAD, "question": "Where did Beyonce study law?", "answers": {"text": [], "answer_start": []}}
     assert format_squad_v2(unans).endswith("Answer: " + NOT_IN_CONTEXT)
-    with pytest.raises(SkipRecord, match="missing_field:context"):
+    with pytest.raises(SchemaError, match="field 'context': missing"):  # a schema mismatch stops, never skips
         format_squad_v2({k: v for k, v in SQUAD.items() if k != "context"})
+    with pytest.raises(SkipRecord, match="missing_field:context"):  # a null value is a record without content
+        format_squad_v2({**SQUAD, "context": None})
+    with pytest.raises(SchemaError, match="field 'answers.text'"):  # a list of dicts is not the card's dict of lists
+        format_squad_v2({**SQUAD, "answers": {"answer": [{"text": "September 4, 1981"}]}})
     with pytest.raises(SkipRecord, match="answer_not_in_context"):
         format_squad_v2({**SQUAD, "answers": {"text": ["1999"], "answer_start": [0]}})
 
@@ -58,8 +65,11 @@ def test_triviaqa_grounding_filter():
     assert format_triviaqa_rc(_trivia("Known as the City of Light.")).endswith("Answer: City of Light")
     with pytest.raises(SkipRecord, match="ungrounded"):
         format_triviaqa_rc(_trivia("France is a country in Europe."))
-    with pytest.raises(SkipRecord, match="missing_field:answer"):
+    with pytest.raises(SchemaError, match="field 'answer': missing"):
         format_triviaqa_rc({"question": "q"})
+    listed = {**_trivia("Paris"), "entity_pages": [{"wiki_context": "Paris"}]}  # list of dicts: not the card's
+    with pytest.raises(SchemaError, match="field 'entity_pages': expected an object, got list"):
+        format_triviaqa_rc(listed)
 
 
 def test_triviaqa_window_fits_and_answer_position_varies():
@@ -101,21 +111,15 @@ def test_stackexchange_question_then_answers():
         format_stackexchange({**SE, "answers": []})
 
 
-REDDIT = {"id": "abc", "title": "Is RoPE better than learned positions?", "selftext": "Asking for a project.",
-          "comments": [{"id": "c1", "parent_id": "t3_abc", "body": "RoPE generalises to other positions."},
-                       {"id": "c2", "parent_id": "t1_c1", "body": "Only with the right base frequency."},
-                       {"id": "c3", "parent_id": "t3_abc", "body": "[deleted]"}]}
-
-
-def test_reddit_quote_reply():
-    doc = format_reddit_thread(REDDIT)
-    assert doc.startswith("Is RoPE better than learned positions?\n\nAsking for a project.")
-    assert "> RoPE generalises to other positions.\n\nOnly with the right base frequency." in doc
-    assert "[deleted]" not in doc
-    flat = {**REDDIT, "comments": REDDIT["comments"][:1]}
-    with pytest.raises(SkipRecord, match="no_quote_reply"):
-        format_reddit_thread(flat)
-    assert "RoPE generalises" in format_reddit_thread(flat, require_reply=False)
+def test_reddit_thread_text_kept_whole():
+    # REDDIT_threaded (card: text, num_messages, ...): the thread is one string; escaped quotes are unescaped
+    rec = {"thread_id": "t1", "subreddit": "changemyview", "num_messages": 2,
+           "text": "CMV: tabs beat spaces.\n&gt; tabs beat spaces\nNot in Python."}
+    assert format_reddit_thread(rec) == "CMV: tabs beat spaces.\n> tabs beat spaces\nNot in Python."
+    with pytest.raises(SkipRecord, match="single_message"):
+        format_reddit_thread({**rec, "num_messages": 1})
+    with pytest.raises(SchemaError, match="field 'text': missing"):  # the invented title/selftext/comments schema
+        format_reddit_thread({"title": "t", "selftext": "s", "comments": [], "num_messages": 3})
 
 
 def test_code_file():
@@ -124,8 +128,11 @@ def test_code_file():
     assert format_code(rec, path_field="path") == "# pkg/mod.py\ndef f(x):\n    return x\n"
     with pytest.raises(SkipRecord, match="too_long"):
         format_code({"content": "x" * 50}, max_chars=10)
-    with pytest.raises(SkipRecord, match="missing_field:content"):
+    with pytest.raises(SchemaError, match="field 'content': missing"):
         format_code({"text": "x"})
+    with pytest.raises(SchemaError, match="field 'path': missing"):  # a path_field the dataset does not have
+        format_code({"content": "x = 1\n"}, path_field="path")
+    assert format_code({"content": "x = 1\n", "path": None}, path_field="path") == "x = 1\n"
 
 
 def test_plain_text_kinds():

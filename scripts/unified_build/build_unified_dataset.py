@@ -4,8 +4,11 @@ Full build (Hugging Face hub; the local IT-sec + Swiss law corpus must exist, se
     python scripts/unified_build/build_unified_dataset.py
     # = --sources data/sources/unified_phase1_circuit.json data/sources/unified_from_scratch.json --out-root data
 
-Plan only (sources, budgets, hold-back; no network, nothing written):
+Plan only (sources, budgets, hold-back, budget feasibility from the declared estimates, gated inputs and how to
+log in; no network, nothing written; exit 1 when a source cannot supply its budget):
     python scripts/unified_build/build_unified_dataset.py --dry-run
+
+Gated inputs (StarCoderData, The Stack): accept the terms on each dataset page, then `hf auth login` once.
 
 Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` and the tests build):
     python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
@@ -35,7 +38,14 @@ from tqdm import tqdm  # noqa: E402
 
 from data import build  # noqa: E402
 from data.paths import resolve  # noqa: E402
-from data.source_config import load_definitions, missing_local_paths  # noqa: E402
+from data.source_config import (  # noqa: E402
+    budget_problems,
+    fetch_needs,
+    gated_inputs,
+    load_definitions,
+    login_instructions,
+    missing_local_paths,
+)
 from data.token_dataset import sha256_file  # noqa: E402
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
@@ -60,7 +70,8 @@ def parse_args(argv=None):
                          "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
     ap.add_argument("--max-rounds", type=int, default=8,
                     help="fetch/tokenize rounds per input while its token counts are short of the budget")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and preflight problems; touch nothing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan, budget feasibility and gated inputs; touch nothing (exit 1 if infeasible)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -92,6 +103,16 @@ def print_plan(defs, tg, problems) -> None:
     print("\nper input: tokens to fetch (train after upsampling / val / eval minimum):")
     for name, t in tg.items():
         print(f"  {name:22s} {t['train']:>15,} {t['val']:>12,} {t['eval']:>12,}")
+    print("\nbudget feasibility (declared available_tokens_estimate vs tokens needed before hold-back):")
+    needs = fetch_needs(defs)
+    for inp in defs.inputs():
+        have = inp.available_tokens
+        verdict = "not checked (no estimate)" if have is None else "OK" if have >= needs[inp.name] else "SHORT"
+        have_s = "?" if have is None else f"{have:,}"
+        print(f"  {inp.name:22s} need {needs[inp.name]:>15,} available {have_s:>15s}  {verdict}")
+    login = login_instructions(defs)
+    if login:
+        print("\n" + "\n".join(login))
     if problems:
         print("\nPREFLIGHT PROBLEMS (a real build stops on these before any download):")
         print("\n".join("  " + p for p in problems))
@@ -106,12 +127,20 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise SystemExit(f"error in source definitions: {e}") from None
     tg = build.targets(defs)
-    problems = missing_local_paths(defs)
+    infeasible = budget_problems(defs)
+    problems = missing_local_paths(defs) + infeasible
     if args.dry_run:
         print_plan(defs, tg, problems)
-        return 0
+        return 1 if infeasible else 0
     if problems:
         raise SystemExit("cannot build:\n" + "\n".join("  " + p for p in problems))
+    if gated_inputs(defs) and "fetch" in args.steps:
+        print("\n".join(login_instructions(defs)))
+        from huggingface_hub import get_token  # a local file/env look-up, no network
+
+        if not get_token():
+            raise SystemExit("cannot build: the gated inputs above need a Hugging Face token and none is set; "
+                             "follow the steps above, then rerun")
     out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
     work_dir = resolve(args.work_dir) if args.work_dir else out_root / "unified_work"
     definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
@@ -141,7 +170,7 @@ def main(argv=None) -> int:
                           desc=f"fetch {inp.name} (~{t['train']:,} train tokens)", disable=args.quiet) as bar:
                     try:
                         build.fetch(inp, work, target_chars, per_part, bar, seen=seen)
-                    except ValueError as e:  # a filter removing too much: stop before any tokenization
+                    except (ValueError, build.LoaderError) as e:  # filter share, schema, loader: one line
                         raise SystemExit(f"fetch stopped: {e}") from None
             if "holdback" in args.steps and work.exists():
                 build.holdback(inp, work, src.eval_share, src.val_share)
