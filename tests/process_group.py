@@ -67,6 +67,7 @@ def started(cmd: list[str], env: dict[str, str] | None = None, **kwargs) -> Iter
     token = uuid.uuid4().hex
     env = {**(os.environ if env is None else env), MARKER: token}
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, **kwargs)
+    proc.tree_token = token  # tree_pids(proc.tree_token): what of its tree still runs
     try:
         yield proc
     finally:

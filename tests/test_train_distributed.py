@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.process_group import run, started
+from tests.process_group import run, started, tree_pids
 
 pytestmark = pytest.mark.multirank  # every test here reads the runs of the module's fixture
 
@@ -123,7 +123,10 @@ def _records(root: Path, name: str, kind: str) -> list[dict]:
 
 
 def _steps(root: Path, name: str) -> dict[int, dict]:
-    return {r["step"]: r for r in _records(root, name, "train") if "loss" in r}
+    records = [r for r in _records(root, name, "train") if "loss" in r]
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), f"run {name}: duplicate step records in the train log: {steps}"
+    return {r["step"]: r for r in records}
 
 
 def _rank_pids(name: str, config: Path) -> list[int]:
@@ -171,6 +174,30 @@ def runs(tmp_path_factory):
     out["C_stop"] = stopped
     out["C_stop_rc"] = proc.returncode
     out["C_stop_records"] = _records(root, "C", "train")
+    # C, continued: the resumed run crashes (kill -9 of rank 1, no save) a few steps after its next checkpoint; the
+    # launcher must stop the other rank within a bounded time and leave no process behind; then `--resume auto`
+    # from the last complete checkpoint finishes the run (logs cut back and set aside, TensorBoard purged).
+    stop_step = max(r["step"] for r in out["C_stop_records"] if "loss" in r)
+    next_ckpt = (stop_step // 5 + 1) * 5
+    crash_after = min(next_ckpt + 2, 19)
+    command = _command(2, cfg, "C", "--resume", "auto")
+    with started(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        out["C_crash_plan"] = (next_ckpt, crash_after)
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and not any(r.get("step", 0) >= crash_after and "loss" in r
+                                                 for r in _records(root, "C", "train")[-3:]):
+            time.sleep(0.05)
+        victim = [pid for pid in _rank_pids("C", cfg) if b"--local_rank=1" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(victim) == 1, victim
+        os.kill(victim[0], signal.SIGKILL)
+        t0 = time.time()
+        crashed, _ = proc.communicate(timeout=TIMEOUT)
+        out["C_crash"] = (proc.returncode, time.time() - t0)
+        out["C_stop_resume"] = crashed
+        time.sleep(1.0)
+        out["C_crash_leftovers"] = tree_pids(proc.tree_token)
+    out["C_crash_checkpoints"] = sorted(p.name for p in (root / "checkpoints" / "C").glob("step_*")
+                                        if (p / "COMPLETE").is_file())
     out["C_resume"] = _launch(2, cfg, "C", "--resume", "auto")
 
     # D: A's step-15 checkpoint (after the switch) continued on one process, into its own directories.
@@ -252,7 +279,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(runs):
     ckpt = root / "checkpoints" / "C" / f"step_{stop_step}"
     # The signal's checkpoint was complete (the resume took it; keep_last pruned it later).
     assert f"checkpoint step {stop_step} saved to {ckpt}" in runs["C_stop"]
-    assert f"resumed from {ckpt} at step {stop_step}" in runs["C_resume"]
+    assert f"resumed from {ckpt} at step {stop_step}" in runs["C_stop_resume"]
     a, c = _steps(root, "A"), _steps(root, "C")
     assert sorted(c) == list(range(1, 21)), "resume must continue the logs without gaps or duplicates"
     for step in range(1, 21):
@@ -289,6 +316,25 @@ def test_resume_from_an_older_checkpoint_sets_the_newer_work_aside_and_replays_e
         assert r["step_loss"] == first[r["step"]]["step_loss"], r["step"]
         assert r["sample_ids"] == first[r["step"]]["sample_ids"]
     assert [r["step"] for r in _records(root, "R", "eval")] == [0, 5, 10, 12]
+
+
+def test_a_killed_rank_stops_the_run_and_auto_resume_finishes_it(runs):
+    root = runs["root"]
+    returncode, seconds = runs["C_crash"]
+    next_ckpt, crash_after = runs["C_crash_plan"]
+    assert returncode != 0, "a run with a killed rank must not report success"
+    assert seconds < 60, f"the other rank took {seconds:.0f} s to stop after rank 1 was killed"
+    assert runs["C_crash_leftovers"] == [], "processes of the crashed run outlived it"
+    # The last complete checkpoint survived the crash intact, and the resume took it.
+    assert runs["C_crash_checkpoints"][-1] == f"step_{next_ckpt}" or next_ckpt == 20, runs["C_crash_checkpoints"]
+    ckpt = root / "checkpoints" / "C" / f"step_{next_ckpt}"
+    assert f"resumed from {ckpt} at step {next_ckpt}" in runs["C_resume"]
+    # What the crashed run logged after that checkpoint went aside, out of the live log (whose steps are checked
+    # once each against run A in test_sigterm_saves_and_resume_matches_uninterrupted_run).
+    aside = list((root / "logs").glob("C_train.jsonl.abandoned-*"))
+    lost = sorted(json.loads(line)["step"] for f in aside for line in f.read_text().splitlines()
+                  if "loss" in json.loads(line))
+    assert lost and lost[0] == next_ckpt + 1 and lost[-1] >= crash_after, lost
 
 
 def test_resume_on_another_world_size_after_the_switch(runs):
