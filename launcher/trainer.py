@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ from launcher.probes import probe_summary, probes_for_block_size, run_probes
 from launcher.run_log import RunLog
 
 BUILD_COMMAND = "python scripts/unified_build/build_unified_dataset.py"
+# Fault injection for the tests of the non-finite path: a comma-separated list of optimizer steps whose loss is
+# made NaN on every rank (so their gradients are NaN and the update must be skipped). Unset in real runs.
+FAULT_NONFINITE_STEPS = "RAGLLM_FAULT_NONFINITE_STEPS"
 VAL_SET = "val"
 TRAIN_SET = "train"
 
@@ -260,6 +264,7 @@ class Trainer:
         self.ckpt = CheckpointManager(plan.ckpt_root, cfg.checkpoint.keep_last)
         self.accum = accumulation_summary(plan.ds_config)
 
+        self.fault_steps = {int(s) for s in os.environ.get(FAULT_NONFINITE_STEPS, "").split(",") if s.strip()}
         self.step = 0
         self.eval_owed = False
         self.nonfinite_in_row = 0
@@ -482,6 +487,8 @@ class Trainer:
             for x, y, _ in batch.micro_batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 _, loss = self.engine(x, y)
+                if step in self.fault_steps:
+                    loss = loss * float("nan")
                 self.engine.backward(loss)
                 self.engine.step()
                 loss_sum += float(loss.detach())
