@@ -26,7 +26,7 @@ from data.sampler import StepSampler
 from data.token_dataset import TokenDataset
 from launcher import distributed as dist
 from launcher import health
-from launcher.checkpointing import CheckpointManager, complete_checkpoints, read_meta, save_gold
+from launcher.checkpointing import CheckpointManager, GoldWriter, complete_checkpoints, read_meta
 from launcher.config import TrainConfig
 from launcher.engine import (
     ZERO1_FP32_ACCUM,
@@ -262,6 +262,7 @@ class Trainer:
         self.gold = GoldTracker(cfg.gold, baseline_step=cfg.gold_baseline_step)
         self.gold_dir = plan.ckpt_root / "gold"
         self.ckpt = CheckpointManager(plan.ckpt_root, cfg.checkpoint.keep_last)
+        self.gold_writer = GoldWriter()  # rank 0 only writes GOLD
         self.accum = accumulation_summary(plan.ds_config)
 
         self.fault_steps = {int(s) for s in os.environ.get(FAULT_NONFINITE_STEPS, "").split(",") if s.strip()}
@@ -366,9 +367,8 @@ class Trainer:
             dist.broadcast_object(self.gold.state_dict())
         gold_path = None
         if decision["save"] and self.rank == 0:
-            gold_path = str(save_gold(self.gold_dir, self.engine.module, cfg.model, self._gold_metadata(losses,
-                                                                                                     train_loss)))
-        dist.barrier()
+            gold_path = str(self.gold_writer.submit(self.gold_dir, self.engine.module, cfg.model,
+                                                    self._gold_metadata(losses, train_loss)))
         tokens = self.step * cfg.batch.global_batch_size * cfg.model.block_size
         record = {"step": self.step, "tokens": tokens, "phase": self.curriculum.names[phase], "lr": lr,
                   "losses": losses, "train_loss": train_loss, "gold": decision, "gold_saved": gold_path,
@@ -415,6 +415,7 @@ class Trainer:
         if self.last_saved_step == self.step:
             return
         t0 = time.perf_counter()
+        self.gold_writer.wait()  # the GOLD state this checkpoint records is on disk before it
         client = {"step": self.step, "gold": self.gold.state_dict(), "nonfinite_total": self.nonfinite_total,
                   "eval_owed": eval_due,
                   "config_fingerprint": self.cfg.fingerprint(), "train_config": self.cfg.to_dict()}
@@ -569,6 +570,9 @@ class Trainer:
         return out
 
     def close(self) -> None:
+        writer = getattr(self, "gold_writer", None)
+        if writer is not None:
+            writer.wait()
         if self.loader is not None:
             self.loader.close()
         log = getattr(self, "log", None)
