@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(args, plan)
         trainer.train()
+    except BaseException as error:
+        if dist.world_size() > 1 and not (isinstance(error, SystemExit) and not error.code):
+            if trainer is not None:
+                trainer.close()  # flush this rank's logs first
+            dist.abort_job(error)  # one rank alone cannot exit cleanly: it would hang the others (and itself)
+        raise
     finally:
         if trainer is not None:
             trainer.close()

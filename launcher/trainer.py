@@ -47,6 +47,8 @@ BUILD_COMMAND = "python scripts/unified_build/build_unified_dataset.py"
 # Fault injection for the tests of the non-finite path: a comma-separated list of optimizer steps whose loss is
 # made NaN on every rank (so their gradients are NaN and the update must be skipped). Unset in real runs.
 FAULT_NONFINITE_STEPS = "RAGLLM_FAULT_NONFINITE_STEPS"
+# ... and "<rank>:<step>": that rank's data read for that optimizer step raises, as a corrupt shard would.
+FAULT_DATA_ERROR = "RAGLLM_FAULT_DATA_ERROR"
 VAL_SET = "val"
 TRAIN_SET = "train"
 
@@ -319,6 +321,8 @@ class Trainer:
         """This rank's micro-batches of optimizer step `step` (runs on the prefetch thread)."""
         phase, offset = self.curriculum.phase_at(step)
         ds = self.plan.phases[phase]
+        if os.environ.get(FAULT_DATA_ERROR) == f"{self.rank}:{step}":
+            raise OSError(f"injected read error ({FAULT_DATA_ERROR}) in {ds.directory}")
         batch = StepBatch(step=step, phase=phase, step_in_phase=offset)
         for ids in self.samplers[phase].micro_batches(offset, self.rank, self.world, self.cfg.batch.micro_batch_size):
             x, y = read_micro_batch(ds, ids, self.cfg.model.block_size, self.pin_memory)

@@ -1,15 +1,19 @@
 """The trainer end to end on CPU: real `deepspeed --num_gpus 2` launches (gloo), real token memmaps, bf16 ZeRO-2.
 
-Five runs of the tiny config (configs/tiny/test_cpu.json: 2 layers, width 64, block 64, 20 steps, the curriculum
-switch at step 10, eval every 5, checkpoints every 5) serve all tests through module-scoped fixtures:
+Runs of the tiny config (configs/tiny/test_cpu.json: 2 layers, width 64, block 64, 20 steps, the curriculum switch
+at step 10, eval every 5, checkpoints every 5). Each is started the first time a test needs it and shared by the
+module's tests (the `runs` fixture, class `Runs`), so a run that fails fails only the tests that read it:
 
 - A: 2 ranks x micro 2 x accum 2, uninterrupted (the reference);
 - B: 1 rank x micro 2 x accum 4 (plain `python`), same global batch;
 - C: 2 ranks started through the Docker entrypoint (docker/entrypoint.py), which gets a SIGTERM after a few steps
-  as a pod stop would send it (it forwards the signal to the launcher's whole process group), then
-  `--resume auto` with 2 ranks;
+  as a pod stop would send it (it forwards the signal to the launcher's whole process group); then `--resume auto`,
+  whose rank 1 is killed with SIGKILL a few steps after its next checkpoint; then `--resume auto` to the end;
 - D: 1 rank resumed from A's step-15 checkpoint (another world size: DeepSpeed universal checkpoint);
-- E: a run whose learning rate makes the loss NaN (skip, count, stop; GOLD never overwritten).
+- E: NaN losses injected at known steps (skipped, counted, then a stop; GOLD never overwritten);
+- F: 5 steps forced to bf16 (the bf16 path on CPUs where the default is fp32);
+- G: 2 ranks under mpirun with a data read error injected on rank 1 (every rank must stop);
+- R: dropout 0.1, then a resume from an older checkpoint of the same run (newer work set aside, exact replay).
 
     .venv/bin/pytest tests/test_train_distributed.py -q
 """
@@ -147,16 +151,16 @@ def _rank_pids(name: str, config: Path) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    sys.path.insert(0, str(REPO))
-    _make_data(root / "data")
-    cfg = _config(root)
-    out = {"root": root, "cfg": cfg}
-    out["A"] = _launch(2, cfg, "A")
-    out["B"] = _launch(1, cfg, "B")
+def _run_a(runs) -> dict:
+    return {"A": _launch(2, runs.cfg, "A")}
 
+
+def _run_b(runs) -> dict:
+    return {"B": _launch(1, runs.cfg, "B")}
+
+
+def _run_c(runs) -> dict:
+    root, cfg, out = runs.root, runs.cfg, {}
     # C: a pod stop. SIGTERM goes to the container entrypoint only (RunPod and `docker stop` signal PID 1); it must
     # reach both ranks through the launcher's process group, and they must save together and exit cleanly.
     command = _command(2, cfg, "C", entrypoint=True)
@@ -199,34 +203,87 @@ def runs(tmp_path_factory):
     out["C_crash_checkpoints"] = sorted(p.name for p in (root / "checkpoints" / "C").glob("step_*")
                                         if (p / "COMPLETE").is_file())
     out["C_resume"] = _launch(2, cfg, "C", "--resume", "auto")
+    return out
 
+
+def _run_d(runs) -> dict:
+    runs.need("A")
     # D: A's step-15 checkpoint (after the switch) continued on one process, into its own directories.
-    out["D"] = _launch(1, cfg, "D", "--resume", str(root / "checkpoints" / "A" / "step_15"))
+    return {"D": _launch(1, runs.cfg, "D", "--resume", str(runs.root / "checkpoints" / "A" / "step_15"))}
 
+
+def _run_f(runs) -> dict:
     # F: the bf16 path, forced, at the smallest useful length (bf16 is emulated and ~8x slower on CPUs without native
     # bf16, where A-D run in fp32): 5 steps of phase 1 only, so its samples are A's first 5 steps, and the lrs of
     # the 4 updates before step 5's loss are A's too (the same warmup; max_iters only shapes the later decay).
-    f_cfg = json.loads(cfg.read_text())
+    f_cfg = json.loads(runs.cfg.read_text())
     f_cfg["curriculum"]["phases"] = f_cfg["curriculum"]["phases"][:1]
     f_cfg["curriculum"]["phases"][0]["until_step"] = None
     f_cfg["optim"]["max_iters"] = 5
-    f_cfg["eval"]["val_dir"] = str(root / "data/phase2/val")
-    f_path = root / "cfg_bf16.json"
+    f_cfg["eval"]["val_dir"] = str(runs.root / "data/phase2/val")
+    f_path = runs.root / "cfg_bf16.json"
     f_path.write_text(json.dumps(f_cfg, indent=2))
-    out["F"] = _launch(2, f_path, "F", "--precision", "bf16")
-    out["atol"] = BF16_LOSS_ATOL if _precision(out["A"]) == "bf16" else FP32_LOSS_ATOL
+    return {"F": _launch(2, f_path, "F", "--precision", "bf16")}
 
+
+def _atol(runs) -> dict:
+    return {"atol": BF16_LOSS_ATOL if _precision(runs["A"]) == "bf16" else FP32_LOSS_ATOL}
+
+
+def _run_r(runs) -> dict:
     # R: dropout 0.1 (the spec's), one rank, 12 steps; then the usual move after a loss spike, a resume from an
     # older checkpoint (step 5) of the same run: the newer checkpoints and logs must be set aside, not lost, and the
     # replayed steps must be bit-identical (the RNG streams of dropout restored).
+    root = runs.root
     r_path = _config(root, model__dropout=0.1, optim__max_iters=12, checkpoint__keep_last=3)
-    out["R"] = _launch(1, r_path, "R")
+    out = {"R": _launch(1, r_path, "R")}
     out["R_first"] = {"train": _records(root, "R", "train"), "eval": _records(root, "R", "eval")}
     out["R_back"] = _launch(1, r_path, "R", "--resume", str(root / "checkpoints" / "R" / "step_5"))
     return out
 
 
+RUNS = {"A": _run_a, "B": _run_b, "C": _run_c, "D": _run_d, "F": _run_f, "atol": _atol, "R": _run_r}
+
+
+class Runs:
+    """The module's training runs, each started the first time a test needs it and kept for the others: a run that
+    fails fails the tests that read it (with its error), not every test of the module.
+
+    `runs["C_resume"]` starts run C if needed; `runs.need("A", "B")` before reading their files."""
+
+    def __init__(self, root: Path, cfg: Path):
+        self.root, self.cfg = root, cfg
+        self._values: dict = {"root": root, "cfg": cfg}
+        self._errors: dict[str, BaseException] = {}
+
+    def need(self, *names: str) -> None:
+        for name in names:
+            if name in self._errors:
+                raise RuntimeError(f"run {name} failed earlier in this module (see that test)") from self._errors[name]
+            if name not in self._values:
+                try:
+                    self._values.update(RUNS[name](self))
+                except BaseException as error:
+                    self._errors[name] = error
+                    raise
+                self._values.setdefault(name, True)
+
+    def __getitem__(self, key: str):
+        if key not in self._values:
+            self.need(next(name for name in RUNS if key == name or key.startswith(f"{name}_")))
+        return self._values[key]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    sys.path.insert(0, str(REPO))
+    _make_data(root / "data")
+    return Runs(root, _config(root))
+
+
 def test_same_sample_ids_and_losses_at_world_size_1_and_2(runs):
+    runs.need('A', 'B')
     a, b = _steps(runs["root"], "A"), _steps(runs["root"], "B")
     assert sorted(a) == sorted(b) == list(range(1, 21))
     for step in a:
@@ -238,6 +295,7 @@ def test_same_sample_ids_and_losses_at_world_size_1_and_2(runs):
 
 
 def test_forced_bf16_trains_in_bf16_and_tracks_the_reference_run(runs):
+    runs.need('A', 'F')
     root, console = runs["root"], runs["F"]
     assert _precision(console) == "bf16" and "(--precision bf16;" in console
     assert "gradient accumulation: 2 micro-steps, accumulated in bf16 (params bf16, ZeRO stage 2)" in console
@@ -255,6 +313,7 @@ def test_forced_bf16_trains_in_bf16_and_tracks_the_reference_run(runs):
 
 
 def test_curriculum_switches_at_the_configured_step(runs):
+    runs.need('A')
     a = _steps(runs["root"], "A")
     assert [a[s]["phase"] for s in range(1, 21)] == ["circuit"] * 10 + ["balanced"] * 10
     switches = [r for r in _records(runs["root"], "A", "train") if r.get("event") == "phase_switch"]
@@ -271,6 +330,7 @@ def test_curriculum_switches_at_the_configured_step(runs):
 
 
 def test_sigterm_saves_and_resume_matches_uninterrupted_run(runs):
+    runs.need('A', 'C')
     root = runs["root"]
     assert runs["C_stop_rc"] == 0, runs["C_stop"][-4000:]
     assert "stop requested by a signal" in runs["C_stop"]
@@ -290,6 +350,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(runs):
 
 
 def test_resume_from_an_older_checkpoint_sets_the_newer_work_aside_and_replays_exactly(runs):
+    runs.need('R')
     root, console = runs["root"], runs["R_back"]
     ckpt = root / "checkpoints" / "R"
     aside = [p for p in ckpt.iterdir() if p.name.startswith("abandoned-")]
@@ -319,6 +380,7 @@ def test_resume_from_an_older_checkpoint_sets_the_newer_work_aside_and_replays_e
 
 
 def test_a_killed_rank_stops_the_run_and_auto_resume_finishes_it(runs):
+    runs.need('C')
     root = runs["root"]
     returncode, seconds = runs["C_crash"]
     next_ckpt, crash_after = runs["C_crash_plan"]
@@ -338,6 +400,7 @@ def test_a_killed_rank_stops_the_run_and_auto_resume_finishes_it(runs):
 
 
 def test_resume_on_another_world_size_after_the_switch(runs):
+    runs.need('A', 'D')
     root = runs["root"]
     assert "resumed from" in runs["D"] and "at step 15 (phase balanced, step 5 of the phase)" in runs["D"]
     a, d = _steps(root, "A"), _steps(root, "D")
@@ -350,6 +413,7 @@ def test_resume_on_another_world_size_after_the_switch(runs):
 
 
 def test_eval_numbers_equal_at_world_size_1_and_2(runs):
+    runs.need('A', 'B')
     ea = {r["step"]: r for r in _records(runs["root"], "A", "eval")}
     eb = {r["step"]: r for r in _records(runs["root"], "B", "eval")}
     assert sorted(ea) == sorted(eb) == [0, 5, 10, 15, 20]
@@ -364,6 +428,7 @@ def test_eval_numbers_equal_at_world_size_1_and_2(runs):
 
 
 def test_gold_decisions_recorded_and_gold_checkpoint_exportable(runs):
+    runs.need('A')
     root = runs["root"]
     evals = _records(root, "A", "eval")
     for r in evals:
@@ -392,6 +457,7 @@ def test_gold_decisions_recorded_and_gold_checkpoint_exportable(runs):
 
 
 def test_checkpoints_keep_last_and_markers(runs):
+    runs.need('A')
     ckpt_root = runs["root"] / "checkpoints" / "A"
     steps = sorted(p.name for p in ckpt_root.glob("step_*"))
     assert steps == ["step_15", "step_20"]  # keep_last 2 of 5, 10, 15, 20
@@ -403,6 +469,7 @@ def test_checkpoints_keep_last_and_markers(runs):
 
 
 def test_tensorboard_scalars_and_console(runs):
+    runs.need('A')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(runs["root"] / "runs" / "A"))
@@ -434,6 +501,7 @@ def test_tensorboard_scalars_and_console(runs):
 
 
 def test_throughput_intervals_exclude_evals_and_saves(runs):
+    runs.need('A')
     # Run A logs every step and evaluates (with probes) and checkpoints every 5: the step after each of those must
     # not show a dip, since its interval clock stops during the eval and the save.
     a = _steps(runs["root"], "A")
@@ -444,6 +512,7 @@ def test_throughput_intervals_exclude_evals_and_saves(runs):
 
 
 def test_resumed_tensorboard_has_no_duplicate_steps(runs):
+    runs.need('C')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(runs["root"] / "runs" / "C"))
@@ -478,6 +547,21 @@ def test_nan_loss_skips_counts_stops_and_keeps_gold(runs, tmp_path):
     saved = [r for r in evals.values() if r["gold"]["save"]]
     gold = json.loads((root / "checkpoints" / "E" / "gold" / "metadata.json").read_text())
     assert saved and gold["step"] == saved[-1]["step"] and gold["losses"]["val"] == saved[-1]["losses"]["val"]
+
+
+def test_a_data_read_error_on_one_rank_stops_every_rank_under_mpirun(runs):
+    # Under mpirun no launcher kills the other ranks: before launcher/distributed.py abort_job, rank 1's error left
+    # rank 0 waiting in a collective and rank 1 in MPI_Finalize, and the job never ended.
+    mpirun = str(Path(sys.executable).with_name("mpirun"))
+    env = {**_env(), "RAGLLM_FAULT_DATA_ERROR": "1:3"}
+    t0 = time.time()
+    result = run([mpirun, "-np", "2", PYTHON, TRAIN, "--config_file", str(runs["cfg"]), "--model_name", "G"],
+                 cwd=REPO, env=env, timeout=120, stderr=subprocess.STDOUT)
+    assert result.returncode != 0
+    assert time.time() - t0 < 90
+    assert "rank 1 of 2: " in result.stdout
+    assert "reading the data of step 3 failed: injected read error" in result.stdout
+    assert not (runs["root"] / "checkpoints" / "G" / "step_5").exists()  # it stopped before its first checkpoint
 
 
 # -- bad input: a clear message and a non-zero exit before the engine starts -----------------------------------------
@@ -540,6 +624,7 @@ def test_bad_input_ds_config_contradicting_training_config(runs, monkeypatch, tm
 
 
 def test_bad_input_resume_in_another_precision(runs, monkeypatch):
+    runs.need('A')
     root = runs["root"]
     trained = json.loads((root / "checkpoints" / "A" / "step_20" / "trainer_meta.json").read_text())["precision"]
     other = "bf16" if trained == "fp32" else "fp32"
@@ -555,6 +640,7 @@ def test_bad_input_batch_not_divisible(runs, monkeypatch):
 
 
 def test_bad_input_resume_from_another_config(runs, monkeypatch):
+    runs.need('A')
     root = runs["root"]
     other = _config(root, optim__learning_rate=1e-3)
     msg = _main_error(monkeypatch, ["--config_file", str(other), "--model_name", "X", "--resume",
@@ -564,6 +650,7 @@ def test_bad_input_resume_from_another_config(runs, monkeypatch):
 
 
 def test_resume_checks_eval_sets_and_allows_harmless_changes(runs, monkeypatch, tmp_path):
+    runs.need('A')
     from data.token_dataset import write_token_dir
 
     root = runs["root"]
@@ -603,6 +690,7 @@ def test_cli_exits_nonzero_with_message(runs):
 
 
 def test_cleanup_partial_checkpoint_is_ignored(runs, tmp_path):
+    runs.need('A')
     from launcher.checkpointing import complete_checkpoints
 
     src = runs["root"] / "checkpoints" / "A"
