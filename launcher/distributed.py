@@ -52,7 +52,8 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
-    # DeepSpeed 0.19.8's CPU backend announces its shared-memory allreduce op with a bare print() on every rank
+    # DeepSpeed 0.19.8's CPU backend (deepspeed/comm/torch.py, build_shm_op) announces its shared-memory allreduce op
+    # with a bare print() on every rank
     # ("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"): keep that line out of the console,
     # pass anything else it prints through.
     captured = io.StringIO()
@@ -132,7 +133,7 @@ def abort_job(error: BaseException) -> None:
     A normal exit would hang the job: the other ranks wait in a collective for this one (gloo and NCCL wait ~30 min by
     default), and under `mpirun` this rank's own MPI_Finalize at exit waits for theirs, so nothing ever ends (seen:
     a data read error on rank 1 of 2 under mpirun hung both ranks). The deepspeed launcher kills the other ranks when
-    one exits non-zero; under mpirun, MPI_Abort does.
+    one exits non-zero (deepspeed 0.19.8 launcher/launch.py, sigkill_handler); under mpirun, MPI_Abort does.
     """
     import sys
     import time

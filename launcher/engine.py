@@ -81,7 +81,8 @@ def trainer_owned_values(cfg: TrainConfig, world_size: int, on_cuda: bool) -> di
                 "warmup_type": "linear",
                 "warmup_min_ratio": 0.0,
                 "cos_min_ratio": o.min_lr / o.learning_rate,
-                # Built "already started": at the default -1 DeepSpeed's constructor asks itself for an lr and logs
+                # Built "already started" (deepspeed 0.19.8 runtime/lr_schedules.py, WarmupCosineLR.__init__ and
+                # get_lr): at the default -1 DeepSpeed's constructor asks itself for an lr and logs
                 # "Attempting to get learning rate from scheduler before it has started". set_lr_for_step sets
                 # the real position before every step (and before nothing else reads the lr).
                 "last_batch_iteration": 0,
@@ -150,9 +151,11 @@ def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware, as torch itself decides it (its CPU capability checks).
 
-    x86: AVX512-BF16 or AMX (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later). Without them torch
-    emulates bf16 through fp32 conversions: a bf16 matmul of the demo's output layer took 675 ms against 80 ms in
-    fp32 on an AVX2 machine (issue 15). ARM: torch's SVE capability (Graviton 3/4, Grace), whose cores have BF16.
+    x86: AVX512-BF16 or AMX (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later); the same
+    `torch.cpu._is_avx512_bf16_supported()` check torch's own inductor uses (torch/_inductor/cpu_vec_isa.py).
+    Without them torch emulates bf16 through fp32 conversions: a bf16 matmul of the demo's output layer took
+    675 ms against 80 ms in fp32 on an AVX2 machine (issue 15). ARM: torch's SVE capability (Graviton 3/4, Grace),
+    whose cores have BF16.
     """
     cpu = torch.cpu
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
