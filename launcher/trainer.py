@@ -77,18 +77,13 @@ def open_token_dir(path: str, what: str, verify: str, block_size: int) -> TokenD
     return ds
 
 
-# What a resume compares with the checkpoint, by the kind `--resume_ignore` names.
+# What a resume compares with the checkpoint: `--resume_ignore` kind -> (trainer_meta key, what it covers).
 RESUME_CHECKS = {
-    "config_fingerprint": "the training settings (model shape, optimizer, schedule, batch, data seed, curriculum, "
-                          "eval and GOLD settings)",
-    "data_fingerprints": "the curriculum phases' datasets",
-    "eval_fingerprints": "the val and eval sets (their losses are the GOLD baselines)",
+    "config": ("config_fingerprint", "the training settings (model shape, optimizer, schedule, batch, data seed, "
+                                     "curriculum, eval and GOLD settings)"),
+    "data": ("data_fingerprints", "the curriculum phases' datasets"),
+    "eval": ("eval_fingerprints", "the val and eval sets (their losses are the GOLD baselines)"),
 }
-RESUME_IGNORE_KINDS = {"config": "config_fingerprint", "data": "data_fingerprints", "eval": "eval_fingerprints"}
-
-
-def _ignore_flag(check: str) -> str:
-    return next(k for k, v in RESUME_IGNORE_KINDS.items() if v == check)
 
 
 def resume_identity(cfg: TrainConfig, phases: list[TokenDataset], val: TokenDataset,
@@ -168,18 +163,16 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     resume_universal = False
     if resume_path is not None:
         resume_meta = read_meta(resume_path)
-        ignored = {RESUME_IGNORE_KINDS[k] for k in (args.resume_ignore or [])}
         ours = resume_identity(cfg, phases, val, eval_sets)
         problems = []
-        for kind, what in RESUME_CHECKS.items():
-            theirs = resume_meta.get(kind)
-            if theirs is None or theirs == ours[kind]:  # None: written before this kind was recorded
+        for kind, (key, what) in RESUME_CHECKS.items():
+            theirs = resume_meta.get(key)
+            if theirs is None or theirs == ours[key]:  # None: written before this key was recorded
                 continue
-            if kind in ignored:
-                dist.print0(f"resume: {what} differ from the checkpoint's, ignored as asked "
-                            f"(--resume_ignore {_ignore_flag(kind)})")
+            if kind in (args.resume_ignore or []):
+                dist.print0(f"resume: {what} differ from the checkpoint's, ignored as asked (--resume_ignore {kind})")
             else:
-                problems.append(f"{what} differ ({theirs} != {ours[kind]}; --resume_ignore {_ignore_flag(kind)})")
+                problems.append(f"{what} differ ({theirs} != {ours[key]}; --resume_ignore {kind})")
         if problems:
             raise ValueError(f"resume checkpoint {resume_path} is from another run: " + "; ".join(problems) +
                              ". Use the config and data it was trained with, or pass the --resume_ignore flag of "
