@@ -8,8 +8,6 @@ Three ways to start are supported and all end in a torch.distributed process gro
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import socket
 import warnings
@@ -42,6 +40,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _skip_shm_inference_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory allreduce op, which training never calls.
+
+    DeepSpeed 0.19.8 (deepspeed/comm/torch.py, `TorchBackend.__init__` -> `build_shm_op`) JIT-compiles
+    `deepspeed_shm_comm` with ninja on the first CPU launch of every virtualenv path (torch's extension cache keys
+    the build on the include paths): about a minute on an idle 2-core machine, several under load, on every rank's
+    critical path, and a stale `lock` file if the build is killed makes the next launch wait forever. The op serves
+    only `inference_all_reduce` (tensor-parallel inference layers in deepspeed/module_inject/layers.py); `all_reduce`
+    goes to torch.distributed (gloo) either way. `build_shm_op` skips the build when the op is not in
+    `deepspeed.ops.__compatible_ops__`, so mark it so. Its bare "... built successfully" print goes with it.
+    """
+    import deepspeed.ops
+
+    try:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    except (AttributeError, TypeError):  # another DeepSpeed layout: the op just gets built, as before
+        pass
+
+
 def init_distributed() -> None:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, the accelerator's backend elsewhere)."""
     import deepspeed
@@ -52,16 +69,9 @@ def init_distributed() -> None:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "gloo" if get_accelerator().device_name() == "cpu" else None
-    # DeepSpeed 0.19.8's CPU backend (deepspeed/comm/torch.py, build_shm_op) announces its shared-memory allreduce op
-    # with a bare print() on every rank
-    # ("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"): keep that line out of the console,
-    # pass anything else it prints through.
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
-    for line in captured.getvalue().splitlines():
-        if not (line.startswith("DeepSpeed ") and line.endswith(" built successfully")):
-            print(line, flush=True)
+    if backend == "gloo":
+        _skip_shm_inference_op()
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, verbose=False)
     # ZeRO-2 in DeepSpeed 0.19.8 gathers partitions with torch.distributed.all_gather_into_tensor, which torch 2.13
     # deprecates with a FutureWarning on every rank. The call is DeepSpeed's, not ours, and nothing we can act on.
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
