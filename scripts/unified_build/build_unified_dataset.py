@@ -8,6 +8,13 @@ Plan only (sources, budgets, hold-back, budget feasibility from the declared est
 log in; no network, nothing written; exit 1 when a source cannot supply its budget):
     python scripts/unified_build/build_unified_dataset.py --dry-run
 
+Preflight (opens every input, reads 300 records through formatter and filters, projects available tokens against
+the budget; minutes, nothing fetched; exit 1 with one line per problem, or when the hub cannot be reached):
+    python scripts/unified_build/build_unified_dataset.py --preflight
+A build whose definitions read from the hub runs the same preflight before its first fetch and stops on any
+problem; --skip-preflight skips it (then a source that cannot load or meet its budget is found only when the fetch
+reaches it, possibly hours into the build).
+
 Gated inputs (StarCoderData, The Stack): accept the terms on each dataset page, then `hf auth login` once.
 
 Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` and the tests build):
@@ -36,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tqdm import tqdm  # noqa: E402
 
-from data import build  # noqa: E402
+from data import build, preflight  # noqa: E402
 from data.paths import resolve  # noqa: E402
 from data.source_config import (  # noqa: E402
     budget_problems,
@@ -72,6 +79,14 @@ def parse_args(argv=None):
                     help="fetch/tokenize rounds per input while its token counts are short of the budget")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan, budget feasibility and gated inputs; touch nothing (exit 1 if infeasible)")
+    ap.add_argument("--preflight", action="store_true",
+                    help="check every input (open, read --preflight-records records, format, filter, project tokens "
+                         "vs budget) and exit: 0 if all pass, 1 with one line per problem; needs the hub")
+    ap.add_argument("--skip-preflight", action="store_true",
+                    help="do not run the preflight before the first fetch of a build that reads from the hub; risks "
+                         "finding a source that cannot load or meet its budget only when its fetch starts, hours in")
+    ap.add_argument("--preflight-records", type=int, default=preflight.SAMPLE_RECORDS,
+                    help=f"records the preflight reads per input (default {preflight.SAMPLE_RECORDS})")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -80,6 +95,10 @@ def parse_args(argv=None):
         ap.error(f"--steps: unknown step(s) {bad}; choose from {','.join(STEPS)}")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    if args.preflight_records < 1:
+        ap.error(f"--preflight-records must be >= 1, got {args.preflight_records}")
+    if args.preflight and args.skip_preflight:
+        ap.error("--preflight and --skip-preflight contradict each other; give one")
     args.steps = steps
     return args
 
@@ -120,6 +139,16 @@ def print_plan(defs, tg, problems) -> None:
         print("\npreflight: OK")
 
 
+def run_preflight(defs, args, problems: list[str]) -> list[str]:
+    """Run the preflight on every input whose local path exists (the others are in `problems` already), print its
+    report, and return all problem lines."""
+    missing = {p.split("'")[3] for p in problems if "local path" in p}  # "source 'x' input 'y': local path ..."
+    names = [i.name for i in defs.inputs() if i.name not in missing]
+    checks, found = preflight.run(defs, sample=args.preflight_records, names=names)
+    print(preflight.report(checks, args.preflight_records))
+    return problems + found
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -132,6 +161,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         print_plan(defs, tg, problems)
         return 1 if infeasible else 0
+    if args.preflight:
+        found = run_preflight(defs, args, problems)
+        if found:
+            print(f"\nPREFLIGHT FAILED: {len(found)} problem(s); nothing was fetched:")
+            print("\n".join("  " + p for p in found))
+            return 1
+        print("\npreflight: OK, every input opens, formats and can meet its budget")
+        return 0
     if problems:
         raise SystemExit("cannot build:\n" + "\n".join("  " + p for p in problems))
     if gated_inputs(defs) and "fetch" in args.steps:
@@ -141,6 +178,11 @@ def main(argv=None) -> int:
         if not get_token():
             raise SystemExit("cannot build: the gated inputs above need a Hugging Face token and none is set; "
                              "follow the steps above, then rerun")
+    if "fetch" in args.steps and not args.skip_preflight and any(i.loader["type"] == "hf" for i in defs.inputs()):
+        found = run_preflight(defs, args, [])
+        if found:
+            raise SystemExit(f"preflight failed, nothing was fetched ({len(found)} problem(s); --skip-preflight "
+                             f"skips this check at its risk):\n" + "\n".join("  " + p for p in found))
     out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
     work_dir = resolve(args.work_dir) if args.work_dir else out_root / "unified_work"
     definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
