@@ -138,7 +138,9 @@ def _resume(records, state: dict):
         records.load_state_dict(state["stream_state"])
         return records
     n = state["records_read"]
-    if n and hasattr(records, "skip"):  # a part written before stream states: IterableDataset.skip reads past them
+    if not n:
+        return records
+    if hasattr(records, "skip"):  # a part written before stream states: IterableDataset.skip reads past them
         return records.skip(n)
     return itertools.islice(records, n, None)
 

@@ -175,3 +175,95 @@ def remove_fetched_text(work: Path) -> int:
             freed += text.stat().st_size
             text.unlink()
     return freed
+
+
+# ------------------------------------------------------------------------- parallel fetch, cross-source dedup
+
+
+def _fetch_job(job: tuple) -> tuple[str, dict]:
+    """One input's fetch in a worker process (deduplicated against its own parts; across inputs afterwards)."""
+    from data import build
+
+    inp, work, target_chars, per_part = job
+    state = build.fetch(inp, Path(work), target_chars, per_part)
+    return inp.name, {k: state[k] for k in ("parts", "records_read", "documents", "chars", "exhausted")}
+
+
+def fetch_inputs(jobs: list[tuple], workers: int):
+    """Fetch several inputs, `workers` at a time in processes (the work is network reads plus formatting in
+    Python, which holds the GIL, hence processes, not threads): yields (input name, totals) as each finishes. Each
+    input is deduplicated against its own parts here; `dedup_across` then removes what another input kept, in a
+    fixed order, so the result does not depend on the worker count. A failure in one input stops the others
+    (their complete parts stay: every part is complete or absent) and is raised here."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_fetch_job, jobs)
+        return
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+    try:
+        yield from pool.imap_unordered(_fetch_job, jobs)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def dedup_across(inputs: list[Input], work_dir: Path) -> dict[str, int]:
+    """Exact deduplication across inputs, after a fetch round: every fetched part not checked yet, in definitions
+    order (then part order), loses the documents whose content hash another input's part already holds (checked
+    parts of any input first, then the parts before it in this pass). So a document is never in one source's
+    train and another's eval, whatever the worker count. A part is rewritten (text, hashes, meta with the
+    removals counted under `filtered.duplicate`) and marked `cross_checked`; a part already split is never
+    touched. Re-running after a crash mid-part is safe: hashes are recomputed from the text on disk. Returns
+    documents removed per input."""
+    import numpy as np
+
+    from data.quality import content_hash
+    from data.tokenizer import get_tokenizer
+
+    work_dir = Path(work_dir)
+    held: set[int] = set()
+    todo = []
+    for inp in inputs:
+        for meta_path in sorted((work_dir / inp.name).glob("fetch-*.meta.json")):
+            meta = json.loads(meta_path.read_text())
+            hashes = meta_path.with_name(meta_path.name.replace(".meta.json", ".hashes.npy"))
+            if meta.get("cross_checked") or (work_dir / inp.name / meta_path.name.replace("fetch-", "split-")).exists():
+                held.update(np.load(hashes).tolist() if hashes.is_file() else [])
+            else:
+                todo.append((inp, meta_path, meta))
+    removed: dict[str, int] = {}
+    for inp, meta_path, meta in todo:
+        text_path = meta_path.with_name(meta["file"])
+        lines = text_path.read_text().splitlines(keepends=True)
+        texts = [json.loads(line)["text"] for line in lines]
+        hashes = [content_hash(t) for t in texts]
+        keep = [not (inp.filters.exact_dedup and h in held) for h in hashes]
+        dropped = [t for t, k in zip(texts, keep, strict=True) if not k]
+        if dropped:
+            kept_lines = [line for line, k in zip(lines, keep, strict=True) if k]
+            _atomic(text_path, "".join(kept_lines))
+            tokens = sum(len(x) + 1 for x in get_tokenizer().encode_ordinary_batch(dropped, num_threads=1))
+            dup = meta.setdefault("filtered", {}).setdefault("duplicate", {"documents": 0, "tokens": 0})
+            dup["documents"] += len(dropped)
+            dup["tokens"] += tokens
+            meta["documents"] -= len(dropped)
+            meta["chars"] -= sum(len(t) for t in dropped)
+            meta["sha256"] = hashlib.sha256(text_path.read_bytes()).hexdigest()
+            removed[inp.name] = removed.get(inp.name, 0) + len(dropped)
+        kept_hashes = [h for h, k in zip(hashes, keep, strict=True) if k]
+        npy = meta_path.with_name(meta_path.name.replace(".meta.json", ".hashes.npy"))
+        tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, np.array(kept_hashes, dtype=np.uint64))
+        os.replace(tmp, npy)
+        meta["cross_checked"] = True
+        _atomic(meta_path, json.dumps(meta))
+        held.update(kept_hashes)
+    return removed
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tqdm import tqdm  # noqa: E402
 
-from data import build, preflight  # noqa: E402
+from data import build, preflight, streaming  # noqa: E402
 from data.paths import resolve  # noqa: E402
 from data.source_config import (  # noqa: E402
     budget_problems,
@@ -72,6 +72,9 @@ def parse_args(argv=None):
                     help=f"comma-separated subset of {','.join(STEPS)} to run (default: all)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="tokenizer processes (default: all cores)")
+    ap.add_argument("--fetch-workers", "--fetch_workers", type=int, default=os.cpu_count() or 1,
+                    help="inputs fetched at the same time, one process each (default: all cores); the result does "
+                         "not depend on it (deduplication across inputs runs after each round, in definitions order)")
     ap.add_argument("--docs-per-part", type=int, default=None,
                     help="documents per fetched part, the unit of resume and of parallel tokenization "
                          "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
@@ -95,6 +98,8 @@ def parse_args(argv=None):
         ap.error(f"--steps: unknown step(s) {bad}; choose from {','.join(STEPS)}")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    if args.fetch_workers < 1:
+        ap.error(f"--fetch-workers must be >= 1, got {args.fetch_workers}")
     if args.preflight_records < 1:
         ap.error(f"--preflight-records must be >= 1, got {args.preflight_records}")
     if args.preflight and args.skip_preflight:
@@ -189,11 +194,13 @@ def main(argv=None) -> int:
     command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
     full = all(s in args.steps for s in ("fetch", "holdback", "tokenize"))
     inputs = defs.inputs()
-    # exact deduplication across all sources: a document kept by an earlier input (definitions order, then
-    # fetch order) is a duplicate everywhere else, so it can never be in one source's train and another's eval
-    seen = build.load_seen([work_dir / i.name for i in inputs])
+    if any(s in args.steps for s in ("fetch", "holdback", "tokenize")):
+        # work files made under another config are stale: remove them (and what was built from them), say so
+        for inp in inputs:
+            for line in streaming.refresh_stamp(inp, defs.sources[inp.source], work_dir / inp.name):
+                print(line)
     for rnd in range(args.max_rounds if full else 1):
-        short = []
+        short, jobs = [], []
         for inp in inputs:
             src, t, work = defs.sources[inp.source], tg[inp.name], work_dir / inp.name
             ts, fs = build.token_state(work), build.fetch_state(work)
@@ -206,16 +213,31 @@ def main(argv=None) -> int:
             need_tokens = max(t[s] / fracs[s] for s in build.SPLITS if fracs[s] > 0)
             target_chars = int(need_tokens * bpt * (1.05 + 0.1 * rnd)) + 1
             short.append(inp)
-            if "fetch" in args.steps:
+            if "fetch" in args.steps and not fs["exhausted"] and fs["chars"] < target_chars:
                 per_part = args.docs_per_part or (20000 if t["train"] > 100_000_000 else 500)
-                with tqdm(total=target_chars, initial=min(fs["chars"], target_chars), unit="char", unit_scale=True,
-                          desc=f"fetch {inp.name} (~{t['train']:,} train tokens)", disable=args.quiet) as bar:
-                    try:
-                        build.fetch(inp, work, target_chars, per_part, bar, seen=seen)
-                    except (ValueError, build.LoaderError) as e:  # filter share, schema, loader: one line
-                        raise SystemExit(f"fetch stopped: {e}") from None
-            if "holdback" in args.steps and work.exists():
-                build.holdback(inp, work, src.eval_share, src.val_share)
+                jobs.append((inp, str(work), target_chars, per_part))
+        if jobs:
+            workers = min(args.fetch_workers, len(jobs))
+            with tqdm(total=len(jobs), unit="input", desc=f"fetch round {rnd + 1} ({workers} process(es))",
+                      disable=args.quiet) as bar:
+                try:
+                    for name, st in streaming.fetch_inputs(jobs, workers):
+                        bar.update(1)
+                        if not args.quiet:
+                            bar.write(f"  {name}: {st['documents']:,} documents, {st['chars']:,} characters from "
+                                      f"{st['records_read']:,} records{' (exhausted)' if st['exhausted'] else ''}")
+                except (ValueError, build.LoaderError) as e:  # filter share, schema, loader: one line
+                    raise SystemExit(f"fetch stopped: {e}") from None
+            # across inputs, in definitions order: a document kept by an earlier input is a duplicate in a later one
+            for name, n in streaming.dedup_across(inputs, work_dir).items():
+                print(f"  {name}: {n:,} documents removed as duplicates of another input's")
+        if "holdback" in args.steps:
+            for inp in short:
+                work = work_dir / inp.name
+                if work.exists():
+                    src = defs.sources[inp.source]
+                    build.holdback(inp, work, src.eval_share, src.val_share)
+                    streaming.remove_fetched_text(work)  # the split files hold the same documents
         if "tokenize" in args.steps and short:
             with tqdm(unit="tok", unit_scale=True, desc=f"tokenize ({args.workers} workers)",
                       disable=args.quiet) as bar:
