@@ -1,9 +1,9 @@
 """Build steps of the dataset pipeline, each usable alone, all driven by
 `scripts/unified_build/build_unified_dataset.py`:
 
-1. fetch     stream records from each input's loader, format them into documents, write `fetch-NNNNN.jsonl`
-             parts of `docs_per_part` documents (temp name, then rename: a rerun resumes after the last complete
-             part and skips the records it already consumed);
+1. fetch     stream records from each input's loader (seeded shuffle, data/streaming.py), format them into
+             documents, write `fetch-NNNNN.jsonl` parts of `docs_per_part` documents (temp name, then rename: a
+             rerun resumes after the last complete part, from the stream state saved with it);
 2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, text) --
              before tokenization, so a document never lands in two splits and a rebuild gives the same split;
 3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
