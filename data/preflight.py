@@ -230,9 +230,11 @@ def run(defs: Definitions, sample: int = SAMPLE_RECORDS, open_records=build.iter
         first = hub_inputs[0].loader
         try:
             hub(first["path"], first.get("revision"))
-        except Exception as e:
-            if not is_offline_error(e):
-                raise
+            offline = None
+        except Exception as e:  # an answer from the hub (not found, ...) is that input's problem line, below
+            offline = e if is_offline_error(e) else None
+        if offline is not None:
+            e = offline
             problems.append(f"offline: the Hugging Face hub ({HUB}) cannot be reached from here "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); the "
                             f"{len(hub_inputs)} hub inputs cannot be checked, so the build cannot start. Run where "

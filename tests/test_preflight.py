@@ -122,6 +122,14 @@ def test_schema_mismatch_loader_failure_and_undeclared_gating_are_problem_lines(
     assert c.problems == ["source 'triviaqa_squad_v2' input 'squad_v2': the hub says the dataset is gated (manual) "
                           "but the definitions do not; add \"gated\": true to the input so the build asks for a "
                           "login first"]
+    def not_found(path, revision):  # an answer from the hub, not an unreachable hub: that input's problem line
+        raise RuntimeError(f"404 Client Error: Repository Not Found for url: .../api/datasets/{path}")
+
+    checks, problems = preflight.run(DEFS, names=["squad_v2"], open_records=open_local, hub=not_found, token=True)
+    assert checks[0].records == 0 and problems == [
+        "source 'triviaqa_squad_v2' input 'squad_v2' (rajpurkar/squad_v2): cannot load records: RuntimeError: 404 "
+        "Client Error: Repository Not Found for url: .../api/datasets/rajpurkar/squad_v2. Fix: check "
+        "loader.path/name/split/revision against the dataset card https://huggingface.co/datasets/rajpurkar/squad_v2"]
     star = next(i for i in HUB_INPUTS if i.name == "starcoder_java")
     c = preflight.check_input(star, need=1, open_records=open_local, hub=None, token=False)
     assert c.records == 0 and "gated and no Hugging Face token" in c.problems[0]
