@@ -148,7 +148,7 @@ def _resume(records, state: dict):
 def fetch_state(work: Path) -> dict:
     """Totals over the complete fetched parts of one input."""
     state = {"parts": 0, "records_read": 0, "documents": 0, "chars": 0, "skipped": Counter(), "exhausted": False,
-             "files": [], "filtered": {}, "modified": {}, "stream_state": None}
+             "files": [], "filtered": {}, "modified": {}, "stream_state": None, "resumes": 0}
     for meta_path in sorted(work.glob("fetch-*.meta.json")):
         meta = _read_json(meta_path)
         state["parts"] += 1
@@ -157,6 +157,7 @@ def fetch_state(work: Path) -> dict:
         state["skipped"].update(meta["skipped"])
         state["exhausted"] |= meta["exhausted"]
         state["stream_state"] = meta.get("stream_state")
+        state["resumes"] += bool(meta.get("resumed"))
         state["files"].append({"path": meta["file"], "sha256": meta["sha256"], "documents": meta["documents"]})
         for key in ("filtered", "modified"):
             _add_counts(state[key], meta.get(key, {}))
@@ -214,6 +215,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     filt_re = re.compile(filt["regex"]) if filt else None
     try:
         stream = _resume(iter_records(inp.loader) if records is None else records, state)
+        resumed = state["parts"] > 0  # the first part written now continues an earlier run (lineage: `resumes`)
         records = _guarded(stream, inp)
     except Exception as e:  # load_dataset raises while resolving the repository, before any record
         raise loader_error(inp, e) from e
@@ -285,7 +287,9 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         chars = sum(len(d) for d in docs)
         meta = {"file": name, "sha256": sha256_file(path), "records_read": read, "documents": len(docs),
                 "chars": chars, "skipped": dict(skipped), "filtered": filtered, "modified": modified,
-                "exhausted": state["exhausted"], "stream_state": stream.state_dict() if resumable(stream) else None}
+                "exhausted": state["exhausted"], "stream_state": stream.state_dict() if resumable(stream) else None,
+                "resumed": resumed}
+        resumed = False
         _atomic_write_text(work / f"fetch-{part:05d}.meta.json", json.dumps(meta))  # the part counts from here on
         state["parts"] += 1
         state["records_read"] += read
@@ -430,7 +434,8 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                          loader.get("filter") else [], quality_filters=inp.filters.config(),
                          records_read=fs["records_read"], documents=fs["documents"], skipped=dict(fs["skipped"]),
                          filtered=fs["filtered"], modified=fs["modified"], exhausted=fs["exhausted"],
-                         files=fs["files"], stamp={k: v["hash"] for k, v in (read_stamp(work) or {}).items()},
+                         resumes=fs["resumes"], files=fs["files"],
+                         stamp={k: v["hash"] for k, v in (read_stamp(work) or {}).items()},
                          text_on_disk=[f["path"] for f in fs["files"] if (work / f["path"]).is_file()])
     return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
                       holdback={"method": "sha256(source \\0 text) / 2^64", "eval": src.eval_share,
