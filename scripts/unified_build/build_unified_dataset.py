@@ -25,10 +25,14 @@ One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps holdback,tokenize
     python scripts/unified_build/build_unified_dataset.py --steps mix
 
+Inputs are fetched in parallel, one process each (the result does not depend on the count):
+    python scripts/unified_build/build_unified_dataset.py --fetch-workers 8
+
 Outputs under --out-root: unified_phase1_circuit/ and unified_6B/ (each with val/ inside),
 code_eval_tokenized/, retrieval_eval_tokenized/, general_eval_tokenized/, domain_eval_tokenized/;
 intermediate files under <out-root>/unified_work/. Rerunning resumes: complete parts are kept, up-to-date
-directories are skipped. Print a directory's lineage with `python -m data.lineage DIR`.
+directories are skipped; work files made under a different config (data/streaming.py stamps) are removed and
+rebuilt, one line each. Print a directory's lineage with `python -m data.lineage DIR`.
 """
 
 from __future__ import annotations
