@@ -76,9 +76,11 @@ def parse_args(argv=None):
                     help=f"comma-separated subset of {','.join(STEPS)} to run (default: all)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="tokenizer processes (default: all cores)")
-    ap.add_argument("--fetch-workers", "--fetch_workers", type=int, default=os.cpu_count() or 1,
-                    help="inputs fetched at the same time, one process each (default: all cores); the result does "
-                         "not depend on it (deduplication across inputs runs after each round, in definitions order)")
+    ap.add_argument("--fetch-workers", "--fetch_workers", type=int, default=None,
+                    help="inputs fetched at the same time, one process each (default: all cores when any input "
+                         "streams from the hub, else 1: local inputs are CPU-bound and starting processes costs more "
+                         "than it saves); the result does not depend on it (deduplication across inputs runs after "
+                         "each round, in definitions order)")
     ap.add_argument("--docs-per-part", type=int, default=None,
                     help="documents per fetched part, the unit of resume and of parallel tokenization "
                          "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
@@ -102,7 +104,7 @@ def parse_args(argv=None):
         ap.error(f"--steps: unknown step(s) {bad}; choose from {','.join(STEPS)}")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
-    if args.fetch_workers < 1:
+    if args.fetch_workers is not None and args.fetch_workers < 1:
         ap.error(f"--fetch-workers must be >= 1, got {args.fetch_workers}")
     if args.preflight_records < 1:
         ap.error(f"--preflight-records must be >= 1, got {args.preflight_records}")
@@ -221,7 +223,8 @@ def main(argv=None) -> int:
                 per_part = args.docs_per_part or (20000 if t["train"] > 100_000_000 else 500)
                 jobs.append((inp, str(work), target_chars, per_part))
         if jobs:
-            workers = min(args.fetch_workers, len(jobs))
+            hub = any(i.loader["type"] == "hf" for i in inputs)
+            workers = min(args.fetch_workers or ((os.cpu_count() or 1) if hub else 1), len(jobs))
             with tqdm(total=len(jobs), unit="input", desc=f"fetch round {rnd + 1} ({workers} process(es))",
                       disable=args.quiet) as bar:
                 try:
