@@ -1,9 +1,9 @@
 """Build steps of the dataset pipeline, each usable alone, all driven by
 `scripts/unified_build/build_unified_dataset.py`:
 
-1. fetch     stream records from each input's loader, format them into documents, write `fetch-NNNNN.jsonl`
-             parts of `docs_per_part` documents (temp name, then rename: a rerun resumes after the last complete
-             part and skips the records it already consumed);
+1. fetch     stream records from each input's loader (seeded shuffle, data/streaming.py), format them into
+             documents, write `fetch-NNNNN.jsonl` parts of `docs_per_part` documents (temp name, then rename: a
+             rerun resumes after the last complete part, from the stream state saved with it);
 2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, text) --
              before tokenization, so a document never lands in two splits and a rebuild gives the same split;
 3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
@@ -36,6 +36,7 @@ from data.formats import SchemaError, SkipRecord, get_formatter, record_id
 from data.lineage import build_node, root_node
 from data.quality import check_removed_shares, content_hash
 from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
+from data.streaming import read_stamp, resumable, shuffled
 from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
 from data.tokenizer import EOT, get_tokenizer, tokenizer_info
 
@@ -56,10 +57,12 @@ def _read_json(path: Path) -> dict:
 
 
 def iter_records(loader: dict) -> Iterator[dict]:
-    """Records of one loader in their dataset's own schema, in a stable order."""
+    """Records of one loader in their dataset's own schema, in a stable order (shuffled with a seed where the
+    loader asks, data/streaming.py). Hub and json/parquet loaders return a `datasets.IterableDataset`, whose
+    state_dict() the fetch saves per part to resume from."""
     kind = loader["type"]
     if kind == "hf":
-        return _hf(loader)  # an IterableDataset, not an iterator: resuming uses its .skip()
+        return shuffled(_hf(loader), loader)
     if kind in ("jsonl", "parquet"):
         import datasets
 
@@ -68,8 +71,8 @@ def iter_records(loader: dict) -> Iterator[dict]:
         files = [f for f in files if os.path.getsize(f)]  # datasets' json builder dies on an empty file
         if not files:
             return iter([])
-        return iter(datasets.load_dataset("json" if kind == "jsonl" else "parquet", data_files=files, split="train",
-                                          streaming=True))
+        return shuffled(datasets.load_dataset("json" if kind == "jsonl" else "parquet", data_files=files,
+                                              split="train", streaming=True), loader)
     if kind in ("text", "code_dir"):
         root = Path(expand_path(loader["path"]))
         exts = tuple(loader.get("extensions", [".txt"] if kind == "text" else [".py"]))
@@ -128,16 +131,24 @@ def _guarded(records, inp: Input):
         yield record
 
 
-def _skip(records, n: int):
-    if n and hasattr(records, "skip"):  # datasets.IterableDataset skips without decoding what it skips
-        return iter(records.skip(n))
+def _resume(records, state: dict):
+    """The records after those the complete parts consumed: from the library's stream state saved with the last
+    part when there is one (data/streaming.py says what it restores), else by reading past them."""
+    if state["stream_state"] is not None and resumable(records):
+        records.load_state_dict(state["stream_state"])
+        return records
+    n = state["records_read"]
+    if not n:
+        return records
+    if hasattr(records, "skip"):  # a part written before stream states: IterableDataset.skip reads past them
+        return records.skip(n)
     return itertools.islice(records, n, None)
 
 
 def fetch_state(work: Path) -> dict:
     """Totals over the complete fetched parts of one input."""
     state = {"parts": 0, "records_read": 0, "documents": 0, "chars": 0, "skipped": Counter(), "exhausted": False,
-             "files": [], "filtered": {}, "modified": {}}
+             "files": [], "filtered": {}, "modified": {}, "stream_state": None, "resumes": 0}
     for meta_path in sorted(work.glob("fetch-*.meta.json")):
         meta = _read_json(meta_path)
         state["parts"] += 1
@@ -145,6 +156,8 @@ def fetch_state(work: Path) -> dict:
             state[k] += meta[k]
         state["skipped"].update(meta["skipped"])
         state["exhausted"] |= meta["exhausted"]
+        state["stream_state"] = meta.get("stream_state")
+        state["resumes"] += bool(meta.get("resumed"))
         state["files"].append({"path": meta["file"], "sha256": meta["sha256"], "documents": meta["documents"]})
         for key in ("filtered", "modified"):
             _add_counts(state[key], meta.get(key, {}))
@@ -179,7 +192,7 @@ def _token_counts(texts: list[str]) -> list[int]:
 
 
 def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, bar: tqdm | None = None,
-          seen: set[int] | None = None) -> dict:
+          seen: set[int] | None = None, records=None) -> dict:
     """Fetch until `target_chars` of formatted, filtered documents are on disk (or the source is exhausted).
 
     Each record: loader filter, formatter (SkipRecord: counted in `skipped`, documents), the source's quality
@@ -187,7 +200,8 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     deduplication against `seen` (content hashes of every document kept before, across all inputs the caller
     shares `seen` with; default: this input's own earlier parts). Before a part is written, the share of
     records each reason removed is checked against `filters.max_removed_share` (FilterShareError with the
-    numbers). Resumable: complete parts are kept, records already consumed are skipped."""
+    numbers). Resumable: complete parts are kept, and the stream continues from the state saved with the last one
+    (data/streaming.py). `records`: the input's stream, already opened (default: open `inp.loader`)."""
     work.mkdir(parents=True, exist_ok=True)
     state = fetch_state(work)
     if state["exhausted"] or state["chars"] >= target_chars:
@@ -200,7 +214,9 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     filt = inp.loader.get("filter")
     filt_re = re.compile(filt["regex"]) if filt else None
     try:
-        records = _guarded(_skip(iter_records(inp.loader), state["records_read"]), inp)
+        stream = _resume(iter_records(inp.loader) if records is None else records, state)
+        resumed = state["parts"] > 0  # the first part written now continues an earlier run (lineage: `resumes`)
+        records = _guarded(stream, inp)
     except Exception as e:  # load_dataset raises while resolving the repository, before any record
         raise loader_error(inp, e) from e
     part = state["parts"]
@@ -271,7 +287,9 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         chars = sum(len(d) for d in docs)
         meta = {"file": name, "sha256": sha256_file(path), "records_read": read, "documents": len(docs),
                 "chars": chars, "skipped": dict(skipped), "filtered": filtered, "modified": modified,
-                "exhausted": state["exhausted"]}
+                "exhausted": state["exhausted"], "stream_state": stream.state_dict() if resumable(stream) else None,
+                "resumed": resumed}
+        resumed = False
         _atomic_write_text(work / f"fetch-{part:05d}.meta.json", json.dumps(meta))  # the part counts from here on
         state["parts"] += 1
         state["records_read"] += read
@@ -416,7 +434,9 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                          loader.get("filter") else [], quality_filters=inp.filters.config(),
                          records_read=fs["records_read"], documents=fs["documents"], skipped=dict(fs["skipped"]),
                          filtered=fs["filtered"], modified=fs["modified"], exhausted=fs["exhausted"],
-                         files=fs["files"])
+                         resumes=fs["resumes"], files=fs["files"],
+                         stamp={k: v["hash"] for k, v in (read_stamp(work) or {}).items()},
+                         text_on_disk=[f["path"] for f in fs["files"] if (work / f["path"]).is_file()])
     return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
                       holdback={"method": "sha256(source \\0 text) / 2^64", "eval": src.eval_share,
                                 "val": src.val_share},

@@ -23,10 +23,12 @@ from pathlib import Path
 from data.demo_corpus import expand_path
 from data.formats import get_formatter
 from data.quality import QualityFilters
+from data.streaming import check_shuffle
 
 LOADER_TYPES = {"hf", "jsonl", "parquet", "text", "code_dir", "python"}
 HF_LOADER_KEYS = {"type", "path", "name", "split", "data_dir", "data_files", "builder", "revision", "streaming",
-                  "filter", "hint"}
+                  "filter", "hint", "shuffle"}
+SHUFFLE_LOADERS = {"hf", "jsonl", "parquet"}  # the loaders that deliver a datasets.IterableDataset
 CARD_PREFIX = "https://huggingface.co/datasets/"
 # The login command of the huggingface_hub that the pinned `datasets` installs (2.x ships only the `hf` CLI; the
 # older `huggingface-cli login` is gone). Checked with `hf auth login --help`.
@@ -48,6 +50,7 @@ class Input:
     gated: bool = False  # the hub asks the user to accept terms and log in before any file is served
     available_tokens: int | None = None  # declared estimate of what the input can supply after its filters
     available_derivation: str = ""  # how that estimate was computed, so it can be re-checked
+    available_rows: int | None = None  # records in what the loader reads, from the card (preflight projects with it)
 
 
 @dataclass
@@ -146,6 +149,11 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     card = raw.get("card")
+    if "shuffle" in loader:
+        if loader["type"] not in SHUFFLE_LOADERS:
+            raise ValueError(f"{where}: loader.shuffle applies to {sorted(SHUFFLE_LOADERS)} loaders only, not "
+                             f"{loader['type']!r}")
+        check_shuffle(where, loader["shuffle"])
     if loader["type"] == "hf":
         _check_keys(f"{where} loader", loader, {"type", "path"}, HF_LOADER_KEYS)
         expected = CARD_PREFIX + loader["path"]
@@ -159,16 +167,18 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
     if not isinstance(gated, bool):
         raise ValueError(f"{where}: gated must be true or false, got {gated!r}")
     est = raw.get("available_tokens_estimate")
-    tokens, derivation = None, ""
+    tokens, derivation, rows = None, "", None
     if est is not None:
-        _check_keys(f"{where} available_tokens_estimate", est, {"tokens", "derivation"}, set())
-        tokens, derivation = est["tokens"], est["derivation"]
-        if tokens is not None and (not isinstance(tokens, int) or tokens < 0):
-            raise ValueError(f"{where}: available_tokens_estimate.tokens must be a whole number >= 0 or null "
-                             f"(unknown), got {tokens!r}")
+        _check_keys(f"{where} available_tokens_estimate", est, {"tokens", "derivation"}, {"rows"})
+        tokens, derivation, rows = est["tokens"], est["derivation"], est.get("rows")
+        for key, value in (("tokens", tokens), ("rows", rows)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{where}: available_tokens_estimate.{key} must be a whole number >= 0 or null "
+                                 f"(unknown), got {value!r}")
     return Input(source=src, name=raw.get("name", src if i == 0 else f"{src}_{i}"), share=float(raw.get("share", 1)),
                  loader=loader, formatter=raw["formatter"], formatter_options=raw.get("formatter_options", {}),
-                 card=card, gated=gated, available_tokens=tokens, available_derivation=derivation)
+                 card=card, gated=gated, available_tokens=tokens, available_derivation=derivation,
+                 available_rows=rows)
 
 
 def load_definitions(*paths: str | os.PathLike) -> Definitions:

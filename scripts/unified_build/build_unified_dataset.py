@@ -8,6 +8,13 @@ Plan only (sources, budgets, hold-back, budget feasibility from the declared est
 log in; no network, nothing written; exit 1 when a source cannot supply its budget):
     python scripts/unified_build/build_unified_dataset.py --dry-run
 
+Preflight (opens every input, reads 300 records through formatter and filters, projects available tokens against
+the budget; minutes, nothing fetched; exit 1 with one line per problem, or when the hub cannot be reached):
+    python scripts/unified_build/build_unified_dataset.py --preflight
+A build whose definitions read from the hub runs the same preflight before its first fetch and stops on any
+problem; --skip-preflight skips it (then a source that cannot load or meet its budget is found only when the fetch
+reaches it, possibly hours into the build).
+
 Gated inputs (StarCoderData, The Stack): accept the terms on each dataset page, then `hf auth login` once.
 
 Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` and the tests build):
@@ -18,10 +25,14 @@ One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps holdback,tokenize
     python scripts/unified_build/build_unified_dataset.py --steps mix
 
+Inputs are fetched in parallel, one process each (the result does not depend on the count):
+    python scripts/unified_build/build_unified_dataset.py --fetch-workers 8
+
 Outputs under --out-root: unified_phase1_circuit/ and unified_6B/ (each with val/ inside),
 code_eval_tokenized/, retrieval_eval_tokenized/, general_eval_tokenized/, domain_eval_tokenized/;
 intermediate files under <out-root>/unified_work/. Rerunning resumes: complete parts are kept, up-to-date
-directories are skipped. Print a directory's lineage with `python -m data.lineage DIR`.
+directories are skipped; work files made under a different config (data/streaming.py stamps) are removed and
+rebuilt, one line each. Print a directory's lineage with `python -m data.lineage DIR`.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tqdm import tqdm  # noqa: E402
 
-from data import build  # noqa: E402
+from data import build, preflight, streaming  # noqa: E402
 from data.paths import resolve  # noqa: E402
 from data.source_config import (  # noqa: E402
     budget_problems,
@@ -65,6 +76,11 @@ def parse_args(argv=None):
                     help=f"comma-separated subset of {','.join(STEPS)} to run (default: all)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="tokenizer processes (default: all cores)")
+    ap.add_argument("--fetch-workers", "--fetch_workers", type=int, default=None,
+                    help="inputs fetched at the same time, one process each (default: all cores when any input "
+                         "streams from the hub, else 1: local inputs are CPU-bound and starting processes costs more "
+                         "than it saves); the result does not depend on it (deduplication across inputs runs after "
+                         "each round, in definitions order)")
     ap.add_argument("--docs-per-part", type=int, default=None,
                     help="documents per fetched part, the unit of resume and of parallel tokenization "
                          "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
@@ -72,6 +88,14 @@ def parse_args(argv=None):
                     help="fetch/tokenize rounds per input while its token counts are short of the budget")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan, budget feasibility and gated inputs; touch nothing (exit 1 if infeasible)")
+    ap.add_argument("--preflight", action="store_true",
+                    help="check every input (open, read --preflight-records records, format, filter, project tokens "
+                         "vs budget) and exit: 0 if all pass, 1 with one line per problem; needs the hub")
+    ap.add_argument("--skip-preflight", action="store_true",
+                    help="do not run the preflight before the first fetch of a build that reads from the hub; risks "
+                         "finding a source that cannot load or meet its budget only when its fetch starts, hours in")
+    ap.add_argument("--preflight-records", type=int, default=preflight.SAMPLE_RECORDS,
+                    help=f"records the preflight reads per input (default {preflight.SAMPLE_RECORDS})")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -80,6 +104,12 @@ def parse_args(argv=None):
         ap.error(f"--steps: unknown step(s) {bad}; choose from {','.join(STEPS)}")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    if args.fetch_workers is not None and args.fetch_workers < 1:
+        ap.error(f"--fetch-workers must be >= 1, got {args.fetch_workers}")
+    if args.preflight_records < 1:
+        ap.error(f"--preflight-records must be >= 1, got {args.preflight_records}")
+    if args.preflight and args.skip_preflight:
+        ap.error("--preflight and --skip-preflight contradict each other; give one")
     args.steps = steps
     return args
 
@@ -120,6 +150,16 @@ def print_plan(defs, tg, problems) -> None:
         print("\npreflight: OK")
 
 
+def run_preflight(defs, args, problems: list[str]) -> list[str]:
+    """Run the preflight on every input whose local path exists (the others are in `problems` already), print its
+    report, and return all problem lines."""
+    missing = {p.split("'")[3] for p in problems if "local path" in p}  # "source 'x' input 'y': local path ..."
+    names = [i.name for i in defs.inputs() if i.name not in missing]
+    checks, found = preflight.run(defs, sample=args.preflight_records, names=names)
+    print(preflight.report(checks, args.preflight_records))
+    return problems + found
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -132,6 +172,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         print_plan(defs, tg, problems)
         return 1 if infeasible else 0
+    if args.preflight:
+        found = run_preflight(defs, args, problems)
+        if found:
+            print(f"\nPREFLIGHT FAILED: {len(found)} problem(s); nothing was fetched:")
+            print("\n".join("  " + p for p in found))
+            return 1
+        print("\npreflight: OK, every input opens, formats and can meet its budget")
+        return 0
     if problems:
         raise SystemExit("cannot build:\n" + "\n".join("  " + p for p in problems))
     if gated_inputs(defs) and "fetch" in args.steps:
@@ -141,17 +189,24 @@ def main(argv=None) -> int:
         if not get_token():
             raise SystemExit("cannot build: the gated inputs above need a Hugging Face token and none is set; "
                              "follow the steps above, then rerun")
+    if "fetch" in args.steps and not args.skip_preflight and any(i.loader["type"] == "hf" for i in defs.inputs()):
+        found = run_preflight(defs, args, [])
+        if found:
+            raise SystemExit(f"preflight failed, nothing was fetched ({len(found)} problem(s); --skip-preflight "
+                             f"skips this check at its risk):\n" + "\n".join("  " + p for p in found))
     out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
     work_dir = resolve(args.work_dir) if args.work_dir else out_root / "unified_work"
     definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
     command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
     full = all(s in args.steps for s in ("fetch", "holdback", "tokenize"))
     inputs = defs.inputs()
-    # exact deduplication across all sources: a document kept by an earlier input (definitions order, then
-    # fetch order) is a duplicate everywhere else, so it can never be in one source's train and another's eval
-    seen = build.load_seen([work_dir / i.name for i in inputs])
+    if any(s in args.steps for s in ("fetch", "holdback", "tokenize")):
+        # work files made under another config are stale: remove them (and what was built from them), say so
+        for inp in inputs:
+            for line in streaming.refresh_stamp(inp, defs.sources[inp.source], work_dir / inp.name):
+                print(line)
     for rnd in range(args.max_rounds if full else 1):
-        short = []
+        short, jobs = [], []
         for inp in inputs:
             src, t, work = defs.sources[inp.source], tg[inp.name], work_dir / inp.name
             ts, fs = build.token_state(work), build.fetch_state(work)
@@ -164,16 +219,32 @@ def main(argv=None) -> int:
             need_tokens = max(t[s] / fracs[s] for s in build.SPLITS if fracs[s] > 0)
             target_chars = int(need_tokens * bpt * (1.05 + 0.1 * rnd)) + 1
             short.append(inp)
-            if "fetch" in args.steps:
+            if "fetch" in args.steps and not fs["exhausted"] and fs["chars"] < target_chars:
                 per_part = args.docs_per_part or (20000 if t["train"] > 100_000_000 else 500)
-                with tqdm(total=target_chars, initial=min(fs["chars"], target_chars), unit="char", unit_scale=True,
-                          desc=f"fetch {inp.name} (~{t['train']:,} train tokens)", disable=args.quiet) as bar:
-                    try:
-                        build.fetch(inp, work, target_chars, per_part, bar, seen=seen)
-                    except (ValueError, build.LoaderError) as e:  # filter share, schema, loader: one line
-                        raise SystemExit(f"fetch stopped: {e}") from None
-            if "holdback" in args.steps and work.exists():
-                build.holdback(inp, work, src.eval_share, src.val_share)
+                jobs.append((inp, str(work), target_chars, per_part))
+        if jobs:
+            hub = any(i.loader["type"] == "hf" for i in inputs)
+            workers = min(args.fetch_workers or ((os.cpu_count() or 1) if hub else 1), len(jobs))
+            with tqdm(total=len(jobs), unit="input", desc=f"fetch round {rnd + 1} ({workers} process(es))",
+                      disable=args.quiet) as bar:
+                try:
+                    for name, st in streaming.fetch_inputs(jobs, workers):
+                        bar.update(1)
+                        if not args.quiet:
+                            bar.write(f"  {name}: {st['documents']:,} documents, {st['chars']:,} characters from "
+                                      f"{st['records_read']:,} records{' (exhausted)' if st['exhausted'] else ''}")
+                except (ValueError, build.LoaderError) as e:  # filter share, schema, loader: one line
+                    raise SystemExit(f"fetch stopped: {e}") from None
+            # across inputs, in definitions order: a document kept by an earlier input is a duplicate in a later one
+            for name, n in streaming.dedup_across(inputs, work_dir).items():
+                print(f"  {name}: {n:,} documents removed as duplicates of another input's")
+        if "holdback" in args.steps:
+            for inp in short:
+                work = work_dir / inp.name
+                if work.exists():
+                    src = defs.sources[inp.source]
+                    build.holdback(inp, work, src.eval_share, src.val_share)
+                    streaming.remove_fetched_text(work)  # the split files hold the same documents
         if "tokenize" in args.steps and short:
             with tqdm(unit="tok", unit_scale=True, desc=f"tokenize ({args.workers} workers)",
                       disable=args.quiet) as bar:
