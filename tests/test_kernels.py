@@ -133,6 +133,59 @@ def test_an_fp64_eps_from_inductor_does_not_turn_rms_norm_into_fp64_math(tmp_pat
     assert not fp64_math, f"fp64 arithmetic in the fp64-eps build: {sorted(set(fp64_math))}"  # ...and stays there
 
 
+# --- torch.compile, compiled mode ------------------------------------------------------------------------------
+
+
+class _Traced(Exception):
+    """Raised once the joint graph is recorded: this CPU has no GPU driver to compile or launch the kernels with."""
+
+
+@needs_triton
+@compiled_mode_only
+def test_the_ops_trace_into_one_graph_with_their_kernels():
+    """torch.compile(fullgraph=True) of the three ops, forward and backward, as on a GPU: AOTAutograd decomposes
+    each `triton_op` into its kernel launches (torch/_library/triton.py, `functional_decomp`), so Inductor can see
+    them. The joint graph is recorded and nothing runs. Torch's analysis of which tensors a kernel writes needs a GPU
+    driver, so here it falls back to assuming all are written (a warning; it only adds copies to this graph)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
+    from model.kernels.rmsnorm_triton import rms_norm_op, rms_norm_residual_op
+    from model.kernels.swiglu_triton import swiglu_op
+
+    joint = []
+
+    def partition(graph, joint_inputs, **kwargs):
+        joint.append(graph)
+        raise _Traced  # the joint graph is all this test needs; compiling it would need the GPU
+
+    def block(x, residual, w, gate, up):
+        normed, h, _ = rms_norm_residual_op(x, residual, w, EPS)
+        return rms_norm_op(normed, w, EPS)[0] + h + swiglu_op(gate, up)
+
+    backend = aot_autograd(fw_compiler=None, partition_fn=partition)
+    args = [torch.randn(4, 64, requires_grad=True) for _ in range(2)] + [torch.ones(64, requires_grad=True)]
+    args += [torch.randn(4, 64, requires_grad=True) for _ in range(2)]
+    with pytest.raises(Exception) as raised:  # dynamo wraps what the backend raises
+        torch.compile(block, fullgraph=True, backend=backend)(*args)
+    cause = raised.value
+    while cause is not None and not isinstance(cause, _Traced):
+        cause = cause.__cause__ or getattr(cause, "inner_exception", None)
+    assert isinstance(cause, _Traced), raised.value
+    assert len(joint) == 1
+    launches = [n for n in joint[0].graph.nodes if n.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
+    kernels = [kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__ for n in launches]
+    assert sorted(kernels) == sorted(["rms_norm_fwd_kernel"] * 2 + ["rms_norm_bwd_kernel", "dw_reduce_kernel"] * 2
+                                     + ["swiglu_fwd_kernel", "swiglu_bwd_kernel"]), kernels
+    eps_args = [
+        {**n.kwargs["kwargs"], **kernel_side_table.get_constant_args(n.kwargs["constant_args_idx"])}.get("eps")
+        for n in launches
+        if kernel_side_table.get_kernel(n.kwargs["kernel_idx"]).fn.__name__ == "rms_norm_fwd_kernel"
+    ]
+    # A Python float: Inductor types it fp64 in the launch it emits (see the fp64-eps build test above).
+    assert eps_args == [EPS, EPS], eps_args
+
+
 # --- dispatcher ------------------------------------------------------------------------------------------------
 
 
