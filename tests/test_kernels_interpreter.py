@@ -412,7 +412,7 @@ def test_double_backward_raises_a_clear_error(op):
         "rms_norm_residual": lambda: rms_norm_residual(x, x.detach(), w, EPS, impl="triton")[0],
         "swiglu": lambda: swiglu(x, x * 2, impl="triton"),
     }[op]()
-    (gx,) = torch.autograd.grad(y.sum(), x)  # first order is fine
+    (gx,) = torch.autograd.grad(y.sum(), x, retain_graph=True)  # first order is fine
     assert gx.shape == x.shape
     with pytest.raises(RuntimeError, match=f"ragllm::{op}: double backward"):
         torch.autograd.grad(y.sum(), x, create_graph=True)
