@@ -340,6 +340,23 @@ def test_rms_norm_residual_matches_reference(rows, hidden, dtype):
     check_all(("y", "h", "dx", "dresidual", "dweight"), *run_residual_case(rows, hidden, dtype), dtype)
 
 
+@pytest.mark.parametrize("used", ["y", "h"])
+def test_rms_norm_residual_with_one_output_unused(used):
+    """Only y (a block whose stream ends here) or only h used: the missing gradient arrives as None, not zeros."""
+    gen = torch.Generator().manual_seed(2)
+    x, residual = torch.randn(7, 37, generator=gen), torch.randn(7, 37, generator=gen)
+    weight = 1 + 0.1 * torch.randn(37, generator=gen)
+    dout = torch.randn(7, 37, generator=gen)
+    results = []
+    for impl, cast in (("triton", torch.float32), ("torch", torch.float32), ("torch", torch.float64)):
+        xi, ri, wi = (detached_copy(t, cast) for t in (x, residual, weight))
+        y, h = rms_norm_residual(xi, ri, wi, EPS, impl=impl)
+        (y if used == "y" else h).backward(dout.to(cast))
+        grads = [xi.grad, ri.grad, wi.grad if wi.grad is not None else torch.zeros_like(wi)]
+        results.append(grads)
+    check_all(("dx", "dresidual", "dweight"), *results, torch.float32)
+
+
 def test_gradcheck_rms_norm_residual_fp64():
     gen = torch.Generator().manual_seed(0)
     x, r = (torch.randn(5, 13, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2))

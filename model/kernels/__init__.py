@@ -19,8 +19,6 @@ The Triton path is a set of `torch.library.triton_op` custom ops (`ragllm::rms_n
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from model.kernels.reference import rms_norm_reference, rms_norm_residual_reference, swiglu_reference
@@ -28,15 +26,22 @@ from model.kernels.reference import rms_norm_reference, rms_norm_residual_refere
 IMPLS = ("auto", "triton", "torch")
 
 
-@functools.cache
+_TRITON_AVAILABLE: bool | None = None
+
+
 def triton_available() -> bool:
-    """True when Triton imports; cached, since the answer cannot change within a process."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # a broken install (missing libs) must fall back like a missing one
-        return False
-    return True
+    """True when Triton imports; remembered, since the answer cannot change within a process. (A module global, not
+    `functools.cache`: torch.compile warns on every traced call of an lru_cache-wrapped function.)"""
+    global _TRITON_AVAILABLE
+    if _TRITON_AVAILABLE is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _TRITON_AVAILABLE = True
+        except Exception:  # a broken install (missing libs) must fall back like a missing one
+            _TRITON_AVAILABLE = False
+    return _TRITON_AVAILABLE
 
 
 def _triton_runnable(t: torch.Tensor) -> bool:

@@ -284,24 +284,26 @@ def rms_norm_backward_op(
 def _setup_rms_norm(ctx, inputs, output):
     x, weight, _ = inputs
     ctx.save_for_backward(x, weight, output[1])
+    ctx.set_materialize_grads(False)  # rstd never gets a gradient: no zero tensor for it in every backward
 
 
 @first_order_only("ragllm::rms_norm")
 def _rms_norm_backward(ctx, dy, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    dx, dw = rms_norm_backward_op(dy, x, weight, rstd, None)
+    dx, dw = rms_norm_backward_op(torch.zeros_like(x) if dy is None else dy, x, weight, rstd, None)
     return dx, dw, None
 
 
 def _setup_rms_norm_residual(ctx, inputs, output):
     _, _, weight, _ = inputs
     ctx.save_for_backward(output[1], weight, output[2])
+    ctx.set_materialize_grads(False)  # an unused h (or rstd) passes None, not a tensor of zeros to read
 
 
 @first_order_only("ragllm::rms_norm_residual")
 def _rms_norm_residual_backward(ctx, dy, dh, _drstd):
     h, weight, rstd = ctx.saved_tensors
-    dx, dw = rms_norm_backward_op(dy, h, weight, rstd, dh)
+    dx, dw = rms_norm_backward_op(torch.zeros_like(h) if dy is None else dy, h, weight, rstd, dh)
     return dx, dx, dw, None  # d(x + residual)/dx = d/dresidual = 1
 
 
