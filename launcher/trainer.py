@@ -205,7 +205,9 @@ def check_kernels_on_device(cfg: TrainConfig, device: torch.device) -> None:
     if not triton_available():
         dist.print0("fused_kernels: Triton is not importable here; the model uses the PyTorch reference")
         return
-    problems = check_fused_kernels(device, cfg.model.n_embd, cfg.model.ffn_hidden, cfg.model.norm_eps)
+    # At the micro-batch's shape too: the JIT specializes on the row count, so this runs the variant training runs.
+    problems = check_fused_kernels(device, cfg.model.n_embd, cfg.model.ffn_hidden, cfg.model.norm_eps,
+                                   rows=cfg.batch.micro_batch_size * cfg.model.block_size)
     if problems:
         raise RuntimeError(
             f"the fused Triton kernels disagree with the PyTorch reference on {torch.cuda.get_device_name(device)}: "

@@ -14,6 +14,14 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * x32.to(input_dtype)
 
 
+def rms_norm_residual_reference(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x + residual), x + residual): the residual add of a pre-norm block followed by the next norm."""
+    h = x + residual
+    return rms_norm_reference(h, weight, eps), h
+
+
 def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """SwiGLU activation: silu(gate) * up."""
     return F.silu(gate) * up

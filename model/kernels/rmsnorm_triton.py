@@ -1,4 +1,4 @@
-"""Fused RMSNorm (forward and backward) in Triton, with its `torch.autograd.Function`.
+"""Fused RMSNorm, and fused residual-add + RMSNorm (forward and backward) in Triton, as torch custom ops.
 
 Math (Hugging Face Llama order, as `reference.rms_norm_reference`):
     rstd = 1 / sqrt(mean(x^2) + eps)          in fp32
@@ -6,9 +6,20 @@ Math (Hugging Face Llama order, as `reference.rms_norm_reference`):
 Backward, with n = x * rstd (fp32) and n_c = n rounded to x.dtype (what the forward multiplied by the weight):
     dW = sum_rows(dy * n_c)
     dx = rstd * (dy*w - n * mean(dy*w * n))
-The forward saves (x, weight, rstd) with rstd in fp32; nothing is recomputed but n. The weight gradient is reduced
-deterministically: each of a few programs per SM accumulates its rows in fp32 registers and writes one row of a
-partial buffer, which one `sum(0)` reduces (no atomics, so the result does not depend on scheduling).
+The residual variant first forms h = (x + residual) rounded to x.dtype (what eager `x + residual` gives), stores it
+(the block's new residual stream) and normalises h; its backward adds the gradient arriving at h from later layers to
+dx in fp32 and rounds once, and x and residual both receive that gradient. One read of x and residual and one write
+of h replace the separate add kernel's read-read-write and the norm's second read of h.
+
+The forward saves (x or h, weight, rstd) with rstd in fp32; nothing is recomputed but n. The weight gradient is
+reduced deterministically: each of a few programs per SM accumulates its rows in fp32 registers and writes its row of
+a partial buffer with plain stores (no zero-fill needed: every element is written), and one small kernel sums the
+buffer's columns in a fixed order and writes dW in the weight's dtype. No atomics, so the result does not depend on
+scheduling; two launches in all (the previous version took four: zeros, kernel, sum, cast).
+
+The ops are `torch.library.triton_op`s with `register_autograd` (torch/_library/triton.py, torch/_library/
+custom_ops.py `CustomOpDef.register_autograd`): torch.compile traces through them with `fullgraph=True` and, on a
+GPU, Inductor sees the kernels themselves. Double backward is not implemented (`first_order_only`).
 """
 
 from __future__ import annotations
@@ -17,11 +28,13 @@ import torch
 
 from model.kernels.triton_support import (
     COMPILE_OPTIONS,
-    aot_signature,
     as_rows,
     compute_dtype,
+    first_order_only,
     interpreting,
     jit,
+    launch,
+    multiprocessor_count,
     row_block,
     tl,
 )
@@ -32,17 +45,50 @@ BWD_PROGRAMS_PER_SM = 4
 # Programs for the backward pass under the interpreter: few enough that the CPU tests' 6, 7 and 123 rows give
 # several rows per program (the in-register accumulation) and more than one program (the partial-buffer sum).
 INTERPRETER_BWD_PROGRAMS = 4
+# Software-pipeline depth of the backward row loop: the next row's x and dy loads are issued while this row is
+# computed (Triton pipelines loads in a loop only with `tl.range(..., num_stages=...)`, triton/language/core.py
+# `class range`; a plain `range` or the kernel's num_stages pipelines only loads that feed `dot`). Two stages: the
+# next row's x and dy wait in shared memory, 8 KiB at hidden 1280 in bf16 (the smem column of the AOT table).
+BWD_NUM_STAGES = 2
+# Column block of the dW reduction: 1280 / 64 = 20 programs, each summing its columns over all partial rows.
+DW_REDUCE_BLOCK_N = 64
+DW_REDUCE_BLOCK_M = 32
 
 
 @jit
-def rms_norm_fwd_kernel(X, W, Y, RSTD, stride_x, stride_y, n_cols, eps, BLOCK: tl.constexpr, COMPUTE: tl.constexpr):
+def rms_norm_fwd_kernel(
+    X,
+    R,
+    H,
+    W,
+    Y,
+    RSTD,
+    stride_x,
+    stride_r,
+    stride_h,
+    stride_y,
+    n_cols,
+    eps,
+    BLOCK: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)  # 64-bit: rows x stride can pass 2^31 at long sequences
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(COMPUTE)
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        # Rounded to the input dtype once, as eager `x + residual` does: h is what later layers add to.
+        x = (x.to(COMPUTE) + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(COMPUTE)).to(
+            X.dtype.element_ty
+        )
+        tl.store(H + row * stride_h + cols, x, mask=mask)
+    x = x.to(COMPUTE)
     w = tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE)
+    # eps arrives as fp32 from an eager launch but as fp64 when Inductor re-emits the launch under torch.compile
+    # (pytorch/pytorch#190340; Liger-Kernel#1350): without the cast, mean + eps and the rsqrt would run in fp64.
     # Masked lanes load 0, so they add nothing to the sum; divide by the true width, not BLOCK.
-    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    rstd = tl.math.rsqrt(tl.sum(x * x, axis=0) / n_cols + tl.cast(eps, COMPUTE))
     normed = (x * rstd).to(X.dtype.element_ty).to(COMPUTE)  # HF order: round to the input dtype first
     tl.store(Y + row * stride_y + cols, (normed * w).to(Y.dtype.element_ty), mask=mask)
     tl.store(RSTD + row, rstd)
@@ -54,16 +100,20 @@ def rms_norm_bwd_kernel(
     X,
     W,
     RSTD,
+    DRES,
     DX,
     DW_PARTIAL,
     stride_dy,
     stride_x,
+    stride_dres,
     stride_dx,
     n_rows,
     n_cols,
     rows_per_program,
     BLOCK: tl.constexpr,
     COMPUTE: tl.constexpr,
+    HAS_DRES: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -73,7 +123,7 @@ def rms_norm_bwd_kernel(
     # 64-bit loop bounds make the induction variable 64-bit, so row x stride cannot overflow.
     row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
-    for r in range(row_start, row_end):
+    for r in tl.range(row_start, row_end, num_stages=NUM_STAGES):
         x = tl.load(X + r * stride_x + cols, mask=mask, other=0.0).to(COMPUTE)
         dy = tl.load(DY + r * stride_dy + cols, mask=mask, other=0.0).to(COMPUTE)
         rstd = tl.load(RSTD + r)
@@ -81,104 +131,219 @@ def rms_norm_bwd_kernel(
         dw += dy * n.to(X.dtype.element_ty).to(COMPUTE)
         dn = dy * w
         dx = rstd * (dn - n * (tl.sum(dn * n, axis=0) / n_cols))
+        if HAS_DRES:
+            dx += tl.load(DRES + r * stride_dres + cols, mask=mask, other=0.0).to(COMPUTE)
         tl.store(DX + r * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
     tl.store(DW_PARTIAL + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 
 
-def _bwd_programs(n_rows: int, device: torch.device) -> int:
-    if interpreting() or device.type != "cuda":
-        target = INTERPRETER_BWD_PROGRAMS
-    else:
-        target = torch.cuda.get_device_properties(device).multi_processor_count * BWD_PROGRAMS_PER_SM
+@jit
+def dw_reduce_kernel(
+    DW_PARTIAL, DW, n_partial, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, COMPUTE: tl.constexpr
+):
+    """dW[c] = sum over the partial rows of DW_PARTIAL[:, c], in a fixed order, written in DW's dtype."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=COMPUTE)
+    for start in range(0, n_partial, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows[:, None] < n_partial) & col_mask[None, :]
+        acc += tl.load(DW_PARTIAL + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    tl.store(DW + cols, tl.sum(acc, axis=0).to(DW.dtype.element_ty), mask=col_mask)
+
+
+def bwd_programs(n_rows: int, device: torch.device) -> int:
+    """Programs the backward launches for `n_rows` rows: a few per SM on a GPU, 4 under the interpreter."""
+    sms = None if interpreting() else multiprocessor_count(device)
+    target = INTERPRETER_BWD_PROGRAMS if sms is None else sms * BWD_PROGRAMS_PER_SM
     return max(1, min(n_rows, target))
 
 
-class RMSNormFunction(torch.autograd.Function):
-    """Fused RMSNorm. Inputs: x (..., hidden) with unit column stride preferred, weight (hidden,), eps (float)."""
+def bwd_grid(n_rows: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows per program) of the backward; no program is left without rows."""
+    programs = bwd_programs(n_rows, device)
+    rows_per_program = -(-n_rows // programs)
+    return (-(-n_rows // rows_per_program) if n_rows else 1), rows_per_program
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        hidden = x.shape[-1]
-        x2 = as_rows(x)
-        w = weight if weight.stride(0) == 1 else weight.contiguous()
-        n_rows = x2.shape[0]
-        out_dtype = torch.promote_types(x.dtype, weight.dtype)
-        y = torch.empty((n_rows, hidden), dtype=out_dtype, device=x.device)
-        cdt = compute_dtype(x.dtype)
-        rstd = torch.empty(n_rows, dtype=torch.float64 if cdt == tl.float64 else torch.float32, device=x.device)
-        block, num_warps = row_block(hidden)
-        if n_rows > 0:
-            rms_norm_fwd_kernel[(n_rows,)](
-                x2,
-                w,
-                y,
-                rstd,
-                x2.stride(0),
-                y.stride(0),
-                hidden,
-                float(eps),
-                BLOCK=block,
-                COMPUTE=cdt,
-                num_warps=num_warps,
-                **COMPILE_OPTIONS,
-            )
-        ctx.save_for_backward(x2, w, rstd)
-        ctx.x_shape = x.shape
-        return y.view(*x.shape[:-1], hidden)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2, w, rstd = ctx.saved_tensors
-        n_rows, hidden = x2.shape
-        dy2 = as_rows(dy)
-        dx = torch.empty((n_rows, hidden), dtype=x2.dtype, device=x2.device)
-        programs = _bwd_programs(n_rows, x2.device)
-        rows_per_program = -(-n_rows // programs)
-        programs = -(-n_rows // rows_per_program) if n_rows else 1  # no program without rows
-        dw_partial = torch.zeros((programs, hidden), dtype=rstd.dtype, device=x2.device)
-        block, num_warps = row_block(hidden)
-        if n_rows > 0:
-            rms_norm_bwd_kernel[(programs,)](
-                dy2,
-                x2,
-                w,
-                rstd,
-                dx,
-                dw_partial,
-                dy2.stride(0),
-                x2.stride(0),
-                dx.stride(0),
-                n_rows,
-                hidden,
-                rows_per_program,
-                BLOCK=block,
-                COMPUTE=compute_dtype(x2.dtype),
-                num_warps=num_warps,
-                **COMPILE_OPTIONS,
-            )
-        dw = dw_partial.sum(0).to(w.dtype)
-        return dx.view(ctx.x_shape), dw, None
+def _forward(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float):
+    """(y, h or None, rstd); y and h are new tensors of x's shape (custom ops may not return views of inputs)."""
+    hidden = x.shape[-1]
+    x2 = as_rows(x)
+    r2 = as_rows(residual) if residual is not None else x2
+    w = weight if weight.stride(0) == 1 else weight.contiguous()
+    n_rows = x2.shape[0]
+    y = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+    h = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    y2 = y.view(n_rows, hidden)
+    h2 = h.view(n_rows, hidden) if h is not None else x2
+    cdt = compute_dtype(x.dtype)
+    rstd = torch.empty(n_rows, dtype=torch.float64 if cdt == tl.float64 else torch.float32, device=x.device)
+    block, num_warps = row_block(hidden)
+    if n_rows > 0:
+        launch(
+            rms_norm_fwd_kernel,
+            (n_rows,),
+            x2,
+            r2,
+            h2,
+            w,
+            y2,
+            rstd,
+            x2.stride(0),
+            r2.stride(0),
+            h2.stride(0),
+            y2.stride(0),
+            hidden,
+            eps,
+            BLOCK=block,
+            COMPUTE=cdt,
+            HAS_RESIDUAL=residual is not None,
+            num_warps=num_warps,
+            **COMPILE_OPTIONS,
+        )
+    return y, h, rstd
+
+
+@torch.library.triton_op("ragllm::rms_norm", mutates_args=())
+def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, rstd): RMSNorm of x over its last dimension; rstd (fp32, one per row) is kept for the backward."""
+    y, _, rstd = _forward(x, None, weight, eps)
+    return y, rstd
+
+
+@torch.library.triton_op("ragllm::rms_norm_residual", mutates_args=())
+def rms_norm_residual_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h, rstd) with h = x + residual and y = RMSNorm(h)."""
+    return _forward(x, residual, weight, eps)
+
+
+@torch.library.triton_op("ragllm::rms_norm_backward", mutates_args=())
+def rms_norm_backward_op(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, dres: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dweight) of RMSNorm at x; `dres`, when given, is added to dx (the residual stream's own gradient)."""
+    hidden = x.shape[-1]
+    x2 = as_rows(x)
+    dy2 = as_rows(dy)
+    dres2 = as_rows(dres) if dres is not None else dy2
+    n_rows = x2.shape[0]
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx2 = dx.view(n_rows, hidden)
+    dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    programs, rows_per_program = bwd_grid(n_rows, x.device)
+    # Every element of the partial buffer is written by the kernel, so it needs no zero-fill.
+    dw_partial = torch.empty((programs, hidden), dtype=rstd.dtype, device=x.device)
+    block, num_warps = row_block(hidden)
+    cdt = compute_dtype(x.dtype)
+    if n_rows > 0:
+        launch(
+            rms_norm_bwd_kernel,
+            (programs,),
+            dy2,
+            x2,
+            weight,
+            rstd,
+            dres2,
+            dx2,
+            dw_partial,
+            dy2.stride(0),
+            x2.stride(0),
+            dres2.stride(0),
+            dx2.stride(0),
+            n_rows,
+            hidden,
+            rows_per_program,
+            BLOCK=block,
+            COMPUTE=cdt,
+            HAS_DRES=dres is not None,
+            NUM_STAGES=BWD_NUM_STAGES,
+            num_warps=num_warps,
+            **COMPILE_OPTIONS,
+        )
+    else:
+        dw_partial.zero_()  # no rows: the gradient is zero, and the kernel above did not run
+    launch(
+        dw_reduce_kernel,
+        (-(-hidden // DW_REDUCE_BLOCK_N),),
+        dw_partial,
+        dw,
+        programs,
+        hidden,
+        BLOCK_M=DW_REDUCE_BLOCK_M,
+        BLOCK_N=DW_REDUCE_BLOCK_N,
+        COMPUTE=cdt,
+        num_warps=4,
+        **COMPILE_OPTIONS,
+    )
+    return dx, dw
+
+
+def _setup_rms_norm(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.set_materialize_grads(False)  # rstd never gets a gradient: no zero tensor for it in every backward
+
+
+@first_order_only("ragllm::rms_norm")
+def _rms_norm_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_backward_op(torch.zeros_like(x) if dy is None else dy, x, weight, rstd, None)
+    return dx, dw, None
+
+
+def _setup_rms_norm_residual(ctx, inputs, output):
+    _, _, weight, _ = inputs
+    ctx.save_for_backward(output[1], weight, output[2])
+    ctx.set_materialize_grads(False)  # an unused h (or rstd) passes None, not a tensor of zeros to read
+
+
+@first_order_only("ragllm::rms_norm_residual")
+def _rms_norm_residual_backward(ctx, dy, dh, _drstd):
+    h, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_backward_op(torch.zeros_like(h) if dy is None else dy, h, weight, rstd, dh)
+    return dx, dx, dw, None  # d(x + residual)/dx = d/dresidual = 1
+
+
+rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_setup_rms_norm)
+rms_norm_residual_op.register_autograd(_rms_norm_residual_backward, setup_context=_setup_rms_norm_residual)
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Fused RMSNorm; the dispatcher in `model.kernels` validates arguments before calling this."""
-    return RMSNormFunction.apply(x, weight, eps)
+    return rms_norm_op(x, weight, eps)[0]
 
 
-def aot_builds(dtypes=("bf16", "fp32"), hiddens=(1280, 4096)) -> list[tuple]:
-    """(label, kernel, signature, constexprs, num_warps) for each ahead-of-time build the checks compile.
+def rms_norm_residual_triton(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused (RMSNorm(x + residual), x + residual); the dispatcher validates arguments before calling this."""
+    y, h, _ = rms_norm_residual_op(x, residual, weight, eps)
+    return y, h
 
-    Strides and sizes are i32 as the JIT types them for the model's shapes; row offsets are 64-bit in-kernel.
-    """
-    builds = []
-    for dt in dtypes:
+
+def aot_calls(hiddens=(1280, 4096), rows: int = 12 * 1024, dtypes=(torch.bfloat16,)) -> list:
+    """(label, call) pairs whose launches the ahead-of-time build records: forward and backward of both ops at the
+    real micro-batch shape (12 x 1024 rows), for the widths the project trains (1280) and a wide one (4096)."""
+    calls = []
+    for dtype in dtypes:
+        dt = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
         for hidden in hiddens:
-            block, num_warps = row_block(hidden)
-            const = {"BLOCK": block, "COMPUTE": tl.float32}
-            fwd_types = {"X": f"*{dt}", "W": f"*{dt}", "Y": f"*{dt}", "RSTD": "*fp32", "eps": "fp32"}
-            bwd_types = {"DY": f"*{dt}", "X": f"*{dt}", "W": f"*{dt}", "RSTD": "*fp32", "DX": f"*{dt}"}
-            fwd_sig = aot_signature(rms_norm_fwd_kernel, fwd_types, const)
-            bwd_sig = aot_signature(rms_norm_bwd_kernel, {**bwd_types, "DW_PARTIAL": "*fp32"}, const)
-            builds.append((f"rms_norm_fwd {dt} h={hidden}", rms_norm_fwd_kernel, fwd_sig, const, num_warps))
-            builds.append((f"rms_norm_bwd {dt} h={hidden}", rms_norm_bwd_kernel, bwd_sig, const, num_warps))
-    return builds
+
+            def plain(hidden=hidden, dtype=dtype):
+                x, w = torch.empty(rows, hidden, dtype=dtype), torch.empty(hidden, dtype=dtype)
+                _, rstd = rms_norm_op(x, w, 1e-5)
+                rms_norm_backward_op(torch.empty_like(x), x, w, rstd, None)
+
+            calls.append((f"{dt} h={hidden}", plain))
+        if dtype == torch.bfloat16:
+
+            def residual(dtype=dtype):
+                x, w = torch.empty(rows, hiddens[0], dtype=dtype), torch.empty(hiddens[0], dtype=dtype)
+                _, h, rstd = rms_norm_residual_op(x, torch.empty_like(x), w, 1e-5)
+                rms_norm_backward_op(torch.empty_like(x), h, w, rstd, torch.empty_like(x))
+
+            calls.append((f"bf16 h={hiddens[0]} +residual", residual))
+    return calls

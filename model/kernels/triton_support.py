@@ -17,8 +17,10 @@ Import this module only after `model.kernels.triton_available()` said yes; it im
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+import functools
 
+import torch
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
@@ -44,35 +46,122 @@ def jit(fn):
     return InterpretedFunction(fn) if INTERPRETER else JITFunction(fn)
 
 
-def aot_signature(kernel: JITFunction, types: dict[str, str], constexprs: dict) -> dict[str, str]:
-    """Full `ASTSource` signature of `kernel`: `types` for pointers and floats, "constexpr" for `constexprs`, and
-    "i32" for every other argument (sizes and strides, typed as the JIT types them for the model's shapes)."""
-    names = [p.name for p in inspect.signature(kernel.fn).parameters.values()]
-    unknown = set(types) - set(names)
-    assert not unknown, f"{kernel.fn.__name__} has no argument(s) {sorted(unknown)}"
-    return {name: "constexpr" if name in constexprs else types.get(name, "i32") for name in names}
-
-
 def row_block(n_cols: int) -> tuple[int, int]:
-    """Power-of-two block covering a whole row, and the warp count that keeps it in registers without spills.
+    """Power-of-two block covering a whole row, and its warp count: 16 lanes per thread, 1 to 16 warps.
 
-    The thresholds are the usual ones for one-row-per-program norms (Liger-Kernel's `calculate_settings`):
-    wider rows get more warps so each thread holds at most ~16 elements per live tensor.
+    16 lanes per thread is two 16-byte vectors of bf16 per live tensor. At hidden 1280 (block 2048) that is 4 warps:
+    with 8 (Liger-Kernel's `calculate_settings` rule, used here before) the layout gives each warp 256 contiguous
+    lanes, so warps 5-7 sit entirely in the masked tail (1280..2047) and only issue predicated-off instructions; at
+    4 warps every warp holds real columns. The ahead-of-time table in docs/KERNELS.md shows the registers this costs
+    (no spills at 1280, 3456 or 4096); the timing on a GPU is `scripts/bench/kernels.py`.
     """
     block = triton.next_power_of_2(n_cols)
-    if block >= 32768:
-        return block, 32
-    if block >= 8192:
-        return block, 16
-    if block >= 2048:
-        return block, 8
-    return block, 4
+    return block, max(1, min(16, block // (16 * 32)))
+
+
+# --- launching ------------------------------------------------------------------------------------------------------
+#
+# Every kernel launch goes through `launch`, for three reasons:
+# - under `torch.library.triton_op` a launch must be wrapped in `torch.library.wrap_triton` so that torch.compile and
+#   torch.export can record the kernel in a graph (torch/_library/triton.py, `triton_op` and `wrap_triton`);
+# - under the interpreter `wrap_triton` returns the plain interpreted kernel (same file: "TRITON_INTERPRET=1 makes
+#   @triton.jit return InterpretedFunction"), which would read the data pointer of the fake tensors torch.compile
+#   propagates shapes with; a fake-tensor launch has nothing to compute, so it is skipped;
+# - the ahead-of-time build (`aot.py`) records the launches of a real call instead of running them, so it compiles
+#   exactly the arguments, grid and options the JIT would see.
+
+
+class _Capture:
+    def __init__(self, sm_count: int):
+        self.sm_count = sm_count
+        self.launches: list[tuple] = []
+
+
+_CAPTURE: _Capture | None = None
+
+
+@contextlib.contextmanager
+def capture_launches(sm_count: int):
+    """Record (kernel, grid, args, kwargs) of every launch instead of running it, as if on a GPU with `sm_count`
+    streaming multiprocessors (the backward grid depends on it). Compiled mode only."""
+    global _CAPTURE
+    if INTERPRETER:
+        raise RuntimeError("capture_launches is for ahead-of-time builds; this process runs Triton's interpreter")
+    previous, _CAPTURE = _CAPTURE, _Capture(sm_count)
+    try:
+        yield _CAPTURE.launches
+    finally:
+        _CAPTURE = previous
+
+
+def multiprocessor_count(device: torch.device) -> int | None:
+    """SMs of the GPU the kernels run on: the captured target's while capturing, the CUDA device's, else None."""
+    if _CAPTURE is not None:
+        return _CAPTURE.sm_count
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return None
+
+
+def _is_fake(t) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return isinstance(t, torch.Tensor) and is_fake(t)
+
+
+def launch(kernel, grid: tuple, *args, **kwargs) -> None:
+    """`kernel[grid](*args, **kwargs)`, traceable by torch.compile (see the note above)."""
+    if _CAPTURE is not None:
+        _CAPTURE.launches.append((kernel, grid, args, kwargs))
+        return
+    if INTERPRETER:
+        from torch._subclasses.functional_tensor import FunctionalTensor
+
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(isinstance(t, FunctionalTensor) for t in tensors):
+            # AOTAutograd is decomposing the triton_op into a graph; an interpreted kernel cannot be recorded in one.
+            raise RuntimeError(
+                "the Triton interpreter's kernels cannot be traced into a graph: under TRITON_INTERPRET=1 compile "
+                "with torch._functorch.config.patch(decompose_custom_triton_ops=False), which keeps the ops opaque"
+            )
+        if any(_is_fake(t) for t in tensors):
+            return
+        kernel[grid](*args, **kwargs)
+        return
+    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def first_order_only(op: str):
+    """Decorator for a `register_autograd` backward whose kernels have no derivative of their own.
+
+    Like `torch.autograd.function.once_differentiable` (the backward runs without building a graph), but with an
+    error that names the op: `once_differentiable` only marks outputs when an incoming gradient requires grad, so
+    `autograd.grad(y.sum(), x, create_graph=True)` would return a gradient that silently has no graph and fail later
+    with "element 0 of tensors does not require grad". Grad mode is on inside a backward only under
+    `create_graph=True` (AOTAutograd traces the joint graph without it, graph_capture_wrappers.py), so compiling is
+    unaffected.
+    """
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            if torch.is_grad_enabled() and any(
+                isinstance(t, torch.Tensor) and t.requires_grad for t in (*grads, *ctx.saved_tensors)
+            ):
+                raise RuntimeError(
+                    f"{op}: double backward (create_graph=True) is not implemented by the fused Triton kernels; "
+                    "use impl='torch' (model.fused_kernels: false) where second derivatives are needed"
+                )
+            with torch.no_grad():
+                return backward(ctx, *grads)
+
+        return wrapper
+
+    return decorate
 
 
 def compute_dtype(dtype) -> tl.dtype:
     """Accumulation dtype inside the kernels: fp32, or fp64 for fp64 inputs (so gradcheck sees fp64 math)."""
-    import torch
-
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 

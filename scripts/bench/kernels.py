@@ -1,4 +1,5 @@
-"""Benchmark the fused Triton RMSNorm and SwiGLU kernels against eager PyTorch, F.rms_norm and torch.compile.
+"""Benchmark the fused Triton RMSNorm (plain and with the residual add) and SwiGLU kernels against eager PyTorch,
+F.rms_norm and torch.compile.
 
 GPU only: on a machine without CUDA it prints "no GPU" and exits 0 (use --aot-only there to see the builds).
 
@@ -15,6 +16,7 @@ What it measures (medians of `triton.testing.do_bench`, CUDA-event timed, L2 flu
   fwd/bwd/both  forward; backward only (`torch.autograd.grad` on a retained graph, out of place); both.
   GB/s, %copy   ideal bytes / time, and that as % of the measured device-to-device copy bandwidth. Ideal bytes
                 per element at 2-byte dtypes: RMSNorm fwd 4 (read x, write y), bwd 6 (read x and dy, write dx);
+                RMSNorm + residual fwd 8 (read x, residual; write h, y), bwd 8 (read dy, dh, h; write dx);
                 SwiGLU fwd 6 (read gate and up, write y), bwd 10 (read dy, gate, up; write d_gate, d_up).
   speedup       baseline time / fused time for eager HF-style PyTorch, F.rms_norm, torch.compile of the reference.
   MLP peak      peak allocated memory of one MLP block (ffn_norm + w1/w3 + SwiGLU + w2), forward and backward.
@@ -35,8 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model.kernels import rms_norm, swiglu, triton_available  # noqa: E402
-from model.kernels.reference import rms_norm_reference, swiglu_reference  # noqa: E402
+from model.kernels import rms_norm, rms_norm_residual, swiglu, triton_available  # noqa: E402
+from model.kernels.reference import rms_norm_reference, rms_norm_residual_reference, swiglu_reference  # noqa: E402
 
 EPS = 1e-5
 SHAPES = {
@@ -46,6 +48,7 @@ SHAPES = {
 }
 # Ideal bytes per element (at the given element size) of each pass, see the docstring.
 RMS_BYTES = {"fwd": 2, "bwd": 3, "both": 5}  # tensors of the activation's size read or written
+RES_BYTES = {"fwd": 4, "bwd": 4, "both": 8}  # fwd: read x, residual, write h, y; bwd: read dy, dh, h, write dx
 SWIGLU_BYTES = {"fwd": 3, "bwd": 5, "both": 8}
 TARGETS = {("rms_norm", "fwd"): 0.80, ("rms_norm", "bwd"): 0.60, ("swiglu", "fwd"): 0.85, ("swiglu", "bwd"): 0.70}
 
@@ -65,7 +68,8 @@ def copy_bandwidth(warmup: int, rep: int) -> float:
 
 
 def pass_fns(fn, inputs, dy):
-    """(forward, backward-only, forward+backward) closures for `fn(*inputs)` with upstream gradient dy."""
+    """(forward, backward-only, forward+backward) closures for `fn(*inputs)` with upstream gradient dy (a tuple of
+    gradients when `fn` returns a tuple)."""
     y = fn(*inputs)
 
     def fwd():
@@ -134,6 +138,26 @@ def run_benchmarks(args) -> list[dict]:
             time_op(variants, (x, w), dy, args.warmup, args.rep),
             copy_bw,
         )
+
+        # Fused residual add + RMSNorm against the eager add followed by the norm (what the block does unfused).
+        r = torch.randn(rows, hidden, device="cuda", generator=gen, dtype=dtype).requires_grad_()
+        dh = torch.randn(rows, hidden, device="cuda", generator=gen, dtype=dtype)
+        variants = {
+            "fused": lambda a, b, c: rms_norm_residual(a, b, c, EPS, impl="triton"),
+            "eager": lambda a, b, c: rms_norm_residual_reference(a, b, c, EPS),
+        }
+        if args.compile:
+            variants["compile"] = torch.compile(lambda a, b, c: rms_norm_residual_reference(a, b, c, EPS))
+        rows_out += summarize(
+            "rms_norm_residual",
+            shape,
+            rows * hidden,
+            dtype,
+            RES_BYTES,
+            time_op(variants, (x, r, w), (dy, dh), args.warmup, args.rep),
+            copy_bw,
+        )
+        del r, dh
 
         g = torch.randn(rows, ffn, device="cuda", generator=gen, dtype=dtype).requires_grad_()
         u = torch.randn(rows, ffn, device="cuda", generator=gen, dtype=dtype).requires_grad_()
