@@ -4,8 +4,10 @@
 1. fetch     stream records from each input's loader, format them into documents, write `fetch-NNNNN.jsonl`
              parts of `docs_per_part` documents (temp name, then rename: a rerun resumes after the last complete
              part and skips the records it already consumed);
-2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, text) --
-             before tokenization, so a document never lands in two splits and a rebuild gives the same split;
+2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, group key):
+             the group is a field of the record (SQuAD article title, TriviaQA question id, StackExchange question
+             id, code repository or file content; `data.formats.group_field`) or else the document text -- before
+             tokenization, so a group never spans two splits and a rebuild gives the same split;
 3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
              every document) into uint16 `tok-NNNNN.<split>.bin` files;
 4. mix       assemble each mix (exactly its token budget per source, val split inside) and each eval set as
@@ -32,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.demo_corpus import expand_path
-from data.formats import SchemaError, SkipRecord, get_formatter, record_id
+from data.formats import SchemaError, SkipRecord, get_formatter, group_field, holdback_group, record_id
 from data.lineage import build_node, root_node
 from data.quality import check_removed_shares, content_hash
 from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
@@ -196,6 +198,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         seen = load_seen([work])
     qf = inp.filters
     fmt = get_formatter(inp.formatter)
+    gfield = group_field(inp.formatter, inp.formatter_options, inp.holdback_group)
     path_field = inp.formatter_options.get("path_field")
     filt = inp.loader.get("filter")
     filt_re = re.compile(filt["regex"]) if filt else None
@@ -208,7 +211,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     removed = Counter(state["skipped"]) + Counter({r: c["documents"] for r, c in state["filtered"].items()})
     candidates = state["records_read"] - removed.pop("loader_filter", 0)
     while state["chars"] < target_chars and not state["exhausted"]:
-        docs, hashes, skipped, read = [], [], Counter(), 0
+        docs, groups, hashes, skipped, read = [], [], [], Counter(), 0
         dropped: dict[str, list[str]] = {}
         changed: dict[str, list[tuple[str, str]]] = {}
         for record in records:
@@ -220,6 +223,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
                     if not filt_re.search(str(record[filt["field"]] or "")):
                         raise SkipRecord("loader_filter")
                 text = fmt(record, **inp.formatter_options)
+                group = holdback_group(record, gfield)  # carried to the hold-back step in the part file
             except SkipRecord as s:
                 skipped[s.reason] += 1
                 continue
@@ -246,6 +250,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
             for m, before, after in mods:  # counted for kept documents only: a removed one is counted whole
                 changed.setdefault(m, []).append((before, after))
             docs.append(kept)
+            groups.append(group)
             if len(docs) >= docs_per_part:
                 break
         else:
@@ -263,7 +268,8 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
                              qf.max_removed_share)
         name = f"fetch-{part:05d}.jsonl"
         path = work / name
-        _atomic_write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        _atomic_write_text(path, "".join(json.dumps({"text": d, **({"group": g} if g else {})}, ensure_ascii=False)
+                                         + "\n" for d, g in zip(docs, groups, strict=True)))
         hpath = work / f"fetch-{part:05d}.hashes.npy"
         tmp = hpath.with_name(f".{hpath.name}.tmp-{os.getpid()}.npy")
         np.save(tmp, np.array(hashes, dtype=np.uint64))
@@ -314,14 +320,17 @@ def _hf(loader: dict):
 # --------------------------------------------------------------------------------------------- 2. holdback
 
 
-def holdback_split(source: str, text: str, eval_share: float, val_share: float) -> str:
-    """'eval', 'val' or 'train' from a hash of (source, text): stable across runs, machines and worker counts."""
-    u = int.from_bytes(hashlib.sha256(f"{source}\x00{text}".encode()).digest()[:8], "little") / 2**64
+def holdback_split(source: str, key: str, eval_share: float, val_share: float) -> str:
+    """'eval', 'val' or 'train' from a hash of (source, key): stable across runs, machines and worker counts. The
+    key is the document's hold-back group ("title=Beyonce") or, without one, its text."""
+    u = int.from_bytes(hashlib.sha256(f"{source}\x00{key}".encode()).digest()[:8], "little") / 2**64
     return "eval" if u < eval_share else "val" if u < eval_share + val_share else "train"
 
 
 def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> list[Path]:
-    """Split every fetched part not yet split; returns the split meta files (resumable, atomic per part)."""
+    """Split every fetched part not yet split; returns the split meta files (resumable, atomic per part). A
+    document's key is its `group` (written by `fetch`) or, for a document without one, its text: parts fetched
+    before groups existed split as they always did."""
     metas = []
     for meta_path in sorted(work.glob("fetch-*.meta.json")):
         part = meta_path.name[len("fetch-") : -len(".meta.json")]
@@ -330,8 +339,9 @@ def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> lis
             buckets: dict[str, list[str]] = {s: [] for s in SPLITS}
             with open(work / f"fetch-{part}.jsonl") as f:
                 for line in f:
-                    text = json.loads(line)["text"]
-                    buckets[holdback_split(inp.source, text, eval_share, val_share)].append(line)
+                    doc = json.loads(line)
+                    key = doc.get("group") or doc["text"]
+                    buckets[holdback_split(inp.source, key, eval_share, val_share)].append(line)
             for s in SPLITS:
                 _atomic_write_text(work / f"split-{part}.{s}.jsonl", "".join(buckets[s]))
             _atomic_write_text(out_meta, json.dumps({s: len(buckets[s]) for s in SPLITS}))
@@ -418,8 +428,9 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                          filtered=fs["filtered"], modified=fs["modified"], exhausted=fs["exhausted"],
                          files=fs["files"])
     return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
-                      holdback={"method": "sha256(source \\0 text) / 2^64", "eval": src.eval_share,
-                                "val": src.val_share},
+                      holdback={"method": "sha256(source \\0 group key, else text) / 2^64", "eval": src.eval_share,
+                                "val": src.val_share,
+                                "group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)},
                       splits={s: {"tokens": ts[s]["tokens"], "documents": ts[s]["documents"]} for s in SPLITS},
                       inputs=[fetched])
 

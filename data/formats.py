@@ -342,6 +342,46 @@ def format_reddit_thread(record: dict, text_field: str = "text", min_messages: i
     return text
 
 
+# ------------------------------------------------------------------------------------------ hold-back groups
+
+# The field of each formatter's schema that groups its documents for the hold-back (DESIGN "Hold-back before
+# tokenization"; docs/DATASET.md): every document of a group goes to the same split. SQuAD v2: `title`, the Wikipedia
+# article (its ~5 questions per context and all contexts of the article go together); TriviaQA rc: `question_id`;
+# StackExchange: `qid`. Code: the file's own text (`text_field`, i.e. without the `# path` header), so one file
+# under two paths lands in one split; a definitions input can name its repository field instead (`holdback_group`:
+# CodeParrot `repo_name`, StarCoderData `max_stars_repo_name`). Field names are the cards' (the schemas in
+# tests/fixtures/sources/README.md). A formatter not listed here groups by the document text alone.
+GROUP_FIELDS = {"squad_v2": "title", "triviaqa_rc": "question_id", "stackexchange": "qid"}
+TEXT_GROUP = "text"  # `holdback_group: "text"`: each document is its own group (the content hash)
+
+
+def group_field(formatter: str, options: dict, holdback_group: str | None = None) -> str:
+    """The record field whose value is a document's hold-back group, or TEXT_GROUP."""
+    if holdback_group:
+        return holdback_group
+    if formatter == "code":
+        return options.get("text_field", "content")
+    return GROUP_FIELDS.get(formatter, TEXT_GROUP)
+
+
+def holdback_group(record: dict, field: str) -> str | None:
+    """A document's hold-back group key from `record[field]` ("title=Beyonce"; a long value such as a file's text
+    as a sha256: "content#9f2c..."), or None for TEXT_GROUP or a null value (the document text decides). An
+    absent field is a SchemaError: the definitions name a field this dataset does not have."""
+    if field == TEXT_GROUP:
+        return None
+    if not isinstance(record, dict) or field not in record:
+        raise SchemaError(field, f"missing (read as the hold-back group; record has "
+                                 f"{sorted(record) if isinstance(record, dict) else type(record).__name__})")
+    value = record[field]
+    if value is None or value == "":
+        return None
+    value = str(value)
+    if len(value) > 200:
+        return f"{field}#{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+    return f"{field}={value}"
+
+
 FORMATTERS: dict[str, Callable[..., str]] = {
     "text": format_text,
     "readme": format_readme,

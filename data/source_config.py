@@ -48,6 +48,7 @@ class Input:
     gated: bool = False  # the hub asks the user to accept terms and log in before any file is served
     available_tokens: int | None = None  # declared estimate of what the input can supply after its filters
     available_derivation: str = ""  # how that estimate was computed, so it can be re-checked
+    holdback_group: str | None = None  # record field grouping documents for the hold-back (default: per formatter)
 
 
 @dataclass
@@ -136,7 +137,8 @@ def _check_keys(where: str, obj: dict, required: set[str], optional: set[str]) -
 def _parse_input(src: str, i: int, raw: dict) -> Input:
     where = f"source {src!r} input {i}"
     _check_keys(where, raw, {"loader", "formatter"},
-                {"name", "share", "formatter_options", "card", "gated", "available_tokens_estimate", "notes"})
+                {"name", "share", "formatter_options", "card", "gated", "available_tokens_estimate", "notes",
+                 "holdback_group"})
     loader = raw["loader"]
     if not isinstance(loader, dict) or loader.get("type") not in LOADER_TYPES:
         raise ValueError(f"{where}: loader type {loader.get('type') if isinstance(loader, dict) else loader!r} "
@@ -155,6 +157,10 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
         if loader.get("builder") and not loader.get("data_files"):
             raise ValueError(f"{where}: loader.builder {loader['builder']!r} needs loader.data_files (paths of the "
                              f"data files inside the dataset repository)")
+    group = raw.get("holdback_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ValueError(f"{where}: holdback_group must be a field name of the dataset's records (or \"text\"), "
+                         f"got {group!r}")
     gated = raw.get("gated", False)
     if not isinstance(gated, bool):
         raise ValueError(f"{where}: gated must be true or false, got {gated!r}")
@@ -168,7 +174,8 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
                              f"(unknown), got {tokens!r}")
     return Input(source=src, name=raw.get("name", src if i == 0 else f"{src}_{i}"), share=float(raw.get("share", 1)),
                  loader=loader, formatter=raw["formatter"], formatter_options=raw.get("formatter_options", {}),
-                 card=card, gated=gated, available_tokens=tokens, available_derivation=derivation)
+                 card=card, gated=gated, available_tokens=tokens, available_derivation=derivation,
+                 holdback_group=group)
 
 
 def load_definitions(*paths: str | os.PathLike) -> Definitions:
