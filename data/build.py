@@ -10,6 +10,9 @@
              tokenization, so a group never spans two splits and a rebuild gives the same split;
 3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
              every document) into uint16 `tok-NNNNN.<split>.bin` files;
+   decontaminate  remove from every train part the documents that are near duplicates (MinHash, Jaccard of token
+             5-shingles >= 0.8) of a held-out (eval or val) document of ANY input of the build, so an eval
+             passage under another group (a forked repository, a re-asked question) is not trained on;
 4. mix       assemble each mix (exactly its token budget per source, val split inside) and each eval set as
              self-contained token directories; full shards are hard-linked, not copied.
 
@@ -36,7 +39,7 @@ from tqdm import tqdm
 from data.demo_corpus import expand_path
 from data.formats import SchemaError, SkipRecord, get_formatter, group_field, holdback_group, record_id
 from data.lineage import build_node, root_node
-from data.quality import check_removed_shares, content_hash
+from data.quality import NearDuplicateIndex, check_removed_shares, content_hash, minhash_signatures
 from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
 from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
 from data.tokenizer import EOT, get_tokenizer, tokenizer_info
@@ -400,6 +403,112 @@ def tokenize(works: list[Path], workers: int = 1, bar: tqdm | None = None) -> No
             pool.join()
 
 
+# ---------------------------------------------------------------------------------------- 3b. decontaminate
+
+HELD_OUT = ("eval", "val")
+NEAR_DUPLICATE_REASON = "near_duplicate_of_held_out"
+
+
+def split_documents(tokens: np.ndarray) -> list[np.ndarray]:
+    """The documents of a token stream, each with its EOT."""
+    ends = np.flatnonzero(tokens == EOT) + 1
+    return [d for d in np.split(tokens, ends) if d.size]
+
+
+def _read_split(work: Path, meta: dict, split: str) -> np.ndarray:
+    entry = meta[split]
+    return np.fromfile(work / entry["file"], dtype=DTYPE) if entry["tokens"] else np.zeros(0, DTYPE)
+
+
+def held_out_index(works: list[Path], threshold: float = 0.8) -> tuple[NearDuplicateIndex, str]:
+    """MinHash index of every eval and val document of the given inputs, and a fingerprint of what it holds (the
+    held-out token files' hashes): a train part checked against this fingerprint needs no second check."""
+    docs, ids = [], []
+    for work in sorted(works, key=lambda w: w.name):
+        for meta_path in sorted(work.glob("tok-*.meta.json")):
+            meta = _read_json(meta_path)
+            for s in HELD_OUT:
+                docs += [d[:-1] for d in split_documents(_read_split(work, meta, s))]
+                ids.append([work.name, meta_path.name, s, meta[s]["sha256"]])
+    return NearDuplicateIndex(docs, threshold), _plan_hash([ids, threshold])
+
+
+def _train_signatures(job: tuple[str, str]) -> tuple[str, str, np.ndarray]:
+    work, meta_name = Path(job[0]), job[1]
+    docs = split_documents(_read_split(work, _read_json(work / meta_name), "train"))
+    return job[0], meta_name, minhash_signatures([d[:-1] for d in docs])
+
+
+def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, bar: tqdm | None = None) -> dict:
+    """Remove from each train part the near duplicates of held-out documents (all `works` together); returns the
+    totals {documents, tokens} removed by this call.
+
+    Each checked part records the index fingerprint it was checked against; a part whose fingerprint is current is
+    skipped, and a later fetch round that adds held-out documents makes every part be checked again (removal only
+    grows). The cleaned part is written under a new name (`tok-NNNNN.train.<fp>.bin`) and its meta, rewritten
+    atomically, is the commit point; counts accumulate in the meta's `near_duplicates`. Signatures of train parts
+    are computed in `workers` processes (the cost: ~`num_perm` array passes per token, see
+    scripts/bench/minhash_throughput.py)."""
+    index, fp = held_out_index(works, threshold)
+    jobs = []
+    for work in works:
+        for meta_path in sorted(work.glob("tok-*.meta.json")):
+            if _read_json(meta_path).get("decontaminated", {}).get("against") != fp:
+                jobs.append((str(work), meta_path.name))
+    total = {"documents": 0, "tokens": 0}
+    if not jobs:
+        return total
+    if workers <= 1 or len(jobs) == 1:
+        results = map(_train_signatures, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+        results = pool.imap_unordered(_train_signatures, jobs)
+    try:
+        for work_s, meta_name, sigs in results:
+            work = Path(work_s)
+            meta = _read_json(work / meta_name)
+            docs = split_documents(_read_split(work, meta, "train"))
+            removed = index.matches_signatures(sigs) >= 0 if len(docs) else np.zeros(0, dtype=bool)
+            counts = dict(meta.get("near_duplicates", {"documents": 0, "tokens": 0}))
+            old = meta["train"]["file"]
+            if removed.any():
+                kept = [d for d, r in zip(docs, removed, strict=True) if not r]
+                tokens = np.concatenate(kept) if kept else np.zeros(0, DTYPE)
+                part = meta_name[len("tok-") : -len(".meta.json")]
+                out = work / f"tok-{part}.train.{fp[:8]}.bin"
+                tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+                tokens.tofile(tmp)
+                os.replace(tmp, out)
+                n_removed = int(removed.sum())
+                t_removed = sum(int(d.size) for d, r in zip(docs, removed, strict=True) if r)
+                counts = {"documents": counts["documents"] + n_removed, "tokens": counts["tokens"] + t_removed}
+                total["documents"] += n_removed
+                total["tokens"] += t_removed
+                meta["train"] = {"file": out.name, "documents": len(kept), "tokens": int(tokens.size),
+                                 "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
+            meta["near_duplicates"] = counts
+            meta["decontaminated"] = {"against": fp, "held_out_documents": len(index), "threshold": threshold}
+            _atomic_write_text(work / meta_name, json.dumps(meta))  # the cleaned part counts from here on
+            if meta["train"]["file"] != old:
+                (work / old).unlink(missing_ok=True)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if workers > 1 and len(jobs) > 1:
+            pool.close()
+            pool.join()
+    return total
+
+
+def near_duplicate_state(work: Path) -> dict:
+    """{documents, tokens} removed from one input's train split as near duplicates of held-out documents."""
+    out = {"documents": 0, "tokens": 0}
+    for meta_path in sorted(work.glob("tok-*.meta.json")):
+        for k, v in _read_json(meta_path).get("near_duplicates", {}).items():
+            out[k] += v
+    return out
+
+
 def token_state(work: Path) -> dict:
     """Per split: tokens, documents and the list of complete token files in part order."""
     state = {s: {"tokens": 0, "documents": 0, "files": []} for s in SPLITS}
@@ -432,7 +541,7 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                                 "val": src.val_share,
                                 "group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)},
                       splits={s: {"tokens": ts[s]["tokens"], "documents": ts[s]["documents"]} for s in SPLITS},
-                      inputs=[fetched])
+                      near_duplicates_of_held_out=near_duplicate_state(work), inputs=[fetched])
 
 
 # -------------------------------------------------------------------------------------------------- 4. mix
@@ -517,6 +626,9 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
             # what the filters removed from everything fetched for this source (not only the part taken here)
             fs = fetch_state(work_dir / inp.name)
             _add_counts(s.setdefault("filtered", {}), fs["filtered"])
+            nd = near_duplicate_state(work_dir / inp.name)
+            if nd["documents"]:
+                _add_counts(s["filtered"], {NEAR_DUPLICATE_REASON: nd})
             _add_counts(s.setdefault("modified", {}), fs["modified"])
             s.setdefault("skipped", Counter()).update(fs["skipped"])
             node = input_lineage(inp, work_dir / inp.name, defs)
