@@ -407,6 +407,7 @@ def tokenize(works: list[Path], workers: int = 1, bar: tqdm | None = None) -> No
 
 HELD_OUT = ("eval", "val")
 NEAR_DUPLICATE_REASON = "near_duplicate_of_held_out"
+PARALLEL_MIN_TOKENS = 50_000_000
 
 
 def split_documents(tokens: np.ndarray) -> list[np.ndarray]:
@@ -450,15 +451,19 @@ def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, b
     are computed in `workers` processes (the cost: ~`num_perm` array passes per token, see
     scripts/bench/minhash_throughput.py)."""
     index, fp = held_out_index(works, threshold)
-    jobs = []
+    jobs, to_check = [], 0
     for work in works:
         for meta_path in sorted(work.glob("tok-*.meta.json")):
-            if _read_json(meta_path).get("decontaminated", {}).get("against") != fp:
+            meta = _read_json(meta_path)
+            if meta.get("decontaminated", {}).get("against") != fp:
                 jobs.append((str(work), meta_path.name))
+                to_check += meta["train"]["tokens"]
     total = {"documents": 0, "tokens": 0}
     if not jobs:
         return total
-    if workers <= 1 or len(jobs) == 1:
+    # below ~50M tokens one process is done (at ~5M tokens/s) before a spawned pool has imported numpy
+    parallel = workers > 1 and len(jobs) > 1 and to_check >= PARALLEL_MIN_TOKENS
+    if not parallel:
         results = map(_train_signatures, jobs)
     else:
         pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
@@ -494,7 +499,7 @@ def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, b
             if bar is not None:
                 bar.update(1)
     finally:
-        if workers > 1 and len(jobs) > 1:
+        if parallel:
             pool.close()
             pool.join()
     return total

@@ -3,14 +3,17 @@ records through the build's own steps (`build.fetch` -> `build.holdback` -> `bui
 `build.decontaminate`), single process, tiny sizes."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from data import build
+from data.audit import eval_contamination
 from data.quality import QualityFilters, minhash_signatures
 from data.source_config import Input
-from data.tokenizer import get_tokenizer
+from data.token_dataset import write_manifest
+from data.tokenizer import EOT, get_tokenizer
 
 
 def _split_of_each(work, key):
@@ -139,3 +142,37 @@ def test_minhash_chunking_does_not_change_signatures(chunk):
     docs = [rng.integers(0, 50257, n) for n in (0, 3, 5, 6, 40, 700)]
     one_by_one = np.stack([minhash_signatures([d])[0] for d in docs])
     assert np.array_equal(minhash_signatures(docs, chunk_tokens=chunk), one_by_one)
+
+
+def _token_dir(path, docs):
+    """A token directory of one shard holding `docs` (token lists), each followed by EOT."""
+    path.mkdir(parents=True)
+    tokens = np.array([t for d in docs for t in [*d, EOT]], dtype="<u2")
+    tokens.tofile(path / "shard.bin")
+    write_manifest(path, [{"path": "shard.bin", "num_tokens": int(tokens.size),
+                           "sha256": build.hashlib.sha256(tokens.tobytes()).hexdigest()}])
+
+
+def test_eval_contamination_report_against_brute_force(tmp_path):
+    rng = np.random.default_rng(3)
+    copied, clean = rng.integers(0, 5000, 200).tolist(), rng.integers(5000, 10000, 150).tolist()
+    near = list(copied)
+    near[100] = 7  # a near duplicate of `copied` in training (13 of its 188 13-grams are gone)
+    piece = clean[40:60]  # 20 tokens of `clean` quoted once in training: 8 of its 13-grams
+    boiler = rng.integers(20000, 30000, 13).tolist()  # a 13-gram that 12 training documents start with
+    train = [near, [11, 12, *piece, 13]] + [boiler + rng.integers(30000, 40000, 30).tolist() for _ in range(12)]
+    _token_dir(tmp_path / "mix", train)
+    _token_dir(tmp_path / "eval_a", [copied, clean, boiler + [1, 2, 3]])
+    got = eval_contamination(tmp_path / "mix", [tmp_path / "eval_a"], n=10)
+    e = got["eval_sets"]["eval_a"]
+
+    def grams(d):
+        return [tuple(d[i : i + 13]) for i in range(len(d) - 12)]
+
+    counts = Counter(g for d in train for g in grams(d))
+    windows = [g for d in (copied, clean, boiler + [1, 2, 3]) for g in grams(d)]
+    assert e["documents"] == 3 and e["ngram_windows"] == len(windows) == 188 + 138 + 4
+    assert e["ngram_windows_in_train"] == sum(counts[g] > 0 for g in windows) / len(windows)
+    assert e["ngram_windows_in_train_beyond_boilerplate"] == sum(0 < counts[g] < 10 for g in windows) / len(windows)
+    assert e["near_duplicate_documents"] == 1 / 3  # `copied` only: `clean` shares 8 13-grams, not its text
+    assert got["train_tokens_scanned"] == sum(len(d) + 1 for d in train)
