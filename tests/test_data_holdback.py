@@ -10,7 +10,7 @@ import pytest
 
 from data import build
 from data.audit import eval_contamination
-from data.quality import QualityFilters, minhash_signatures
+from data.quality import QualityFilters, minhash_signatures, ngram_hashes
 from data.source_config import Input
 from data.token_dataset import write_manifest
 from data.tokenizer import EOT, get_tokenizer
@@ -176,3 +176,15 @@ def test_eval_contamination_report_against_brute_force(tmp_path):
     assert e["ngram_windows_in_train_beyond_boilerplate"] == sum(0 < counts[g] < 10 for g in windows) / len(windows)
     assert e["near_duplicate_documents"] == 1 / 3  # `copied` only: `clean` shares 8 13-grams, not its text
     assert got["train_tokens_scanned"] == sum(len(d) + 1 for d in train)
+
+
+@pytest.mark.parametrize("n", [1, 5, 13, 16])
+def test_ngram_hashes_by_doubling_equal_the_plain_polynomial(n):
+    rng = np.random.default_rng(n)
+    doc = rng.integers(0, 50257, 200).astype(np.uint64)
+    base, want = np.uint64(0x9E3779B97F4A7C15), np.zeros(200 - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            want = want * base + doc[k : k + want.size] + np.uint64(1)
+    assert np.array_equal(ngram_hashes([doc], n)[0], want)
+    assert ngram_hashes([doc[: n - 1]], n)[0].size == 0
