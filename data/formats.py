@@ -167,7 +167,8 @@ SQUAD_V2_TRAIN_UNANSWERABLE_SHARE = 1 / 3
 def unanswerable_keep_share(target: float, split_share: float) -> float:
     """Share of unanswerable questions to keep so that they make up `target` of the kept questions, when they are
     `split_share` of the split: keep k of them, all answerable ones, k p / (k p + 1 - p) = t."""
-    if not 0 <= target < 1 or not 0 < split_share < 1:
+    if not isinstance(target, (int, float)) or not isinstance(split_share, (int, float)) or \
+            not 0 <= target < 1 or not 0 < split_share < 1:
         raise ValueError(f"squad_v2 formatter_options: unanswerable_share {target!r} must be in [0, 1) and "
                          f"split_unanswerable_share {split_share!r} in (0, 1); set them in the source definitions")
     return min(1.0, target * (1 - split_share) / (split_share * (1 - target)))

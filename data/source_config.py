@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.demo_corpus import expand_path
-from data.formats import get_formatter
+from data.formats import SQUAD_V2_TRAIN_UNANSWERABLE_SHARE, get_formatter, unanswerable_keep_share
 from data.quality import QualityFilters
 
 LOADER_TYPES = {"hf", "jsonl", "parquet", "text", "code_dir", "python"}
@@ -147,6 +147,13 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
         get_formatter(raw["formatter"])
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    options = raw.get("formatter_options", {})
+    if raw["formatter"] == "squad_v2" and options.get("unanswerable_share") is not None:
+        try:  # checked here, not at the first unanswerable record of the fetch
+            unanswerable_keep_share(options["unanswerable_share"],
+                                    options.get("split_unanswerable_share", SQUAD_V2_TRAIN_UNANSWERABLE_SHARE))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
     card = raw.get("card")
     if loader["type"] == "hf":
         _check_keys(f"{where} loader", loader, {"type", "path"}, HF_LOADER_KEYS)

@@ -4,6 +4,7 @@ records through the build's own steps (`build.fetch` -> `build.holdback` -> `bui
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from data import build
 from data.audit import eval_contamination
 from data.quality import QualityFilters, minhash_signatures, ngram_hashes
-from data.source_config import Input
+from data.source_config import Input, load_definitions
 from data.token_dataset import write_manifest
 from data.tokenizer import EOT, get_tokenizer
 
@@ -188,3 +189,18 @@ def test_ngram_hashes_by_doubling_equal_the_plain_polynomial(n):
             want = want * base + doc[k : k + want.size] + np.uint64(1)
     assert np.array_equal(ngram_hashes([doc], n)[0], want)
     assert ngram_hashes([doc[: n - 1]], n)[0].size == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"holdback_group": 5}, "holdback_group must be a field name"),
+    ({"formatter_options": {"unanswerable_share": 0.2, "split_unanswerable_share": 0}},
+     "split_unanswerable_share 0 in \\(0, 1\\)"),
+    ({"formatter_options": {"unanswerable_share": "20%"}}, "unanswerable_share '20%' must be in"),
+])
+def test_bad_group_or_share_stops_at_the_definitions(tmp_path, change, message):
+    raw = json.loads((Path(__file__).resolve().parents[1] / "data/sources/demo.json").read_text())
+    raw["sources"]["demo_qa"]["inputs"][0].update(change)
+    path = tmp_path / "defs.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=f"source 'demo_qa' input 0: .*{message}"):
+        load_definitions(path)
