@@ -351,7 +351,11 @@ def format_reddit_thread(record: dict, text_field: str = "text", min_messages: i
 # StackExchange: `qid`. Code: the file's own text (`text_field`, i.e. without the `# path` header), so one file
 # under two paths lands in one split; a definitions input can name its repository field instead (`holdback_group`:
 # CodeParrot `repo_name`, StarCoderData `max_stars_repo_name`). Field names are the cards' (the schemas in
-# tests/fixtures/sources/README.md). A formatter not listed here groups by the document text alone.
+# tests/fixtures/sources/README.md and docs/DATASET.md; StarCoderData's own card is gated, its columns
+# max_stars_repo_path, max_stars_repo_name, max_stars_count, id, content are listed by derived cards with the same
+# features, e.g. https://huggingface.co/datasets/jon-tow/starcoderdata-python-edu and
+# https://huggingface.co/datasets/zhensuuu/starcoderdata_100star_py). A formatter not listed here groups by the
+# document text alone.
 GROUP_FIELDS = {"squad_v2": "title", "triviaqa_rc": "question_id", "stackexchange": "qid"}
 TEXT_GROUP = "text"  # `holdback_group: "text"`: each document is its own group (the content hash)
 
