@@ -317,41 +317,68 @@ def ngram_hashes(docs: list[np.ndarray], n: int = 13) -> list[np.ndarray]:
     return out
 
 
+def _band_keys(sigs: np.ndarray, bands: int) -> np.ndarray:
+    """(documents, bands) uint64: one key per band of `rows = num_perm // bands` signature entries (equal rows give
+    equal keys; different rows collide with odds ~2^-64, and a collision only adds a candidate that the full
+    signature then rejects)."""
+    rows = sigs.shape[1] // bands
+    keys = np.zeros((len(sigs), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for r in range(rows):
+            keys = _mix64(keys * np.uint64(0x100000001B3) + sigs[:, r : bands * rows : rows])
+    return keys
+
+
 class NearDuplicateIndex:
     """MinHash LSH over a fixed set of documents (the held-out ones), queried with other documents: which of them
     is a near duplicate (estimated Jaccard of token 5-shingles >= threshold) of an indexed document. Candidates
     come from banding (16 bands of 4 rows: a pair at Jaccard 0.8 shares a band with probability 0.9998, at 0.5
-    with 0.64), then the full signatures decide."""
+    with 0.64), then the full signatures decide. Vectorised: per band, the indexed keys are sorted once and the
+    queries' keys binary-searched, so a query costs no Python work unless it has a candidate."""
 
     def __init__(self, docs: list[np.ndarray], threshold: float = 0.8, bands: int = 16):
         self.threshold, self.bands = threshold, bands
         self.sigs = minhash_signatures(docs)
-        self.rows = self.sigs.shape[1] // bands
-        self.buckets: dict[tuple[int, bytes], list[int]] = {}
-        for i, sig in enumerate(self.sigs):
-            for band in range(bands):
-                self.buckets.setdefault((band, sig[band * self.rows : (band + 1) * self.rows].tobytes()), []).append(i)
+        keys = _band_keys(self.sigs, bands)
+        self.order = np.argsort(keys, axis=0, kind="stable")  # per band: indexed documents by key
+        self.sorted_keys = np.take_along_axis(keys, self.order, axis=0)
 
     def __len__(self) -> int:
         return len(self.sigs)
 
     def matches(self, docs: list[np.ndarray]) -> np.ndarray:
-        """For each document: the index of an indexed near duplicate, or -1."""
+        """For each document: the index of an indexed near duplicate (the one its signature agrees with most), or
+        -1."""
         return self.matches_signatures(minhash_signatures(docs) if docs and len(self) else
                                        np.zeros((len(docs), self.sigs.shape[1]), dtype=np.uint64))
 
     def matches_signatures(self, sigs: np.ndarray) -> np.ndarray:
         """`matches` for documents whose signatures (`minhash_signatures`) are already computed."""
         out = np.full(len(sigs), -1, dtype=np.int64)
-        if not len(self):
+        if not len(self) or not len(sigs):
             return out
-        for n, sig in enumerate(sigs):
-            cands = set()
-            for band in range(self.bands):
-                cands.update(self.buckets.get((band, sig[band * self.rows : (band + 1) * self.rows].tobytes()), ()))
-            best = max(cands, key=lambda m: (self.sigs[m] == sig).mean(), default=None)
-            if best is not None and (self.sigs[best] == sig).mean() >= self.threshold:
-                out[n] = best
+        keys = _band_keys(sigs, self.bands)
+        queries, indexed = [], []
+        for band in range(self.bands):  # (query, indexed document) pairs that share this band
+            lo = np.searchsorted(self.sorted_keys[:, band], keys[:, band], side="left")
+            count = np.searchsorted(self.sorted_keys[:, band], keys[:, band], side="right") - lo
+            total = int(count.sum())
+            if not total:
+                continue
+            offset = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+            queries.append(np.repeat(np.arange(len(sigs)), count))
+            indexed.append(self.order[np.repeat(lo, count) + offset, band])
+        if not queries:
+            return out
+        pair = np.unique(np.concatenate(queries) * len(self) + np.concatenate(indexed))
+        q, m = pair // len(self), pair % len(self)
+        agree = (sigs[q] == self.sigs[m]).mean(axis=1)
+        keep = agree >= self.threshold
+        q, m, agree = q[keep], m[keep], agree[keep]
+        best = np.lexsort((m, -agree, q))  # per query: highest agreement first (ties: the lowest index)
+        first = np.ones(best.size, dtype=bool)
+        first[1:] = q[best][1:] != q[best][:-1]
+        out[q[best][first]] = m[best][first]
         return out
 
 

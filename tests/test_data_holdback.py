@@ -11,7 +11,7 @@ import pytest
 
 from data import build
 from data.audit import eval_contamination
-from data.quality import QualityFilters, minhash_signatures, ngram_hashes
+from data.quality import NearDuplicateIndex, QualityFilters, minhash_signatures, ngram_hashes
 from data.source_config import Input, load_definitions
 from data.token_dataset import write_manifest
 from data.tokenizer import EOT, get_tokenizer
@@ -204,3 +204,27 @@ def test_bad_group_or_share_stops_at_the_definitions(tmp_path, change, message):
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=f"source 'demo_qa' input 0: .*{message}"):
         load_definitions(path)
+
+
+def test_index_matches_brute_force_banding():
+    """The vectorised LSH look-up finds exactly what the definition says: an indexed document sharing a whole band
+    (4 signature rows) with the query, with full-signature agreement >= 0.8; the best-agreeing one."""
+    rng = np.random.default_rng(5)
+    held = [rng.integers(0, 50257, rng.integers(5, 300)) for _ in range(100)]
+    queries = []
+    for i in range(200):
+        if i % 3:
+            queries.append(rng.integers(0, 50257, rng.integers(5, 300)))
+        else:  # a held-out document with up to 3 tokens changed
+            d = held[rng.integers(100)].copy()
+            where = rng.choice(d.size, min(int(rng.integers(0, 4)), d.size), replace=False)
+            d[where] = rng.integers(0, 50257, where.size)
+            queries.append(d)
+    index = NearDuplicateIndex(held)
+    want = []
+    for sig in minhash_signatures(queries):
+        shares_band = (index.sigs == sig).reshape(len(held), 16, 4).all(axis=2).any(axis=1)
+        agree = np.where(shares_band, (index.sigs == sig).mean(axis=1), -1)
+        want.append(int(np.argmax(agree)) if agree.max() >= 0.8 else -1)
+    got = index.matches(queries)
+    assert got.tolist() == want and 40 < (got >= 0).sum() < 80

@@ -57,10 +57,12 @@ def main(argv=None) -> int:
         ap.error("--mb must be > 0, --held-out in (0, 1), --repeats >= 1")
     enc = get_tokenizer()
     docs = [np.array(x, dtype=np.int64) for x in enc.encode_ordinary_batch(corpus(args.mb))]
+    step = max(2, int(1 / args.held_out))
+    held = docs[::step]  # held out, as eval + val: not in the training stream (a real build's look-ups mostly miss)
+    docs = [d for i, d in enumerate(docs) if i % step]
     tokens = sum(d.size for d in docs)
-    held = docs[:: max(1, int(1 / args.held_out))]
     stream = np.concatenate([np.append(d, 50256) for d in docs]).astype(np.uint16)
-    print(f"{len(docs):,} documents, {tokens:,} tokens; {len(held):,} held out; torch CPU capability "
+    print(f"{len(docs):,} training documents, {tokens:,} tokens; {len(held):,} held out; torch CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; {os.cpu_count()} cores (shared machine: compare ratios)")
     index = NearDuplicateIndex(held)
     sigs = minhash_signatures(docs)
