@@ -196,6 +196,12 @@ def main(argv=None) -> int:
                       f"near duplicates of held-out documents", file=sys.stderr)
         if not short:
             break
+    if "mix" in args.steps and "decontaminate" not in args.steps:
+        unchecked = [m for i in inputs for m in sorted((work_dir / i.name).glob("tok-*.meta.json"))
+                     if "decontaminated" not in build._read_json(m)]
+        if unchecked:
+            print(f"WARNING: {len(unchecked)} token parts (e.g. {unchecked[0]}) were never checked for near duplicates "
+                  f"of held-out documents; run --steps decontaminate before mixing", file=sys.stderr)
     if "mix" in args.steps:
         total = sum(m.total_tokens + m.val_tokens for m in defs.mixes.values())
         with tqdm(total=total, unit="tok", unit_scale=True, desc="mix", disable=args.quiet) as bar:
