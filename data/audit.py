@@ -18,6 +18,7 @@ import numpy as np
 from data.formats import SkipRecord, get_formatter
 from data.quality import (
     LANGUAGES,
+    NearDuplicateIndex,
     QualityFilters,
     content_hash,
     copyable_stats,
@@ -26,7 +27,9 @@ from data.quality import (
     grounded_answer,
     has_front_matter,
     is_changelog,
+    minhash_signatures,
     near_duplicate_flags,
+    ngram_hashes,
     quote_reply_stats,
 )
 from data.source_config import Definitions
@@ -94,6 +97,80 @@ def token_dir_documents(directory: str | Path, n: int, seed: int = 0,
         docs.append(np.array(np.memmap(ds.directory / ds.manifest["files"][fi]["path"], dtype=DTYPE, mode="r")[s:e],
                              dtype=np.int64))
     return docs, {"documents": len(bounds)}
+
+
+CONTAMINATION_N = 13  # the n-gram length of the usual contamination checks (GPT-3's 13-gram overlap analysis)
+
+
+def _rolling_ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
+    """`ngram_hashes` of one token stream without splitting it: windows that cross an EOT hold an EOT, which no
+    held-out document's n-gram holds (they are hashed without their EOT), so they can never match."""
+    return ngram_hashes([tokens], n)[0]
+
+
+def eval_contamination(mix_dir: str | Path, eval_dirs: list[str | Path], n: int = 500, seed: int = 0,
+                       ngram: int = CONTAMINATION_N, threshold: float = 0.8, boilerplate: int = 10) -> dict:
+    """How much of each eval set the training mix contains, on a seeded sample of `n` whole eval documents per set:
+
+    - `near_duplicate_documents`: share of sampled eval documents with a training document at MinHash Jaccard
+      (token 5-shingles) >= `threshold` (what the build's decontaminate step removes: ~0 after it);
+    - `ngram_windows_in_train`: share of the sampled eval documents' token `ngram`-gram windows (with multiplicity)
+      that occur anywhere in the training mix (exact, by 64-bit hash); shared boilerplate (licence headers, import
+      blocks, a generator's template sentences) is what a clean split leaves;
+    - `ngram_windows_in_train_beyond_boilerplate`: the same, counting only n-grams that occur fewer than
+      `boilerplate` times in the mix (a passage copied into training, not a phrase every document has).
+
+    One pass over the mix's token files (an upsampled source's repeated passes, `-r1-` and up, are copies and
+    skipped): every 13-gram is hashed and looked up (binary search) among the eval n-grams; only training documents
+    that share an eval n-gram get a MinHash signature (a near duplicate at Jaccard 0.8 shares many; documents
+    shorter than `ngram` tokens are not looked at). Returns per eval set and `train_tokens_scanned`."""
+    evals = {}
+    for d in eval_dirs:
+        docs, info = token_dir_documents(d, n, seed)
+        grams = ngram_hashes(docs, ngram)
+        evals[Path(d).name] = {"docs": docs, "grams": grams, "total_documents": info["documents"]}
+    all_grams = np.concatenate([g for e in evals.values() for g in e["grams"]] or [np.zeros(0, np.uint64)])
+    uniq = np.unique(all_grams)
+    seen = np.zeros(uniq.size, dtype=np.int64)  # occurrences of each eval n-gram in the mix
+    # a 2^24-entry presence table on the top hash bits sends only ~1 in 10 windows (at 2M eval n-grams) on to the
+    # binary search, whose cache misses dominate otherwise (3x faster, scripts/bench/minhash_throughput.py)
+    present = np.zeros(1 << 24, dtype=bool)
+    present[uniq >> np.uint64(40)] = True
+    ds = TokenDataset(mix_dir)
+    candidates, scanned = [], 0
+    for entry in ds.manifest["files"]:
+        if re.search(r"-r[1-9]\d*-", entry["path"]) or not entry["num_tokens"]:
+            continue
+        tokens = np.fromfile(ds.directory / entry["path"], dtype=DTYPE)
+        scanned += tokens.size
+        if not uniq.size:
+            continue
+        h = _rolling_ngrams(tokens, ngram)
+        maybe = np.flatnonzero(present[h >> np.uint64(40)])
+        pos = np.minimum(np.searchsorted(uniq, h[maybe]), uniq.size - 1)
+        hit = uniq[pos] == h[maybe]
+        np.add.at(seen, pos[hit], 1)
+        if hit.any():  # the documents holding a hit are the only possible near duplicates
+            ends = np.flatnonzero(tokens == EOT)
+            starts = np.concatenate([[0], ends[:-1] + 1])
+            docs_hit = np.unique(np.searchsorted(ends, maybe[hit]))
+            candidates += [np.asarray(tokens[starts[i] : ends[i]], dtype=np.int64) for i in docs_hit
+                           if i < ends.size]
+    index = NearDuplicateIndex(candidates, threshold)
+    out = {}
+    for name, e in evals.items():
+        windows = sum(g.size for g in e["grams"])
+        counts = [seen[np.searchsorted(uniq, g)] for g in e["grams"] if g.size]
+        in_train = sum(int((c > 0).sum()) for c in counts)
+        rare = sum(int(((c > 0) & (c < boilerplate)).sum()) for c in counts)
+        near = index.matches_signatures(minhash_signatures(e["docs"])) >= 0 if e["docs"] else np.zeros(0, bool)
+        out[name] = {"documents": len(e["docs"]), "total_documents": e["total_documents"],
+                     "near_duplicate_documents": _share(int(near.sum()), len(e["docs"])),
+                     "ngram_windows": windows, "ngram_windows_in_train": _share(in_train, windows),
+                     "ngram_windows_in_train_beyond_boilerplate": _share(rare, windows)}
+    return {"eval_sets": out, "ngram": ngram, "threshold": threshold, "boilerplate": boilerplate,
+            "train_tokens_scanned": int(scanned),
+            "train_documents_checked": len(candidates)}
 
 
 def _share(num: float, den: float) -> float | None:

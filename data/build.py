@@ -4,10 +4,15 @@
 1. fetch     stream records from each input's loader (seeded shuffle, data/streaming.py), format them into
              documents, write `fetch-NNNNN.jsonl` parts of `docs_per_part` documents (temp name, then rename: a
              rerun resumes after the last complete part, from the stream state saved with it);
-2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, text) --
-             before tokenization, so a document never lands in two splits and a rebuild gives the same split;
+2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, group key):
+             the group is a field of the record (SQuAD article title, TriviaQA question id, StackExchange question
+             id, code repository or file content; `data.formats.group_field`) or else the document text -- before
+             tokenization, so a group never spans two splits and a rebuild gives the same split;
 3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
              every document) into uint16 `tok-NNNNN.<split>.bin` files;
+   decontaminate  remove from every train part the documents that are near duplicates (MinHash, Jaccard of token
+             5-shingles >= 0.8) of a held-out (eval or val) document of ANY input of the build, so an eval
+             passage under another group (a forked repository, a re-asked question) is not trained on;
 4. mix       assemble each mix (exactly its token budget per source, val split inside) and each eval set as
              self-contained token directories; full shards are hard-linked, not copied.
 
@@ -32,9 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 from data.demo_corpus import expand_path
-from data.formats import SchemaError, SkipRecord, get_formatter, record_id
+from data.formats import SchemaError, SkipRecord, get_formatter, group_field, holdback_group, record_id
 from data.lineage import build_node, root_node
-from data.quality import check_removed_shares, content_hash
+from data.quality import NearDuplicateIndex, check_removed_shares, content_hash, minhash_signatures
 from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
 from data.streaming import read_stamp, resumable, shuffled
 from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
@@ -210,6 +215,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         seen = load_seen([work])
     qf = inp.filters
     fmt = get_formatter(inp.formatter)
+    gfield = group_field(inp.formatter, inp.formatter_options, inp.holdback_group)
     path_field = inp.formatter_options.get("path_field")
     filt = inp.loader.get("filter")
     filt_re = re.compile(filt["regex"]) if filt else None
@@ -224,7 +230,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     removed = Counter(state["skipped"]) + Counter({r: c["documents"] for r, c in state["filtered"].items()})
     candidates = state["records_read"] - removed.pop("loader_filter", 0)
     while state["chars"] < target_chars and not state["exhausted"]:
-        docs, hashes, skipped, read = [], [], Counter(), 0
+        docs, groups, hashes, skipped, read = [], [], [], Counter(), 0
         dropped: dict[str, list[str]] = {}
         changed: dict[str, list[tuple[str, str]]] = {}
         for record in records:
@@ -236,6 +242,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
                     if not filt_re.search(str(record[filt["field"]] or "")):
                         raise SkipRecord("loader_filter")
                 text = fmt(record, **inp.formatter_options)
+                group = holdback_group(record, gfield)  # carried to the hold-back step in the part file
             except SkipRecord as s:
                 skipped[s.reason] += 1
                 continue
@@ -262,6 +269,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
             for m, before, after in mods:  # counted for kept documents only: a removed one is counted whole
                 changed.setdefault(m, []).append((before, after))
             docs.append(kept)
+            groups.append(group)
             if len(docs) >= docs_per_part:
                 break
         else:
@@ -279,7 +287,8 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
                              qf.max_removed_share)
         name = f"fetch-{part:05d}.jsonl"
         path = work / name
-        _atomic_write_text(path, "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        _atomic_write_text(path, "".join(json.dumps({"text": d, **({"group": g} if g else {})}, ensure_ascii=False)
+                                         + "\n" for d, g in zip(docs, groups, strict=True)))
         hpath = work / f"fetch-{part:05d}.hashes.npy"
         tmp = hpath.with_name(f".{hpath.name}.tmp-{os.getpid()}.npy")
         np.save(tmp, np.array(hashes, dtype=np.uint64))
@@ -332,14 +341,17 @@ def _hf(loader: dict):
 # --------------------------------------------------------------------------------------------- 2. holdback
 
 
-def holdback_split(source: str, text: str, eval_share: float, val_share: float) -> str:
-    """'eval', 'val' or 'train' from a hash of (source, text): stable across runs, machines and worker counts."""
-    u = int.from_bytes(hashlib.sha256(f"{source}\x00{text}".encode()).digest()[:8], "little") / 2**64
+def holdback_split(source: str, key: str, eval_share: float, val_share: float) -> str:
+    """'eval', 'val' or 'train' from a hash of (source, key): stable across runs, machines and worker counts. The
+    key is the document's hold-back group ("title=Beyonce") or, without one, its text."""
+    u = int.from_bytes(hashlib.sha256(f"{source}\x00{key}".encode()).digest()[:8], "little") / 2**64
     return "eval" if u < eval_share else "val" if u < eval_share + val_share else "train"
 
 
 def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> list[Path]:
-    """Split every fetched part not yet split; returns the split meta files (resumable, atomic per part)."""
+    """Split every fetched part not yet split; returns the split meta files (resumable, atomic per part). A
+    document's key is its `group` (written by `fetch`) or, for a document without one, its text: parts fetched
+    before groups existed split as they always did."""
     metas = []
     for meta_path in sorted(work.glob("fetch-*.meta.json")):
         part = meta_path.name[len("fetch-") : -len(".meta.json")]
@@ -348,8 +360,9 @@ def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> lis
             buckets: dict[str, list[str]] = {s: [] for s in SPLITS}
             with open(work / f"fetch-{part}.jsonl") as f:
                 for line in f:
-                    text = json.loads(line)["text"]
-                    buckets[holdback_split(inp.source, text, eval_share, val_share)].append(line)
+                    doc = json.loads(line)
+                    key = doc.get("group") or doc["text"]
+                    buckets[holdback_split(inp.source, key, eval_share, val_share)].append(line)
             for s in SPLITS:
                 _atomic_write_text(work / f"split-{part}.{s}.jsonl", "".join(buckets[s]))
             _atomic_write_text(out_meta, json.dumps({s: len(buckets[s]) for s in SPLITS}))
@@ -408,6 +421,117 @@ def tokenize(works: list[Path], workers: int = 1, bar: tqdm | None = None) -> No
             pool.join()
 
 
+# ---------------------------------------------------------------------------------------- 3b. decontaminate
+
+HELD_OUT = ("eval", "val")
+NEAR_DUPLICATE_REASON = "near_duplicate_of_held_out"
+PARALLEL_MIN_TOKENS = 50_000_000
+
+
+def split_documents(tokens: np.ndarray) -> list[np.ndarray]:
+    """The documents of a token stream, each with its EOT."""
+    ends = np.flatnonzero(tokens == EOT) + 1
+    return [d for d in np.split(tokens, ends) if d.size]
+
+
+def _read_split(work: Path, meta: dict, split: str) -> np.ndarray:
+    entry = meta[split]
+    return np.fromfile(work / entry["file"], dtype=DTYPE) if entry["tokens"] else np.zeros(0, DTYPE)
+
+
+def held_out_index(works: list[Path], threshold: float = 0.8) -> tuple[NearDuplicateIndex, str]:
+    """MinHash index of every eval and val document of the given inputs, and a fingerprint of what it holds (the
+    held-out token files' hashes): a train part checked against this fingerprint needs no second check."""
+    docs, ids = [], []
+    for work in sorted(works, key=lambda w: w.name):
+        for meta_path in sorted(work.glob("tok-*.meta.json")):
+            meta = _read_json(meta_path)
+            for s in HELD_OUT:
+                docs += [d[:-1] for d in split_documents(_read_split(work, meta, s))]
+                ids.append([work.name, meta_path.name, s, meta[s]["sha256"]])
+    return NearDuplicateIndex(docs, threshold), _plan_hash([ids, threshold])
+
+
+def _train_signatures(job: tuple[str, str]) -> tuple[str, str, np.ndarray]:
+    work, meta_name = Path(job[0]), job[1]
+    docs = split_documents(_read_split(work, _read_json(work / meta_name), "train"))
+    return job[0], meta_name, minhash_signatures([d[:-1] for d in docs])
+
+
+def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, bar: tqdm | None = None) -> dict:
+    """Remove from each train part the near duplicates of held-out documents (all `works` together); returns the
+    totals {documents, tokens} removed by this call.
+
+    Each checked part records the index fingerprint it was checked against; a part whose fingerprint is current is
+    skipped, and a later fetch round that adds held-out documents makes every part be checked again (removal only
+    grows). The cleaned part is written under a new name (`tok-NNNNN.train.<fp>.bin`) and its meta, rewritten
+    atomically, is the commit point; counts accumulate in the meta's `near_duplicates`. Signatures of train parts
+    are computed in `workers` processes (the cost: ~`num_perm` array passes per token, see
+    scripts/bench/minhash_throughput.py)."""
+    index, fp = held_out_index(works, threshold)
+    jobs, to_check = [], 0
+    for work in works:
+        for meta_path in sorted(work.glob("tok-*.meta.json")):
+            meta = _read_json(meta_path)
+            if meta.get("decontaminated", {}).get("against") != fp:
+                jobs.append((str(work), meta_path.name))
+                to_check += meta["train"]["tokens"]
+    total = {"documents": 0, "tokens": 0}
+    if not jobs:
+        return total
+    # below ~50M tokens one process is done (at ~5M tokens/s) before a spawned pool has imported numpy
+    parallel = workers > 1 and len(jobs) > 1 and to_check >= PARALLEL_MIN_TOKENS
+    if not parallel:
+        results = map(_train_signatures, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+        results = pool.imap_unordered(_train_signatures, jobs)
+    try:
+        for work_s, meta_name, sigs in results:
+            work = Path(work_s)
+            meta = _read_json(work / meta_name)
+            docs = split_documents(_read_split(work, meta, "train"))
+            removed = index.matches_signatures(sigs) >= 0 if len(docs) else np.zeros(0, dtype=bool)
+            counts = dict(meta.get("near_duplicates", {"documents": 0, "tokens": 0}))
+            old = meta["train"]["file"]
+            if removed.any():
+                kept = [d for d, r in zip(docs, removed, strict=True) if not r]
+                tokens = np.concatenate(kept) if kept else np.zeros(0, DTYPE)
+                part = meta_name[len("tok-") : -len(".meta.json")]
+                out = work / f"tok-{part}.train.{fp[:8]}.bin"
+                tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+                tokens.tofile(tmp)
+                os.replace(tmp, out)
+                n_removed = int(removed.sum())
+                t_removed = sum(int(d.size) for d, r in zip(docs, removed, strict=True) if r)
+                counts = {"documents": counts["documents"] + n_removed, "tokens": counts["tokens"] + t_removed}
+                total["documents"] += n_removed
+                total["tokens"] += t_removed
+                meta["train"] = {"file": out.name, "documents": len(kept), "tokens": int(tokens.size),
+                                 "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
+            meta["near_duplicates"] = counts
+            meta["decontaminated"] = {"against": fp, "held_out_documents": len(index), "threshold": threshold}
+            _atomic_write_text(work / meta_name, json.dumps(meta))  # the cleaned part counts from here on
+            if meta["train"]["file"] != old:
+                (work / old).unlink(missing_ok=True)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if parallel:
+            pool.close()
+            pool.join()
+    return total
+
+
+def near_duplicate_state(work: Path) -> dict:
+    """{documents, tokens} removed from one input's train split as near duplicates of held-out documents."""
+    out = {"documents": 0, "tokens": 0}
+    for meta_path in sorted(work.glob("tok-*.meta.json")):
+        for k, v in _read_json(meta_path).get("near_duplicates", {}).items():
+            out[k] += v
+    return out
+
+
 def token_state(work: Path) -> dict:
     """Per split: tokens, documents and the list of complete token files in part order."""
     state = {s: {"tokens": 0, "documents": 0, "files": []} for s in SPLITS}
@@ -438,10 +562,11 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                          stamp={k: v["hash"] for k, v in (read_stamp(work) or {}).items()},
                          text_on_disk=[f["path"] for f in fs["files"] if (work / f["path"]).is_file()])
     return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
-                      holdback={"method": "sha256(source \\0 text) / 2^64", "eval": src.eval_share,
-                                "val": src.val_share},
+                      holdback={"method": "sha256(source \\0 group key, else text) / 2^64", "eval": src.eval_share,
+                                "val": src.val_share,
+                                "group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)},
                       splits={s: {"tokens": ts[s]["tokens"], "documents": ts[s]["documents"]} for s in SPLITS},
-                      inputs=[fetched])
+                      near_duplicates_of_held_out=near_duplicate_state(work), inputs=[fetched])
 
 
 # -------------------------------------------------------------------------------------------------- 4. mix
@@ -526,6 +651,9 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
             # what the filters removed from everything fetched for this source (not only the part taken here)
             fs = fetch_state(work_dir / inp.name)
             _add_counts(s.setdefault("filtered", {}), fs["filtered"])
+            nd = near_duplicate_state(work_dir / inp.name)
+            if nd["documents"]:
+                _add_counts(s["filtered"], {NEAR_DUPLICATE_REASON: nd})
             _add_counts(s.setdefault("modified", {}), fs["modified"])
             s.setdefault("skipped", Counter()).update(fs["skipped"])
             node = input_lineage(inp, work_dir / inp.name, defs)

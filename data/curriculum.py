@@ -16,21 +16,31 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
-from launcher.config import PhaseConfig
+
+@runtime_checkable
+class Phase(Protocol):
+    """What the curriculum reads of a phase. The trainer's `launcher.config.PhaseConfig` has these fields (and the
+    phase's token directory, which is the trainer's business): the data layer names the shape, not the class, so
+    it imports nothing from the trainer."""
+
+    name: str
+    until_step: int | None
 
 
 class Curriculum:
     """Which phase trains at an optimizer step (pure function of the step)."""
 
-    def __init__(self, phases: Sequence[PhaseConfig] | Sequence[tuple[str, int | None]]):
-        pairs = [(p.name, p.until_step) if isinstance(p, PhaseConfig) else tuple(p) for p in phases]
+    def __init__(self, phases: Sequence[Phase] | Sequence[tuple[str, int | None]]):
+        pairs = [(p.name, p.until_step) if isinstance(p, Phase) else tuple(p) for p in phases]
         if not pairs:
             raise ValueError("curriculum needs at least one phase (curriculum.phases is empty)")
         previous = 0
         for i, pair in enumerate(pairs):
             if len(pair) != 2:
-                raise ValueError(f"curriculum phase {i} must be a PhaseConfig or a (name, until_step) pair, got {pair}")
+                raise ValueError(f"curriculum phase {i} must have name and until_step (a PhaseConfig) or be a "
+                                 f"(name, until_step) pair, got {pair}")
             name, until = pair
             last = i == len(pairs) - 1
             if last and until is not None:

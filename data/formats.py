@@ -158,16 +158,42 @@ def format_code(record: dict, text_field: str = "content", path_field: str | Non
 # ---------------------------------------------------------------------------------------------- retrieval Q&A
 
 
-def format_squad_v2(record: dict) -> str:
+# SQuAD v2's train split: 130,319 questions (card, dataset_info.splits), about a third of them unanswerable ("the
+# train data has roughly twice as many answerable questions as unanswerable ones": Rajpurkar et al. 2018, "Know What
+# You Don't Know", https://arxiv.org/abs/1806.03822, section 4). The spec wants ~20%.
+SQUAD_V2_TRAIN_UNANSWERABLE_SHARE = 1 / 3
+
+
+def unanswerable_keep_share(target: float, split_share: float) -> float:
+    """Share of unanswerable questions to keep so that they make up `target` of the kept questions, when they are
+    `split_share` of the split: keep k of them, all answerable ones, k p / (k p + 1 - p) = t."""
+    if not isinstance(target, (int, float)) or not isinstance(split_share, (int, float)) or \
+            not 0 <= target < 1 or not 0 < split_share < 1:
+        raise ValueError(f"squad_v2 formatter_options: unanswerable_share {target!r} must be in [0, 1) and "
+                         f"split_unanswerable_share {split_share!r} in (0, 1); set them in the source definitions")
+    return min(1.0, target * (1 - split_share) / (split_share * (1 - target)))
+
+
+def format_squad_v2(record: dict, unanswerable_share: float | None = None,
+                    split_unanswerable_share: float = SQUAD_V2_TRAIN_UNANSWERABLE_SHARE) -> str:
     """SQuAD v2 (https://huggingface.co/datasets/rajpurkar/squad_v2, config squad_v2: id, title, context, question,
     answers {text: [str], answer_start: [int]}: a dict of lists, empty lists for an unanswerable question).
-    Unanswerable questions get the explicit NOT_IN_CONTEXT answer."""
+    Unanswerable questions get the explicit NOT_IN_CONTEXT answer.
+
+    With `unanswerable_share` (the spec's ~0.2) unanswerable questions are kept at the share that brings them to that
+    share of the kept questions, given that they are `split_unanswerable_share` of the split (train: ~1/3); each
+    question's draw comes from a hash of its `id`, so a rebuild keeps the same ones. Dropped ones are counted as
+    "unanswerable_over_share"; the built share is in the audit ("QA unanswerable docs") and the mix report."""
     context, question = _field(record, "context", str), _field(record, "question", str)
     answers = _field(record, "answers", dict)
     texts = answers.get("text", None)
     if not isinstance(texts, list):
         raise SchemaError("answers.text", f"expected a list (the card's answers is a dict of lists), got {texts!r}")
     if not texts:
+        if unanswerable_share is not None:
+            keep = unanswerable_keep_share(unanswerable_share, split_unanswerable_share)
+            if _stable_unit("squad_v2_unanswerable", str(_field(record, "id"))) >= keep:
+                raise SkipRecord("unanswerable_over_share")
         return render_retrieval(context, question, NOT_IN_CONTEXT)
     answer = texts[0]
     if answer.lower() not in context.lower():
@@ -175,14 +201,21 @@ def format_squad_v2(record: dict) -> str:
     return render_retrieval(context, question, answer)
 
 
-def _find_answer(passage: str, candidates: list[str]) -> tuple[int, int] | None:
-    low = passage.lower()
+def _find_answer(passages: list[str], candidates: list[str]) -> tuple[int, int, int] | None:
+    """(passage index, start, end) of the first candidate found as a whole word in any passage, case-insensitive:
+    candidates in order (the answer value before its aliases), each searched across all passages before the next
+    is tried, so a short alias ("Aar") cannot ground an example on a fragment ("Aarhus") while the value itself is
+    in another passage. A match is the spec's `answer.lower() in passage.lower()` that also starts and ends at a
+    word boundary (a non-word character or the text's end on either side; `\b` would fail on "U.S.")."""
     for cand in candidates:
         cand = (cand or "").strip()
-        if cand:
-            pos = low.find(cand.lower())
-            if pos >= 0:
-                return pos, pos + len(cand)
+        if not cand:
+            continue
+        pattern = re.compile(rf"(?<!\w){re.escape(cand)}(?!\w)", re.IGNORECASE)
+        for i, passage in enumerate(passages):
+            m = pattern.search(passage)
+            if m:
+                return i, m.start(), m.end()
     return None
 
 
@@ -221,9 +254,10 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
     filename, rank, title, url, search_context} as dicts of lists, answer {aliases, normalized_aliases,
     matched_wiki_entity_name, normalized_matched_wiki_entity_name, normalized_value, type, value}).
 
-    Grounding filter (spec): keep the example only if `answer.lower() in passage.lower()` for one of its
-    passages (answer value first, then aliases); the first such passage, cut to `max_context_chars` with the
-    answer at a per-question position, is the context. Ungrounded examples are skipped ("ungrounded")."""
+    Grounding filter (spec): keep the example only if `answer.lower() in passage.lower()` for one of its passages,
+    matched as a whole word: the answer value across all passages first, then each alias across all passages
+    (`_find_answer`); the passage it is found in, cut to `max_context_chars` with the answer at a per-question
+    position, is the context. Ungrounded examples are skipped ("ungrounded")."""
     question, answer = _field(record, "question", str), _field(record, "answer", dict)
     if "value" not in answer or not isinstance(answer.get("aliases", []), list):
         raise SchemaError("answer", f"expected {{value, aliases: [...]}}, got keys {sorted(answer)}")
@@ -232,26 +266,47 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
     passages = [p for p in passages if isinstance(p, str) and p.strip()]
     if not passages:
         raise SkipRecord("no_passage")
-    for passage in passages:
-        span = _find_answer(passage, candidates)
-        if span:
-            unit = _stable_unit(str(record.get("question_id", question)))
-            context = cut_window(passage, *span, max_context_chars, unit)
-            return render_retrieval(context, question, passage[span[0] : span[1]])
-    raise SkipRecord("ungrounded")
+    found = _find_answer(passages, candidates)
+    if found is None:
+        raise SkipRecord("ungrounded")
+    i, start, end = found
+    unit = _stable_unit(str(record.get("question_id", question)))
+    context = cut_window(passages[i], start, end, max_context_chars, unit)
+    return render_retrieval(context, question, passages[i][start:end])
 
 
 # ---------------------------------------------------------------------------------------- conversational threads
 
 
 _HTML_TAG = re.compile(r"<[^>]+>")
+# A StackExchange code block is `<pre><code>...</code></pre>` (attributes allowed, e.g. `<pre class="lang-py
+# prettyprint-override">`); its text is HTML-escaped (`&lt;`, `&amp;`), its line breaks and indentation are real.
+_PRE_CODE = re.compile(r"<pre\b[^>]*>\s*<code\b[^>]*>(.*?)</code>\s*</pre>", re.S | re.I)
+_CODE_SLOT = re.compile("\x00(\\d+)\x00")
+
+
+def html_to_text(body: str) -> str:
+    """StackExchange HTML as plain text: `<pre><code>` blocks become ``` fenced blocks with their text exact (tags
+    dropped, entities unescaped, indentation kept), other tags are dropped, and HTML entities are unescaped
+    (`html.unescape`: `&lt;` -> `<`, `&amp;` -> `&`, `&#39;` -> `'`) after the tags are gone, so an escaped
+    `&lt;div&gt;` in the text stays text instead of being taken for a tag."""
+    blocks: list[str] = []
+
+    def slot(m: re.Match) -> str:
+        blocks.append(html.unescape(_HTML_TAG.sub("", m.group(1))).strip("\n"))
+        return f"\x00{len(blocks) - 1}\x00"
+
+    text = html.unescape(_HTML_TAG.sub("", _PRE_CODE.sub(slot, body.replace("\x00", ""))))
+    text = _CODE_SLOT.sub(lambda m: f"\n```\n{blocks[int(m.group(1))]}\n```\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
 def format_stackexchange(record: dict, max_answers: int = 3, min_score: int = 0) -> str:
     """A StackExchange thread (https://huggingface.co/datasets/HuggingFaceH4/stack-exchange-preferences: qid,
     question (HTML), answers [{answer_id, author, author_id, author_profile, pm_score, selected, text}], date,
     metadata): the question, then its answers (accepted first, then by score), so answers that echo the
-    question's code and errors follow it in the context."""
+    question's code and errors follow it in the context. HTML becomes text with code blocks fenced
+    (`html_to_text`)."""
     question, answers = _field(record, "question", str), _field(record, "answers", list)
     for i, a in enumerate(answers):
         missing = {"text", "pm_score", "selected"} - set(a) if isinstance(a, dict) else {"<object>"}
@@ -261,10 +316,10 @@ def format_stackexchange(record: dict, max_answers: int = 3, min_score: int = 0)
     if not kept:
         raise SkipRecord("no_answers")
     kept.sort(key=lambda a: (not a["selected"], -(a["pm_score"] or 0)))
-    parts = [f"Question:\n{_HTML_TAG.sub('', question).strip()}"]
+    parts = [f"Question:\n{html_to_text(question)}"]
     for a in kept[:max_answers]:
         label = "Accepted answer" if a["selected"] else "Answer"
-        parts.append(f"{label} (score {a['pm_score']}):\n{_HTML_TAG.sub('', a['text']).strip()}")
+        parts.append(f"{label} (score {a['pm_score']}):\n{html_to_text(a['text'])}")
     return "\n\n".join(parts)
 
 
@@ -286,6 +341,50 @@ def format_reddit_thread(record: dict, text_field: str = "text", min_messages: i
     if len(text) < min_chars:
         raise SkipRecord("too_short")
     return text
+
+
+# ------------------------------------------------------------------------------------------ hold-back groups
+
+# The field of each formatter's schema that groups its documents for the hold-back (DESIGN "Hold-back before
+# tokenization"; docs/DATASET.md): every document of a group goes to the same split. SQuAD v2: `title`, the Wikipedia
+# article (its ~5 questions per context and all contexts of the article go together); TriviaQA rc: `question_id`;
+# StackExchange: `qid`. Code: the file's own text (`text_field`, i.e. without the `# path` header), so one file
+# under two paths lands in one split; a definitions input can name its repository field instead (`holdback_group`:
+# CodeParrot `repo_name`, StarCoderData `max_stars_repo_name`). Field names are the cards' (the schemas in
+# tests/fixtures/sources/README.md and docs/DATASET.md; StarCoderData's own card is gated, its columns
+# max_stars_repo_path, max_stars_repo_name, max_stars_count, id, content are listed by derived cards with the same
+# features, e.g. https://huggingface.co/datasets/jon-tow/starcoderdata-python-edu and
+# https://huggingface.co/datasets/zhensuuu/starcoderdata_100star_py). A formatter not listed here groups by the
+# document text alone.
+GROUP_FIELDS = {"squad_v2": "title", "triviaqa_rc": "question_id", "stackexchange": "qid"}
+TEXT_GROUP = "text"  # `holdback_group: "text"`: each document is its own group (the content hash)
+
+
+def group_field(formatter: str, options: dict, holdback_group: str | None = None) -> str:
+    """The record field whose value is a document's hold-back group, or TEXT_GROUP."""
+    if holdback_group:
+        return holdback_group
+    if formatter == "code":
+        return options.get("text_field", "content")
+    return GROUP_FIELDS.get(formatter, TEXT_GROUP)
+
+
+def holdback_group(record: dict, field: str) -> str | None:
+    """A document's hold-back group key from `record[field]` ("title=Beyonce"; a long value such as a file's text
+    as a sha256: "content#9f2c..."), or None for TEXT_GROUP or a null value (the document text decides). An
+    absent field is a SchemaError: the definitions name a field this dataset does not have."""
+    if field == TEXT_GROUP:
+        return None
+    if not isinstance(record, dict) or field not in record:
+        raise SchemaError(field, f"missing (read as the hold-back group; record has "
+                                 f"{sorted(record) if isinstance(record, dict) else type(record).__name__})")
+    value = record[field]
+    if value is None or value == "":
+        return None
+    value = str(value)
+    if len(value) > 200:
+        return f"{field}#{hashlib.sha256(value.encode()).hexdigest()[:32]}"
+    return f"{field}={value}"
 
 
 FORMATTERS: dict[str, Callable[..., str]] = {

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.demo_corpus import expand_path
-from data.formats import get_formatter
+from data.formats import SQUAD_V2_TRAIN_UNANSWERABLE_SHARE, get_formatter, unanswerable_keep_share
 from data.quality import QualityFilters
 from data.streaming import check_shuffle
 
@@ -51,6 +51,7 @@ class Input:
     available_tokens: int | None = None  # declared estimate of what the input can supply after its filters
     available_derivation: str = ""  # how that estimate was computed, so it can be re-checked
     available_rows: int | None = None  # records in what the loader reads, from the card (preflight projects with it)
+    holdback_group: str | None = None  # record field grouping documents for the hold-back (default: per formatter)
 
 
 @dataclass
@@ -139,7 +140,8 @@ def _check_keys(where: str, obj: dict, required: set[str], optional: set[str]) -
 def _parse_input(src: str, i: int, raw: dict) -> Input:
     where = f"source {src!r} input {i}"
     _check_keys(where, raw, {"loader", "formatter"},
-                {"name", "share", "formatter_options", "card", "gated", "available_tokens_estimate", "notes"})
+                {"name", "share", "formatter_options", "card", "gated", "available_tokens_estimate", "notes",
+                 "holdback_group"})
     loader = raw["loader"]
     if not isinstance(loader, dict) or loader.get("type") not in LOADER_TYPES:
         raise ValueError(f"{where}: loader type {loader.get('type') if isinstance(loader, dict) else loader!r} "
@@ -148,6 +150,13 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
         get_formatter(raw["formatter"])
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    options = raw.get("formatter_options", {})
+    if raw["formatter"] == "squad_v2" and options.get("unanswerable_share") is not None:
+        try:  # checked here, not at the first unanswerable record of the fetch
+            unanswerable_keep_share(options["unanswerable_share"],
+                                    options.get("split_unanswerable_share", SQUAD_V2_TRAIN_UNANSWERABLE_SHARE))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {e}") from None
     card = raw.get("card")
     if "shuffle" in loader:
         if loader["type"] not in SHUFFLE_LOADERS:
@@ -163,6 +172,10 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
         if loader.get("builder") and not loader.get("data_files"):
             raise ValueError(f"{where}: loader.builder {loader['builder']!r} needs loader.data_files (paths of the "
                              f"data files inside the dataset repository)")
+    group = raw.get("holdback_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ValueError(f"{where}: holdback_group must be a field name of the dataset's records (or \"text\"), "
+                         f"got {group!r}")
     gated = raw.get("gated", False)
     if not isinstance(gated, bool):
         raise ValueError(f"{where}: gated must be true or false, got {gated!r}")
@@ -178,7 +191,7 @@ def _parse_input(src: str, i: int, raw: dict) -> Input:
     return Input(source=src, name=raw.get("name", src if i == 0 else f"{src}_{i}"), share=float(raw.get("share", 1)),
                  loader=loader, formatter=raw["formatter"], formatter_options=raw.get("formatter_options", {}),
                  card=card, gated=gated, available_tokens=tokens, available_derivation=derivation,
-                 available_rows=rows)
+                 available_rows=rows, holdback_group=group)
 
 
 def load_definitions(*paths: str | os.PathLike) -> Definitions:

@@ -262,6 +262,16 @@ def test_mix_report_both_phases(demo, tmp_path):
         assert r["coverage"]["retrieval"]["measured"] == pytest.approx(qa, abs=0.01)  # demo_qa is all template
         assert 0.1 < r["coverage"]["induction"]["measured"] < 0.6
         assert r["coverage"]["induction"]["spec_estimate"] in (70.0, 43.0)
+        # the demo QA generator asks ~25% unanswerable questions (no unanswerable_share set for it)
+        assert 0.1 < r["sources"]["demo_qa"]["unanswerable"]["demo_qa"]["unanswerable_share"] < 0.4
+        # eval sets found next to the mixes; grouped hold-back + decontamination leave no near duplicate of a
+        # sampled eval document in training, and the retrieval eval's 13-grams in training are the generator's
+        # template sentences (~27%; hold-back by document text gave ~55% and 7-9% near duplicates)
+        c = r["contamination"]["eval_sets"]
+        assert sorted(c) == ["code_eval_tokenized", "domain_eval_tokenized", "general_eval_tokenized",
+                             "retrieval_eval_tokenized"]
+        assert all(e["near_duplicate_documents"] == 0 for e in c.values()), c
+        assert c["retrieval_eval_tokenized"]["ngram_windows_in_train"] < 0.4, c
     proc = run_script(REPORT, tmp_path, check=False)
     assert proc.returncode and "no manifest.json" in proc.stderr
 

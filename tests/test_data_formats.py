@@ -19,6 +19,7 @@ from data.formats import (
     format_triviaqa_rc,
     get_formatter,
     render_retrieval,
+    unanswerable_keep_share,
 )
 
 
@@ -48,12 +49,36 @@ def test_squad_v2_answerable_and_unanswerable():
         format_squad_v2({**SQUAD, "answers": {"text": ["1999"], "answer_start": [0]}})
 
 
-def _trivia(passage, value="Paris", aliases=("City of Light",), qid="tc_1"):
+def test_squad_v2_unanswerable_share_is_controlled():
+    # a third unanswerable, as in SQuAD v2's train split; the spec wants ~20%
+    recs = [{**SQUAD, "id": f"q{i}", "answers": {"text": [], "answer_start": []}} if i % 3 == 0 else
+            {**SQUAD, "id": f"q{i}"} for i in range(3000)]
+
+    def share(**options):
+        kept = []
+        for r in recs:
+            try:
+                kept.append(format_squad_v2(r, **options).endswith(NOT_IN_CONTEXT))
+            except SkipRecord as e:
+                assert e.reason == "unanswerable_over_share"
+        return sum(kept) / len(kept), len(kept)
+
+    assert share() == (1000 / 3000, 3000)  # no target: everything kept
+    assert unanswerable_keep_share(0.2, 1 / 3) == pytest.approx(0.5)
+    got, kept = share(unanswerable_share=0.2, split_unanswerable_share=1 / 3)
+    assert abs(got - 0.2) < 0.02 and 2000 < kept < 2600  # ~500 of 1000 unanswerable kept (binomial sd ~16)
+    assert share(unanswerable_share=0.2, split_unanswerable_share=1 / 3) == (got, kept)  # a hash, not a coin
+    with pytest.raises(ValueError, match="unanswerable_share 1.5 must be in"):
+        share(unanswerable_share=1.5)
+
+
+def _trivia(passage, value="Paris", aliases=("City of Light",), qid="tc_1", search=()):
     return {"question": "What is the capital of France?", "question_id": qid, "question_source": "http://x",
             "entity_pages": {"doc_source": ["TagMe"], "filename": ["France.txt"], "title": ["France"],
                              "wiki_context": [passage]},
-            "search_results": {"description": [], "filename": [], "rank": [], "title": [], "url": [],
-                               "search_context": []},
+            "search_results": {"description": [""] * len(search), "filename": [f"w{i}.txt" for i in range(len(search))],
+                               "rank": list(range(len(search))), "title": [""] * len(search),
+                               "url": [""] * len(search), "search_context": list(search)},
             "answer": {"aliases": list(aliases), "normalized_aliases": [a.lower() for a in aliases],
                        "matched_wiki_entity_name": "", "normalized_matched_wiki_entity_name": "",
                        "normalized_value": value.lower(), "type": "WikipediaEntity", "value": value}}
@@ -70,6 +95,26 @@ def test_triviaqa_grounding_filter():
     listed = {**_trivia("Paris"), "entity_pages": [{"wiki_context": "Paris"}]}  # list of dicts: not the card's
     with pytest.raises(SchemaError, match="field 'entity_pages': expected an object, got list"):
         format_triviaqa_rc(listed)
+
+
+def test_triviaqa_value_first_across_passages_and_whole_words_only():
+    # The value "Aare" is in the second passage (a search result); the alias "Aar" is a fragment of "Aarhus" in the
+    # first. Per passage, aliases-after-value would ground the example on "Aar" inside "Aarhus".
+    rec = _trivia("Aarhus is a city in Denmark.", value="Aare", aliases=("Aar",),
+                  search=["Bern lies in a loop of the Aare river."])
+    doc = format_triviaqa_rc(rec)
+    assert doc.endswith("Answer: Aare") and "Context:\nBern lies in a loop of the Aare river." in doc
+    # the value in a later passage wins over an alias (even a whole-word one) in an earlier passage
+    rec = _trivia("The Aar is short for it.", value="Aare", aliases=("Aar",), search=["The Aare flows north."])
+    assert format_triviaqa_rc(rec).endswith("Answer: Aare")
+    # only the fragment anywhere: not grounded (the spec's substring test alone would keep it)
+    with pytest.raises(SkipRecord, match="ungrounded"):
+        format_triviaqa_rc(_trivia("Aarhus is a city in Denmark.", value="Aare", aliases=("Aar",)))
+    # an alias that is a whole word counts when the value is nowhere; punctuation at the edges is a boundary
+    assert format_triviaqa_rc(_trivia("The Aar, as it is also called.", value="Aare", aliases=("Aar",))).endswith(
+        "Answer: Aar")
+    assert format_triviaqa_rc(_trivia("Made in the U.S. in 1990.", value="U.S.", aliases=())).endswith(
+        "Answer: U.S.")
 
 
 def test_triviaqa_window_fits_and_answer_position_varies():
@@ -109,6 +154,18 @@ def test_stackexchange_question_then_answers():
     assert "Downvoted" not in doc
     with pytest.raises(SkipRecord, match="no_answers"):
         format_stackexchange({**SE, "answers": []})
+
+
+def test_stackexchange_entities_unescaped_and_code_blocks_fenced():
+    answer = ("<p>Compare with <code>&lt;</code> &amp; check:</p>\n\n<pre class=\"lang-py prettyprint-override\">"
+              "<code>if a &lt; b and s == &quot;&lt;div&gt;&quot;:\n    print(a &amp; b)\n</code></pre>\n<p>Done.</p>")
+    rec = {**SE, "question": "<p>What does &#39;&amp;&#39; do in <code>a &amp; b</code>?</p>",
+           "answers": [{**SE["answers"][1], "text": answer}]}
+    doc = format_stackexchange(rec)
+    assert doc.startswith("Question:\nWhat does '&' do in a & b?")
+    assert ("Compare with < & check:\n\n```\nif a < b and s == \"<div>\":\n    print(a & b)\n```\n\nDone."
+            in doc), doc
+    assert "&lt;" not in doc and "&amp;" not in doc and "<pre" not in doc
 
 
 def test_reddit_thread_text_kept_whole():

@@ -54,9 +54,11 @@ def local_copy(name: str, fixture: Path | None = None):
 def run_fixture(name: str, work: Path) -> dict:
     """loader -> formatter -> filters -> tokens for one input's fixture, through build.fetch."""
     state = build.fetch(local_copy(name), work, 10**9, docs_per_part=1000, seen=set())
-    docs = [json.loads(line)["text"] for f in sorted(work.glob("fetch-*.jsonl")) for line in f.open()]
+    lines = [json.loads(line) for f in sorted(work.glob("fetch-*.jsonl")) for line in f.open()]
+    docs = [d["text"] for d in lines]
     tokens = build.tokenize_texts(docs) if docs else []
-    return {"records": state["records_read"], "docs": docs, "skipped": dict(state["skipped"]),
+    return {"records": state["records_read"], "docs": docs, "groups": [d.get("group") for d in lines],
+            "skipped": dict(state["skipped"]),
             "filtered": {r: c["documents"] for r, c in state["filtered"].items()},
             "modified": {r: c["documents"] for r, c in state["modified"].items()}, "tokens": len(tokens)}
 
@@ -94,7 +96,7 @@ EXPECTED = {
     "starcoder_java": (3, 3, {}),
     "stackexchange": (2, 1, {"no_answers": 1}),
     "triviaqa_rc": (3, 2, {"ungrounded": 1}),
-    "squad_v2": (3, 3, {}),
+    "squad_v2": (4, 3, {"unanswerable_over_share": 1}),  # unanswerable kept at 0.5 (to ~20%), by a hash of the id
     "pes2o": (2, 1, {"too_short": 1}),
     "github_readme": (4, 1, {"loader_filter": 1, "changelog": 1, "language": 1}),
 }
@@ -133,6 +135,21 @@ def test_what_each_formatter_makes_of_the_real_fields(tmp_path):
     assert any("\n\n> Nobody knows for sure.\n\n" in d for d in reddit)  # `&gt;` unescaped into a quote
     assert docs["github_readme"] == [docs["github_readme"][0]] and docs["github_readme"][0].startswith("# logsum")
     assert docs["pes2o"][0].startswith("Sparse attention for long documents")
+
+
+def test_holdback_groups_come_from_the_cards_fields(tmp_path):
+    """The group key each kept document carries from the formatter to the hold-back step is the card's field:
+    SQuAD's article title, TriviaQA's question id, StackExchange's question id, the code repository; sources
+    without a group field carry none (their text decides)."""
+    groups = {n: run_fixture(n, tmp_path / n)["groups"] for n in
+              ("squad_v2", "triviaqa_rc", "stackexchange", "codeparrot_python", "starcoder_java", "fineweb_edu")}
+    assert groups["squad_v2"] == ["title=Beyonce"] * 3
+    assert groups["triviaqa_rc"] == ["question_id=qb_1", "question_id=qb_2"]
+    assert groups["stackexchange"] == ["qid=11227809"]
+    assert groups["codeparrot_python"] == ["repo_name=someone/tools"]
+    assert groups["starcoder_java"] == ["max_stars_repo_name=someone/walker", "max_stars_repo_name=someone/adder",
+                                        "max_stars_repo_name=someone/counter"]
+    assert groups["fineweb_edu"] == [None, None]
 
 
 @pytest.mark.parametrize("name, field", [

@@ -1,4 +1,4 @@
-"""Build the unified datasets: fetch -> hold back eval/val documents -> tokenize -> mix both phases.
+"""Build the unified datasets: fetch -> hold back eval/val groups -> tokenize -> decontaminate -> mix both phases.
 
 Full build (Hugging Face hub; the local IT-sec + Swiss law corpus must exist, see docs/DATASET.md):
     python scripts/unified_build/build_unified_dataset.py
@@ -23,6 +23,7 @@ Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` an
 One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps fetch
     python scripts/unified_build/build_unified_dataset.py --steps holdback,tokenize
+    python scripts/unified_build/build_unified_dataset.py --steps decontaminate
     python scripts/unified_build/build_unified_dataset.py --steps mix
 
 Inputs are fetched in parallel, one process each (the result does not depend on the count):
@@ -48,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tqdm import tqdm  # noqa: E402
 
 from data import build, preflight, streaming  # noqa: E402
+from data.formats import group_field  # noqa: E402
 from data.paths import resolve  # noqa: E402
 from data.source_config import (  # noqa: E402
     budget_problems,
@@ -60,7 +62,7 @@ from data.source_config import (  # noqa: E402
 from data.token_dataset import sha256_file  # noqa: E402
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
-STEPS = ("fetch", "holdback", "tokenize", "mix")
+STEPS = ("fetch", "holdback", "tokenize", "decontaminate", "mix")
 
 
 def parse_args(argv=None):
@@ -75,7 +77,7 @@ def parse_args(argv=None):
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {','.join(STEPS)} to run (default: all)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="tokenizer processes (default: all cores)")
+                    help="tokenizer and decontamination (MinHash) processes (default: all cores)")
     ap.add_argument("--fetch-workers", "--fetch_workers", type=int, default=None,
                     help="inputs fetched at the same time, one process each (default: all cores when any input "
                          "streams from the hub, else 1: local inputs are CPU-bound and starting processes costs more "
@@ -125,9 +127,15 @@ def print_plan(defs, tg, problems) -> None:
                             f"{':' + i.loader['name'] if i.loader.get('name') else ''} {i.formatter}]"
                             for i in src.inputs)
             print(f"  {s:22s} {pct:6.2f} {m.source_tokens(s):>15,} {src.category:10s} {src.upsample:>8g}  {ins}")
-    print("\nhold-back (share of documents, by sha256 of source + text, before tokenization):")
+    print("\nhold-back (share of groups, by sha256 of source + group key, before tokenization; group = record "
+          "field, or the document text):")
     for s in defs.sources.values():
-        print(f"  {s.name:22s} eval {s.eval_share:6.3f} -> {s.eval_set or '-':28s} val {s.val_share:6.3f}")
+        groups = ", ".join(f"{i.name}: {group_field(i.formatter, i.formatter_options, i.holdback_group)}"
+                           for i in s.inputs)
+        print(f"  {s.name:22s} eval {s.eval_share:6.3f} -> {s.eval_set or '-':28s} val {s.val_share:6.3f}  "
+              f"groups {groups}")
+    print("then training documents that are near duplicates (MinHash Jaccard >= 0.8) of any held-out document are "
+          "removed (step decontaminate)")
     print("\neval sets: " + ", ".join(f"{e.name} ({'+'.join(e.sources)}, min {e.min_tokens:,})"
                                       for e in defs.eval_sets.values()))
     print("\nper input: tokens to fetch (train after upsampling / val / eval minimum):")
@@ -249,8 +257,22 @@ def main(argv=None) -> int:
             with tqdm(unit="tok", unit_scale=True, desc=f"tokenize ({args.workers} workers)",
                       disable=args.quiet) as bar:
                 build.tokenize([work_dir / i.name for i in short if (work_dir / i.name).exists()], args.workers, bar)
+        if "decontaminate" in args.steps:
+            # against the held-out documents of every input: a fetch round adds some, so every round rechecks
+            works = [work_dir / i.name for i in inputs if (work_dir / i.name).exists()]
+            with tqdm(unit="part", desc=f"decontaminate ({args.workers} workers)", disable=args.quiet) as bar:
+                removed = build.decontaminate(works, args.workers, bar=bar)
+            if removed["documents"] and not args.quiet:
+                print(f"removed {removed['documents']:,} training documents ({removed['tokens']:,} tokens) that are "
+                      f"near duplicates of held-out documents", file=sys.stderr)
         if not short:
             break
+    if "mix" in args.steps and "decontaminate" not in args.steps:
+        unchecked = [m for i in inputs for m in sorted((work_dir / i.name).glob("tok-*.meta.json"))
+                     if "decontaminated" not in build._read_json(m)]
+        if unchecked:
+            print(f"WARNING: {len(unchecked)} token parts (e.g. {unchecked[0]}) were never checked for near duplicates "
+                  f"of held-out documents; run --steps decontaminate before mixing", file=sys.stderr)
     if "mix" in args.steps:
         total = sum(m.total_tokens + m.val_tokens for m in defs.mixes.values())
         with tqdm(total=total, unit="tok", unit_scale=True, desc="mix", disable=args.quiet) as bar:

@@ -5,10 +5,18 @@ For each MIX_DIR: the shares from its manifest, then an audit of a sample of eac
 "Phase 1 signal coverage" table. Induction = share of the mix's tokens an ideal induction head would predict
 (copyable at k = 4: the 4 tokens before it and the token itself occurred earlier in the same document); retrieval
 = share of tokens in grounded / unanswerable QA documents (the retrieval template) and share of copyable tokens
-whose nearest earlier occurrence is >= 128 tokens back (long-range copying). Details: docs/DATASET.md.
+whose nearest earlier occurrence is >= 128 tokens back (long-range copying). Retrieval sources also get the share
+of unanswerable questions among their QA documents, per input (SQuAD v2: the spec's ~20%).
+
+Eval contamination: for each mix and each eval set (default: every `*_eval_tokenized` directory next to the
+mixes), the share of sampled eval documents with a near duplicate in the mix (MinHash Jaccard >= 0.8) and the share
+of their token 13-gram windows found anywhere in the mix, all and beyond boilerplate (13-grams seen fewer than 10
+times in the mix), in one pass over the mix's tokens. Details: docs/DATASET.md.
 
     python scripts/unified_build/report_mix.py data/demo/unified_phase1_circuit data/demo/unified_6B
     python scripts/unified_build/report_mix.py data/unified_phase1_circuit data/unified_6B -n 2000
+    python scripts/unified_build/report_mix.py data/unified_6B --eval-dirs data/retrieval_eval_tokenized
+    python scripts/unified_build/report_mix.py data/unified_6B --no-contamination    # shares and signals only
 
 Writes <out-dir>/mix_report.json and <out-dir>/mix_report.png (default out-dir: the mixes' parent directory).
 """
@@ -19,14 +27,17 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 # runnable as a plain script from the repository root
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from data.audit import audit_documents, token_dir_documents  # noqa: E402
+from data.audit import audit_documents, eval_contamination, token_dir_documents  # noqa: E402
+from data.quality import grounded_answer  # noqa: E402
 from data.source_config import CATEGORIES  # noqa: E402
 from data.token_dataset import TokenDataset  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
 
 # The spec's "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
 SPEC_ESTIMATES = {"unified_phase1_circuit": {"induction": 70.0, "retrieval": 44.0},
@@ -46,13 +57,39 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--out-dir", default=None, help="where mix_report.json/.png go (default: the mixes' parent)")
     ap.add_argument("--no-png", action="store_true", help="skip the chart")
+    ap.add_argument("--eval-dirs", nargs="+", default=None, metavar="EVAL_DIR",
+                    help="eval token directories to check each mix against (default: every *_eval_tokenized "
+                         "directory with a manifest.json next to the first mix)")
+    ap.add_argument("--no-contamination", action="store_true",
+                    help="skip the eval-contamination check (it reads every token of each mix once)")
     args = ap.parse_args(argv)
     if args.num_docs < 1:
         ap.error(f"-n/--num-docs must be >= 1, got {args.num_docs}")
+    if args.eval_dirs:
+        missing = [d for d in args.eval_dirs if not (Path(d) / "manifest.json").is_file()]
+        if missing:
+            ap.error(f"--eval-dirs: no manifest.json in {missing}; pass eval directories built by "
+                     f"scripts/unified_build/build_unified_dataset.py (e.g. data/demo/retrieval_eval_tokenized)")
     return args
 
 
-def report_mix(directory: Path, num_docs: int, seed: int) -> dict:
+def default_eval_dirs(mix_dir: Path) -> list[Path]:
+    return sorted(p for p in mix_dir.resolve().parent.glob("*_eval_tokenized") if (p / "manifest.json").is_file())
+
+
+def unanswerable_shares(directory: Path, source: str, inputs: dict, num_docs: int, seed: int) -> dict:
+    """Per input of a retrieval source: share of unanswerable questions among its QA-template documents, on a
+    sample of `num_docs` whole documents of the input's files in the mix (None without QA documents)."""
+    enc, out = get_tokenizer(), {}
+    for inp in inputs:
+        docs, _ = token_dir_documents(directory, num_docs, seed, prefix=f"{source}/{inp}-")
+        kinds = [grounded_answer(t) for t in enc.decode_batch([d.tolist() for d in docs])]
+        qa = [k for k in kinds if k is not None]
+        out[inp] = {"qa_documents": len(qa), "unanswerable_share": qa.count("unanswerable") / len(qa) if qa else None}
+    return out
+
+
+def report_mix(directory: Path, num_docs: int, seed: int, eval_dirs: list[Path] | None = None) -> dict:
     """Shares and share-weighted audit numbers of one mix (ValueError naming the directory on bad input)."""
     if not (directory / "manifest.json").is_file():
         raise ValueError(f"{directory}: no manifest.json; pass a mix directory built by "
@@ -70,6 +107,8 @@ def report_mix(directory: Path, num_docs: int, seed: int) -> dict:
         rows[name] = {"category": v["category"], "target_share": v["target_tokens"] / total_target,
                       "actual_share": v["actual_tokens"] / total_actual, "repeats": v.get("repeats"),
                       "filtered": v.get("filtered", {}), "documents_in_mix": info["documents"], "audit": audit}
+        if v["category"] == "retrieval" and docs:
+            rows[name]["unanswerable"] = unanswerable_shares(directory, name, v.get("inputs", {}), num_docs, seed)
         categories[v["category"]]["target"] += rows[name]["target_share"]
         categories[v["category"]]["actual"] += rows[name]["actual_share"]
 
@@ -90,9 +129,15 @@ def report_mix(directory: Path, num_docs: int, seed: int) -> dict:
                             "spec_estimate": (SPEC_ESTIMATES.get(directory.name, {}).get(signal)),
                             "measured": measured[key],
                             "contributors": {s: contributions[s][key] for s in top if contributions[s][key] > 0}}
+    contamination = None
+    if eval_dirs:
+        start = time.perf_counter()
+        contamination = eval_contamination(directory, eval_dirs, num_docs, seed)
+        contamination["seconds"] = time.perf_counter() - start
     return {"directory": str(directory), "name": directory.name, "num_tokens": manifest["num_tokens"],
             "fingerprint": manifest.get("fingerprint"), "categories": categories, "sources": rows,
-            "measured": measured, "coverage": coverage, "sample_per_source": num_docs, "seed": seed}
+            "measured": measured, "coverage": coverage, "sample_per_source": num_docs, "seed": seed,
+            "contamination": contamination}
 
 
 def _pct(x) -> str:
@@ -121,6 +166,20 @@ def format_report(rep: dict) -> str:
         contrib = ", ".join(f"{s} {100 * v:.1f}" for s, v in list(c["contributors"].items())[:4])
         lines.append(f"| {signal} | {_pct(c['labeled'])} | {est} | {_pct(c['measured'])} | {SIGNALS[signal][1]} "
                      f"| {contrib} |")
+    qa = [(s, i, u) for s, r in rep["sources"].items() for i, u in r.get("unanswerable", {}).items()]
+    if qa:
+        lines += ["", "unanswerable questions among QA documents: " + ", ".join(
+            f"{s}/{i} {_pct(u['unanswerable_share'])} of {u['qa_documents']}" for s, i, u in qa)]
+    c = rep.get("contamination")
+    if c:
+        lines += ["", f"| eval set | sampled docs | near duplicate in train | {c['ngram']}-gram windows in train | "
+                      f"of them seen < {c['boilerplate']} times (beyond boilerplate) |", "| --- |" + " ---: |" * 4]
+        lines += [f"| {name} | {e['documents']:,} of {e['total_documents']:,} | "
+                  f"{_pct(e['near_duplicate_documents'])} | {_pct(e['ngram_windows_in_train'])} | "
+                  f"{_pct(e['ngram_windows_in_train_beyond_boilerplate'])} |" for name, e in c["eval_sets"].items()]
+        lines += [f"(scanned {c['train_tokens_scanned']:,} training tokens, MinHash on "
+                  f"{c['train_documents_checked']:,} documents sharing an eval {c['ngram']}-gram, in "
+                  f"{c['seconds']:.1f} s)"]
     m = rep["measured"]
     lines += ["", f"copyable share of all tokens: k=1 {_pct(m['copyable_k1'])}, k=2 {_pct(m['copyable_k2'])}, "
                   f"k=3 {_pct(m['copyable_k3'])}, k=4 {_pct(m['copyable_k4'])}; long-range (>= 128 back) k=4 "
@@ -175,8 +234,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     reports = []
     for d in args.mix_dirs:
+        evals = None if args.no_contamination else \
+            [Path(e) for e in args.eval_dirs] if args.eval_dirs else default_eval_dirs(Path(d))
         try:
-            reports.append(report_mix(Path(d), args.num_docs, args.seed))
+            reports.append(report_mix(Path(d), args.num_docs, args.seed, evals))
         except ValueError as e:
             raise SystemExit(str(e)) from None
     print("\n\n".join(format_report(r) for r in reports))
