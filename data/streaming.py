@@ -38,6 +38,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from data.formats import group_field
 from data.tokenizer import tokenizer_info
 
 if TYPE_CHECKING:  # source_config imports check_shuffle from here
@@ -93,7 +94,9 @@ def stage_configs(inp: Input, src: Source) -> dict[str, dict]:
     loader = {k: v for k, v in inp.loader.items() if k != "hint"}
     fetch = {"version": STAMP_VERSION, "source": inp.source, "loader": loader, "shuffle": shuffle_settings(loader),
              "formatter": inp.formatter, "formatter_options": inp.formatter_options,
-             "quality_filters": inp.filters.config()}
+             "quality_filters": inp.filters.config(),
+             # the fetched part carries each document's hold-back group: another group field rewrites the parts
+             "holdback_group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)}
     holdback = {"fetch": _hash(fetch), "source": src.name, "eval": src.eval_share, "val": src.val_share}
     tokenize = {"holdback": _hash(holdback), "tokenizer": tokenizer_info()}
     return {"fetch": fetch, "holdback": holdback, "tokenize": tokenize}

@@ -135,6 +135,9 @@ def test_changed_config_removes_what_it_makes_stale(tmp_path):
     reseeded = dataclasses.replace(changed, loader={**changed.loader, "shuffle": {"seed": 9, "buffer_size": 16}})
     _fetch(changed, work, 10**9)
     assert "changed: loader.shuffle.seed, shuffle.seed" in streaming.refresh_stamp(reseeded, src, work)[0]
+    _fetch(reseeded, work, 10**9)
+    regrouped = dataclasses.replace(reseeded, holdback_group="id")  # the parts carry each document's group
+    assert "changed: holdback_group" in streaming.refresh_stamp(regrouped, src, work)[0]
 
 
 def test_fetched_text_removed_once_split_and_a_later_holdback_change_refetches(tmp_path):
