@@ -1,4 +1,4 @@
-"""Build the unified datasets: fetch -> hold back eval/val documents -> tokenize -> mix both phases.
+"""Build the unified datasets: fetch -> hold back eval/val documents -> tokenize -> mix both phases -> pack.
 
 Full build (Hugging Face hub; the local IT-sec + Swiss law corpus must exist, see docs/DATASET.md):
     python scripts/unified_build/build_unified_dataset.py
@@ -16,7 +16,11 @@ Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` an
 One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps fetch
     python scripts/unified_build/build_unified_dataset.py --steps holdback,tokenize
-    python scripts/unified_build/build_unified_dataset.py --steps mix
+    python scripts/unified_build/build_unified_dataset.py --steps mix,pack
+
+The pack step writes each output's grounding-safe packing index for the training block size (default 1024, the
+spec's; the CPU demo trains at 256): `--block-size 256`, or several, `--block-size 256 1024`. Another block size
+later: `python -m data.packing DIR --block-size N` (docs/DATASET.md, "Packing").
 
 Outputs under --out-root: unified_phase1_circuit/ and unified_6B/ (each with val/ inside),
 code_eval_tokenized/, retrieval_eval_tokenized/, general_eval_tokenized/, domain_eval_tokenized/;
@@ -49,7 +53,7 @@ from data.source_config import (  # noqa: E402
 from data.token_dataset import sha256_file  # noqa: E402
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
-STEPS = ("fetch", "holdback", "tokenize", "mix")
+STEPS = ("fetch", "holdback", "tokenize", "mix", "pack")
 
 
 def parse_args(argv=None):
@@ -70,6 +74,9 @@ def parse_args(argv=None):
                          "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
     ap.add_argument("--max-rounds", type=int, default=8,
                     help="fetch/tokenize rounds per input while its token counts are short of the budget")
+    ap.add_argument("--block-size", type=int, nargs="+", default=[1024],
+                    help="model.block_size(s) to write the packing index for (default: 1024, the spec's; the CPU "
+                         "demo: 256); a trainer reads only the block sizes indexed")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan, budget feasibility and gated inputs; touch nothing (exit 1 if infeasible)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,6 +87,8 @@ def parse_args(argv=None):
         ap.error(f"--steps: unknown step(s) {bad}; choose from {','.join(STEPS)}")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    if any(b < 1 for b in args.block_size):
+        ap.error(f"--block-size must be >= 1, got {args.block_size}")
     args.steps = steps
     return args
 
@@ -200,7 +209,27 @@ def main(argv=None) -> int:
             min_tokens = next((e.min_tokens for e in defs.eval_sets.values() if e.name == name), 0)
             if m["num_tokens"] < min_tokens:
                 print(f"    WARNING: {name} has {m['num_tokens']:,} tokens, below its min_tokens {min_tokens:,}")
+    if "pack" in args.steps:
+        pack_outputs(defs, out_root, args.block_size)
     return 0
+
+
+def pack_outputs(defs, out_root: Path, block_sizes: list[int]) -> None:
+    """Add the packing index for each block size to every output (a mix's val/ too); up-to-date ones are kept."""
+    from data.token_dataset import add_packing
+
+    dirs = [out_root / m for m in defs.mixes] + [out_root / e for e in defs.eval_sets]
+    dirs += [d / "val" for d in dirs[: len(defs.mixes)] if (d / "val").is_dir()]
+    for d in dirs:
+        if not (d / "manifest.json").is_file():
+            raise SystemExit(f"pack: {d} has not been built; run the mix step first (--steps mix,pack)")
+        for b in block_sizes:
+            try:
+                e = add_packing(d, b)
+            except ValueError as err:
+                raise SystemExit(f"pack failed: {err}") from None
+            print(f"{d}: block_size {b}: {e['num_samples']:,} samples, padding {100 * e['padding_share']:.2f}%, "
+                  f"{e['short_documents']:,} documents whole, {e['long_documents']:,} long ones split")
 
 
 if __name__ == "__main__":
