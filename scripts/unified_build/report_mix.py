@@ -6,6 +6,9 @@ For each MIX_DIR: the shares from its manifest, then an audit of a sample of eac
 (copyable at k = 4: the 4 tokens before it and the token itself occurred earlier in the same document); retrieval
 = share of tokens in grounded / unanswerable QA documents (the retrieval template) and share of copyable tokens
 whose nearest earlier occurrence is >= 128 tokens back (long-range copying). Details: docs/DATASET.md.
+Packing, per indexed block size: the padding share of the samples, and the share of retrieval documents whose
+passage, question and answer lie inside one training sample, under the old fixed windows and under the packing
+(docs/DATASET.md, "Packing").
 
     python scripts/unified_build/report_mix.py data/demo/unified_phase1_circuit data/demo/unified_6B
     python scripts/unified_build/report_mix.py data/unified_phase1_circuit data/unified_6B -n 2000
@@ -26,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.audit import audit_documents, token_dir_documents  # noqa: E402
 from data.source_config import CATEGORIES  # noqa: E402
-from data.token_dataset import TokenDataset  # noqa: E402
+from data.token_dataset import TokenDataset, grounding_report  # noqa: E402
 
 # The spec's "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
 SPEC_ESTIMATES = {"unified_phase1_circuit": {"induction": 70.0, "retrieval": 44.0},
@@ -90,9 +93,15 @@ def report_mix(directory: Path, num_docs: int, seed: int) -> dict:
                             "spec_estimate": (SPEC_ESTIMATES.get(directory.name, {}).get(signal)),
                             "measured": measured[key],
                             "contributors": {s: contributions[s][key] for s in top if contributions[s][key] > 0}}
+    packing = {}
+    for block in sorted((manifest.get("packing") or {}).get("block_sizes", {}), key=int):
+        rep = grounding_report(directory, int(block))
+        packing[block] = {"padding_share": rep["padding_share"], "num_samples": rep["num_samples"],
+                          "retrieval": rep["categories"].get("retrieval")}
     return {"directory": str(directory), "name": directory.name, "num_tokens": manifest["num_tokens"],
             "fingerprint": manifest.get("fingerprint"), "categories": categories, "sources": rows,
-            "measured": measured, "coverage": coverage, "sample_per_source": num_docs, "seed": seed}
+            "measured": measured, "coverage": coverage, "packing": packing, "sample_per_source": num_docs,
+            "seed": seed}
 
 
 def _pct(x) -> str:
@@ -121,6 +130,15 @@ def format_report(rep: dict) -> str:
         contrib = ", ".join(f"{s} {100 * v:.1f}" for s, v in list(c["contributors"].items())[:4])
         lines.append(f"| {signal} | {_pct(c['labeled'])} | {est} | {_pct(c['measured'])} | {SIGNALS[signal][1]} "
                      f"| {contrib} |")
+    lines += ["", "| packing: block size | samples | padding | retrieval documents | whole in one sample: fixed "
+              "windows | packed |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for block, p in rep["packing"].items():
+        r = p["retrieval"] or {}
+        lines.append(f"| {block} | {p['num_samples']:,} | {100 * p['padding_share']:.2f}% | "
+                     f"{r.get('documents', 0):,} | {_pct(r.get('whole_fixed_windows'))} | "
+                     f"{_pct(r.get('whole_packed'))} |")
+    if not rep["packing"]:
+        lines.append("| (no packing index: run the build's pack step or python -m data.packing) | | | | | |")
     m = rep["measured"]
     lines += ["", f"copyable share of all tokens: k=1 {_pct(m['copyable_k1'])}, k=2 {_pct(m['copyable_k2'])}, "
                   f"k=3 {_pct(m['copyable_k3'])}, k=4 {_pct(m['copyable_k4'])}; long-range (>= 128 back) k=4 "
