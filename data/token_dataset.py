@@ -17,6 +17,7 @@ one sample is always inside one sample. Every build step and every test writes t
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -357,7 +358,7 @@ class TokenDataset:
         pos = 0
         starts = self._starts_list
         for start, length in segments[int(offsets[index]) : int(offsets[index + 1])].tolist():
-            i = int(np.searchsorted(self._starts, start, side="right")) - 1
+            i = bisect.bisect_right(starts, start) - 1  # scalar search: bisect on a list beats np.searchsorted
             lo = start - starts[i]
             if i >= len(self._paths) or lo + length > starts[i + 1] - starts[i] or pos + length > block_size + 1:
                 raise ValueError(f"{self.directory}: sample {index} of the packing for block_size {block_size} "
