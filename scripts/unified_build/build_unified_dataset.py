@@ -11,7 +11,8 @@ log in; no network, nothing written; exit 1 when a source cannot supply its budg
 Gated inputs (StarCoderData, The Stack): accept the terms on each dataset page, then `hf auth login` once.
 
 Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` and the tests build):
-    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
+    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo \
+        --block-size 256
 
 One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps fetch
