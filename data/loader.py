@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from data.packing import PAD
 from data.token_dataset import TokenDataset
+from data.tokenizer import EOT
 
 
 @dataclass
@@ -45,9 +47,14 @@ class StepBatch:
 
 def read_micro_batch(dataset: TokenDataset, ids: np.ndarray, block_size: int,
                      pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples `ids` (each block_size + 1 tokens) into inputs and next-token targets."""
+    """Stack samples `ids` (each block_size + 1 tokens) into inputs and next-token targets.
+
+    Padding (PAD = -1, at the end of a packed sample) stays -1 in the targets, which the loss ignores
+    (`ignore_index=-1` in model/transformer.py, a mask in launcher/evaluation.py), and is EOT in the inputs: an
+    embedding row must exist for it, and with causal attention no real position sees a later pad."""
     tokens = torch.from_numpy(np.stack([dataset.sample(int(i), block_size) for i in ids]))  # (B, T + 1)
-    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    y = tokens[:, 1:].contiguous()
+    x = tokens[:, :-1].masked_fill(tokens[:, :-1] == PAD, EOT).contiguous()
     if pin_memory:
         # Pinned host memory lets the host-to-device copy run asynchronously (non_blocking=True).
         x, y = x.pin_memory(), y.pin_memory()

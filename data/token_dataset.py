@@ -1,19 +1,23 @@
-"""Token directories: `manifest.json` + uint16 little-endian shard files, read through `np.memmap`.
+"""Token directories: `manifest.json` + uint16 little-endian shard files + a packing index per block size.
 
 A token directory is one concatenated stream of GPT-2 token ids (EOT 50256 after every document), split into
 shard files. The manifest lists the shards in stream order with their token counts and sha256, plus the tokenizer
-and the lineage of the tokens (see `data/lineage.py`). Every build step and every test writes through
-`write_token_dir` / `write_manifest`; the trainer reads through `TokenDataset`.
+and the lineage of the tokens (see `data/lineage.py`). Samples are not fixed windows of the stream: a packing
+index (`data/packing.py`, format version 2) lists the stream pieces of each sample, so a document that fits in
+one sample is always inside one sample. Every build step and every test writes through `write_token_dir` /
+`write_manifest` / `add_packing`; the trainer reads through `TokenDataset`.
 
     from data.token_dataset import TokenDataset, write_token_dir
-    write_token_dir("/tmp/toy", [[1, 2, 3, 50256], np.arange(10)])
+    write_token_dir("/tmp/toy", [[1, 2, 3, 50256], np.arange(10)], pack_block_sizes=[4])
     ds = TokenDataset("/tmp/toy")               # verify="size": cheap checks on open
-    ds.sample(0, block_size=4)                  # int64 array of 5 tokens
-    TokenDataset("/tmp/toy", verify="full")     # also sha256 and max token id of every shard
+    ds.sample(0, block_size=4)                  # int64 array of 5 tokens, -1 where padded
+    TokenDataset("/tmp/toy", verify="full")     # also sha256 and max token id of every shard, sha256 of the index
+    python -m data.packing /tmp/toy --block-size 8    # index another block size (data/packing.py)
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -24,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data.tokenizer import N_VOCAB, tokenizer_info
+from data import packing as packing_mod
+from data.tokenizer import EOT, N_VOCAB, tokenizer_info
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "uint16-tokens"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: samples come from the packing index (manifest "packing"); 1: fixed windows of the stream
 DTYPE = np.dtype("<u2")
 DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens = 128 MiB per shard: few files, and cheap to hash or hard-link
 BUILD_HINT = "run scripts/unified_build/build_unified_dataset.py first (see docs/DATASET.md)"
@@ -115,12 +120,16 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def write_token_dir(directory: str | os.PathLike, arrays_or_token_lists: Iterable[Sequence[int] | np.ndarray], *,
                     lineage: dict | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, pack_block_sizes: Sequence[int] = (),
+                    pack_method: str = packing_mod.METHOD) -> Path:
     """Write the concatenation of `arrays_or_token_lists` as a token directory, atomically.
 
-    Tokens are written as given (add EOT yourself). Shards are cut every `shard_tokens` tokens. Everything goes
-    to a temp directory next to `directory` that is renamed into place when complete, so a reader never sees a
-    half-written directory and an interrupted write leaves only a `.tmp-*` folder behind.
+    Tokens are written as given (add EOT yourself: documents are split after each EOT). Shards are cut every
+    `shard_tokens` tokens. A packing index is built for each of `pack_block_sizes` (a trainer can read only the
+    block sizes indexed; `pack_method` METHOD_FIXED only for streams that lay out their samples themselves).
+    Everything goes to a temp directory next to `directory` that is renamed into place when
+    complete, so a reader never sees a half-written directory and an interrupted write leaves only a `.tmp-*`
+    folder behind.
     """
     directory = Path(directory)
     if shard_tokens < 1:
@@ -161,6 +170,8 @@ def write_token_dir(directory: str | os.PathLike, arrays_or_token_lists: Iterabl
                     close_shard()
         close_shard()
         write_manifest(tmp, files, lineage=lineage, extra=extra)
+        for block_size in pack_block_sizes:
+            add_packing(tmp, block_size, boundaries=packing_mod.BOUNDARIES_EOT, method=pack_method)
         _replace_dir(tmp, directory)
     except BaseException:
         if fh is not None:
@@ -224,7 +235,21 @@ class TokenDataset:
         if self.num_tokens != int(self.manifest["num_tokens"]):
             raise ValueError(f"{mpath}: num_tokens {self.manifest['num_tokens']} != sum over files "
                              f"{self.num_tokens}; {BUILD_HINT}")
-        self.fingerprint = fingerprint_of(self.manifest["files"])
+        self.stream_fingerprint = fingerprint_of(self.manifest["files"])
+        self.packing = self.manifest.get("packing") or {}
+        self.fingerprint = sample_fingerprint(self.stream_fingerprint, self.packing)
+        for block, entry in self.packing.get("block_sizes", {}).items():
+            for role in ("offsets", "segments"):
+                path = self.directory / entry[role]["path"]
+                if not path.is_file():
+                    raise ValueError(f"{path} (packing index for block_size {block}) is listed in {mpath} but "
+                                     f"missing; re-copy the directory or re-add it with `python -m data.packing "
+                                     f"{self.directory} --block-size {block}`")
+                if verify == "full" and sha256_file(path) != entry[role]["sha256"]:
+                    raise ValueError(f"{path}: sha256 does not match {mpath}; re-copy the directory or re-add the "
+                                     f"index with `python -m data.packing {self.directory} --block-size {block}`")
+        self._starts_list = [int(x) for x in self._starts]
+        self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._maps: list[np.memmap | None] = [None] * len(self._paths)
 
     def _check_header(self, mpath: Path) -> None:
@@ -232,9 +257,17 @@ class TokenDataset:
         for key in ("format", "format_version", "dtype", "tokenizer", "files", "num_tokens"):
             if key not in m:
                 raise ValueError(f"{mpath}: missing field {key!r}; {BUILD_HINT}")
+        if m["format"] == FORMAT and m["format_version"] == 1 and m["dtype"] == "uint16":
+            raise ValueError(
+                f"{mpath}: format version 1 (samples were fixed windows of the stream, which cut documents at sample "
+                f"boundaries); this reader needs version {FORMAT_VERSION}, with a grounding-safe packing index. The "
+                f"shards are still good: add the index in place with `python -m data.packing {self.directory} "
+                f"--block-size <model.block_size>` (docs/DATASET.md, \"Packing\"), or rebuild the directory"
+            )
         if m["format"] != FORMAT or m["format_version"] != FORMAT_VERSION or m["dtype"] != "uint16":
             raise ValueError(f"{mpath}: format {m['format']!r} v{m['format_version']} dtype {m['dtype']!r}, this "
-                             f"reader needs {FORMAT!r} v{FORMAT_VERSION} uint16; rebuild with this version")
+                             f"reader needs {FORMAT!r} v{FORMAT_VERSION} uint16; rebuild it with this version of the "
+                             f"code, or read it with the code that wrote it")
         tok, want = m["tokenizer"], tokenizer_info()
         if tok.get("sha256") != want["sha256"] or tok.get("n_vocab") != want["n_vocab"]:
             raise ValueError(f"{mpath}: tokenizer {tok} differs from this project's GPT-2 ({want}); "
@@ -250,6 +283,7 @@ class TokenDataset:
         # memmaps would pickle as full copies of the data (DataLoader workers): reopen them lazily instead.
         state = self.__dict__.copy()
         state["_maps"] = [None] * len(self._paths)
+        state["_index"] = {}
         return state
 
     def _map(self, i: int) -> np.memmap:
@@ -257,15 +291,41 @@ class TokenDataset:
             self._maps[i] = np.memmap(self._paths[i], dtype=DTYPE, mode="r")
         return self._maps[i]
 
+    def _packing_index(self, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, segments) of the packing for `block_size`, memmapped once and checked for consistency."""
+        index = self._index.get(block_size)
+        if index is not None:
+            return index
+        entry = self.packing.get("block_sizes", {}).get(str(block_size))
+        if entry is None:
+            have = sorted(int(b) for b in self.packing.get("block_sizes", {}))
+            raise ValueError(f"{self.directory} has no packing index for block_size {block_size} (it has "
+                             f"{have or 'none'}); add one with `python -m data.packing {self.directory} "
+                             f"--block-size {block_size}` (docs/DATASET.md, \"Packing\")")
+        where = f"{self.directory}: packing index for block_size {block_size}"
+        try:
+            offsets = np.load(self.directory / entry["offsets"]["path"], mmap_mode="r")
+            segments = np.load(self.directory / entry["segments"]["path"], mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{where} is unreadable ({e}); re-add it with `python -m data.packing "
+                             f"{self.directory} --block-size {block_size}`") from e
+        n, m = int(entry["num_samples"]), int(entry["num_segments"])
+        if (offsets.shape != (n + 1,) or segments.shape != (m, 2) or offsets.dtype != np.int64
+                or segments.dtype != np.int64 or int(offsets[0]) != 0 or int(offsets[-1]) != m):
+            raise ValueError(f"{where}: shapes {offsets.shape} / {segments.shape} do not match the manifest "
+                             f"({n} samples, {m} segments); re-add it with `python -m data.packing "
+                             f"{self.directory} --block-size {block_size}`")
+        self._index[block_size] = (offsets, segments)
+        return offsets, segments
+
     def num_samples(self, block_size: int) -> int:
-        """Number of non-overlapping samples of `block_size + 1` tokens (input plus shifted target)."""
+        """Number of samples of `block_size + 1` tokens (input plus shifted target) in the packing index."""
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        n = (self.num_tokens - 1) // block_size
-        if n < 1:
+        if self.num_tokens < block_size + 1:
             raise ValueError(f"{self.directory} holds {self.num_tokens} tokens, fewer than one sample of "
                              f"block_size + 1 = {block_size + 1}; build a bigger dataset or lower block_size")
-        return n
+        return int(self._packing_index(block_size)[0].shape[0]) - 1
 
     def tokens(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of the stream as int64, spanning shards as needed (ids checked)."""
@@ -288,9 +348,152 @@ class TokenDataset:
         return out
 
     def sample(self, index: int, block_size: int) -> np.ndarray:
-        """Tokens [index*block_size, index*block_size + block_size + 1) as int64 (may span shards)."""
-        n = self.num_samples(block_size)
+        """Sample `index` of the packing for `block_size`: block_size + 1 int64 tokens, PAD (-1) after its last
+        real token. Whole documents and pieces of long ones, each segment copied from one shard."""
+        offsets, segments = self._packing_index(block_size)
+        n = offsets.shape[0] - 1
         if not 0 <= index < n:
             raise IndexError(f"{self.directory}: sample {index} outside [0, {n}) for block_size {block_size}")
-        start = index * block_size
-        return self.tokens(start, start + block_size + 1)
+        out = np.full(block_size + 1, packing_mod.PAD, dtype=np.int64)
+        pos = 0
+        starts = self._starts_list
+        for start, length in segments[int(offsets[index]) : int(offsets[index + 1])].tolist():
+            i = bisect.bisect_right(starts, start) - 1  # scalar search: bisect on a list beats np.searchsorted
+            lo = start - starts[i]
+            if i >= len(self._paths) or lo + length > starts[i + 1] - starts[i] or pos + length > block_size + 1:
+                raise ValueError(f"{self.directory}: sample {index} of the packing for block_size {block_size} "
+                                 f"names tokens [{start}, {start + length}) that cross a shard or overflow the "
+                                 f"sample; the index is corrupt: re-add it with `python -m data.packing "
+                                 f"{self.directory} --block-size {block_size}`")
+            out[pos : pos + length] = self._map(i)[lo : lo + length]
+            pos += length
+        if pos and int(out[:pos].max()) >= N_VOCAB:
+            bad = int(out[:pos].max())
+            raise ValueError(f"{self.directory}: token id {bad} >= {N_VOCAB} in sample {index}; a shard is "
+                             f"corrupt; {BUILD_HINT}")
+        return out
+
+
+def sample_fingerprint(stream_fingerprint: str, packing: dict) -> str:
+    """What the sampler and checkpoints identify a dataset by: its token stream and how it is cut into samples
+    (the packing method and document boundaries; the block size is in the training config's fingerprint)."""
+    if not packing:
+        return stream_fingerprint
+    blob = f"{stream_fingerprint}|{packing.get('method')}|{packing.get('document_boundaries')}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _documents(ds: TokenDataset, boundaries: str, file_range: tuple[int, int] | None = None,
+               chunk_tokens: int = 1 << 24) -> np.ndarray:
+    """Document bounds (starts + end) of the stream, or of files [a, b) of it, read shard by shard in chunks."""
+    a, b = file_range or (0, len(ds._paths))
+    eots = []
+    for i in range(a, b):
+        arr = ds._map(i) if ds._starts[i + 1] > ds._starts[i] else np.zeros(0, DTYPE)
+        for lo in range(0, len(arr), chunk_tokens):
+            eots.append(np.flatnonzero(arr[lo : lo + chunk_tokens] == EOT) + int(ds._starts[i]) + lo)
+    eot = np.concatenate(eots) if eots else np.zeros(0, np.int64)
+    lo, hi = int(ds._starts[a]), int(ds._starts[b])
+    files = ds._starts[a:b] if boundaries == packing_mod.BOUNDARIES_EOT_FILES else None
+    bounds = packing_mod.document_bounds(eot - lo, hi - lo, None if files is None else files - lo)
+    return bounds + lo
+
+
+def _default_boundaries(manifest: dict) -> str:
+    # The build pipeline's directories (a `sources` table) start a document at every file: a mix cuts a source's
+    # last file mid-document, and the next file must not continue that document.
+    return packing_mod.BOUNDARIES_EOT_FILES if manifest.get("sources") else packing_mod.BOUNDARIES_EOT
+
+
+def add_packing(directory: str | os.PathLike, block_size: int, *, boundaries: str | None = None,
+                method: str = packing_mod.METHOD) -> dict:
+    """Build the packing index of `directory` for `block_size` and record it in its manifest; returns the entry.
+
+    `method`: best-fit decreasing (data/packing.py), or METHOD_FIXED for a stream whose writer laid out every
+    sample itself. `boundaries` (default: the directory's, else by `_default_boundaries`): where documents start.
+
+    Nothing is rewritten when the manifest already has an index for this block size, stream and boundaries (a
+    rebuild that changed nothing keeps its files). Index files are written to temp names and renamed, then the
+    manifest is replaced (temp name, rename), so a reader sees the old directory or the new one."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST_NAME
+    if not mpath.is_file():
+        raise ValueError(f"{mpath} is missing; not a token directory ({BUILD_HINT})")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format_version") == 1:  # the shards are the same in v1 and v2: upgrading is adding the index
+        manifest["format_version"] = FORMAT_VERSION
+        tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(tmp, mpath)
+    ds = TokenDataset(directory)
+    boundaries = boundaries or ds.packing.get("document_boundaries") or _default_boundaries(ds.manifest)
+    if boundaries not in (packing_mod.BOUNDARIES_EOT, packing_mod.BOUNDARIES_EOT_FILES):
+        raise ValueError(f"document boundaries must be {packing_mod.BOUNDARIES_EOT!r} or "
+                         f"{packing_mod.BOUNDARIES_EOT_FILES!r}, got {boundaries!r}")
+    if method not in (packing_mod.METHOD, packing_mod.METHOD_FIXED):
+        raise ValueError(f"packing method must be {packing_mod.METHOD!r} or {packing_mod.METHOD_FIXED!r}, got "
+                         f"{method!r}")
+    section = dict(ds.packing)
+    if section and (section.get("method"), section.get("document_boundaries")) != (method, boundaries):
+        section = {}  # another method or boundary rule: every block size is re-indexed under the new one
+    entry = section.get("block_sizes", {}).get(str(block_size))
+    if entry is not None and entry.get("stream_fingerprint") == ds.stream_fingerprint:
+        return entry
+    if method == packing_mod.METHOD_FIXED:
+        packed = packing_mod.fixed_windows(ds.num_tokens, block_size, shard_starts=ds._starts)
+    else:
+        packed = packing_mod.pack(_documents(ds, boundaries), block_size, shard_starts=ds._starts)
+    sub = directory / "packing"
+    sub.mkdir(exist_ok=True)
+    entry = {"stream_fingerprint": ds.stream_fingerprint, **packed.stats}
+    for role, arr in (("offsets", packed.offsets), ("segments", packed.segments)):
+        path = sub / f"b{block_size}.{role}.npy"
+        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+        np.save(tmp, np.ascontiguousarray(arr, dtype=np.int64))
+        os.replace(tmp, path)
+        entry[role] = {"path": path.relative_to(directory).as_posix(), "sha256": sha256_file(path)}
+    section = {"method": method, "document_boundaries": boundaries,
+               "block_sizes": {**section.get("block_sizes", {}), str(block_size): entry}}
+    manifest = dict(ds.manifest, format_version=FORMAT_VERSION, packing=section)
+    manifest["lineage"] = manifest.pop("lineage", {})  # keep the long lineage last, as write_manifest does
+    tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, mpath)
+    return entry
+
+
+def grounding_report(directory: str | os.PathLike, block_size: int, categories: Sequence[str] = ("retrieval",)
+                     ) -> dict:
+    """How many documents one sample holds whole, per category: under the old fixed windows and under the packing.
+
+    A document counts when every token but its EOT (for a QA document: the passage, the question and the answer)
+    lies inside one sample. Categories come from a pipeline-built directory's `sources` table and the files under
+    `<source>/`; any other directory is one category, "all"."""
+    ds = TokenDataset(directory)
+    offsets, segments = ds._packing_index(block_size)
+    offsets, segments = np.asarray(offsets), np.asarray(segments)
+    boundaries = ds.packing.get("document_boundaries", packing_mod.BOUNDARIES_EOT)
+    by_cat: dict[str, list[int]] = {}
+    sources = ds.manifest.get("sources") or {}
+    for i, f in enumerate(ds.manifest["files"]):
+        src = f["path"].split("/", 1)[0]
+        cat = sources[src]["category"] if src in sources else "all"
+        if not sources or cat in categories:
+            by_cat.setdefault(cat, []).append(i)
+    out = {}
+    for cat, idx in by_cat.items():
+        starts, lengths = [], []
+        # runs of consecutive files, so a document is never taken across files of another category
+        for run in np.split(np.asarray(idx), np.flatnonzero(np.diff(idx) != 1) + 1):
+            b = _documents(ds, boundaries, (int(run[0]), int(run[-1]) + 1))
+            starts.append(b[:-1])
+            lengths.append(np.diff(b))
+        s, n = np.concatenate(starts), np.concatenate(lengths)
+        s, n = s[n > 1], n[n > 1]  # an empty document (EOT alone) has nothing to keep together
+        whole = packing_mod.whole_in_packing(s, n, offsets, segments)
+        out[cat] = {"documents": int(s.size), "fit_one_sample": float(np.mean(n <= block_size + 1)) if s.size else None,
+                    "whole_fixed_windows": packing_mod.whole_share_fixed_windows(s, n, block_size),
+                    "whole_packed": float(np.mean(whole)) if s.size else float("nan")}
+    entry = ds.packing["block_sizes"][str(block_size)]
+    return {"directory": str(directory), "block_size": block_size, "padding_share": entry["padding_share"],
+            "pad_tokens": entry["pad_tokens"], "num_samples": entry["num_samples"], "categories": out}

@@ -1,10 +1,10 @@
 """Fixed, sharded evaluation: the same samples of each set every time, split across ranks, summed by all-reduce.
 
 Each set evaluates `eval_iters x micro_batch_size` samples chosen by `eval_seed` alone (`data.sampler.
-eval_sample_ids`); rank r takes its contiguous share (`shard_for_rank`), computes one mean token loss per sample,
-and the ranks all-reduce (sum of sample losses, sample count). Every sample has the same number of tokens, so the
-result is the mean token loss over the fixed samples, whatever the world size (DESIGN, "Evaluation is fixed and
-sharded").
+eval_sample_ids`); rank r takes its contiguous share (`shard_for_rank`), sums the token losses of its samples
+and counts their tokens, padding (target -1) left out, and the ranks all-reduce both: the result is the mean token
+loss over the fixed samples' real tokens, whatever the world size (DESIGN, "Evaluation is fixed and sharded").
+Packed samples differ in their padding, so a mean of per-sample means would weigh a short sample's tokens more.
 """
 
 from __future__ import annotations
@@ -36,23 +36,25 @@ class FixedEvalSet:
 @torch.no_grad()
 def _sample_losses(model: torch.nn.Module, eval_set: FixedEvalSet, micro_batch_size: int,
                    device: torch.device) -> tuple[float, int]:
-    """Sum over this rank's samples of each sample's mean token loss (float64), and the sample count."""
+    """Sum of the token losses over this rank's samples (float64) and the number of tokens, padding excluded."""
     total, count = 0.0, 0
     for start in range(0, len(eval_set.ids), micro_batch_size):
         ids = eval_set.ids[start : start + micro_batch_size]
         x, y = read_micro_batch(eval_set.dataset, ids, eval_set.block_size)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits, _ = model(x)  # (B, T, vocab)
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        per_sample = per_token.view(y.shape).mean(dim=1, dtype=torch.float64)  # (B,)
-        total += float(per_sample.sum())
-        count += len(ids)
+        # ignore_index=-1: padding "does not contribute" (torch/nn/modules/loss.py, CrossEntropyLoss docstring, torch
+        # 2.13); with reduction="none" its positions come back as exactly 0 (checked in tests/test_packing.py).
+        per_token = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none", ignore_index=-1)
+        total += float(per_token.sum(dtype=torch.float64))
+        count += int((y != -1).sum())
     return total, count
 
 
 def evaluate(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size: int,
              device: torch.device) -> dict[str, float]:
-    """Mean token loss per set over its fixed samples; one all-reduce for all sets. Call on every rank."""
+    """Mean token loss per set over its fixed samples' real tokens; one all-reduce for all sets. Call on every
+    rank."""
     was_training = model.training
     model.eval()
     try:

@@ -17,7 +17,10 @@ PRECISION="${DEMO_PRECISION:-auto}"
 NAME=demo_cpu
 
 SECONDS=0
-"$PYTHON" scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
+# The packing index is written for the block size the config trains at (one source of truth: the config).
+BLOCK_SIZE=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"]["block_size"])' "$CONFIG")
+"$PYTHON" scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo \
+    --block-size "$BLOCK_SIZE"
 build_seconds=$SECONDS
 
 # Every demo starts fresh: an earlier demo's checkpoints would otherwise be resumed (or refused by --resume none).

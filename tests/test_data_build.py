@@ -31,7 +31,7 @@ def run_build(*args, check=True):
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    run_build("--sources", "data/sources/demo.json", "--out-root", out, "--workers", "2")
+    run_build("--sources", "data/sources/demo.json", "--out-root", out, "--workers", "2", "--block-size", "256")
     return out
 
 
@@ -109,7 +109,7 @@ def test_lineage_recorded_and_printed(demo):
 
 def test_rerun_resumes_without_rewriting(demo):
     before = {n: (demo / n / "manifest.json").stat().st_mtime_ns for n in OUTPUTS}
-    run_build("--sources", "data/sources/demo.json", "--out-root", demo, "--workers", "2")
+    run_build("--sources", "data/sources/demo.json", "--out-root", demo, "--workers", "2", "--block-size", "256")
     assert before == {n: (demo / n / "manifest.json").stat().st_mtime_ns for n in OUTPUTS}
 
 
@@ -272,8 +272,25 @@ def test_mix_report_both_phases(demo, tmp_path):
                              "retrieval_eval_tokenized"]
         assert all(e["near_duplicate_documents"] == 0 for e in c.values()), c
         assert c["retrieval_eval_tokenized"]["ngram_windows_in_train"] < 0.4, c
+        # the demo's block size keeps every QA document whole (fixed windows did not: ~64% at 256, 0% at 64)
+        pk = r["packing"]["256"]
+        assert pk["retrieval"]["whole_packed"] == 1.0 and pk["retrieval"]["whole_fixed_windows"] < 0.8
+        assert pk["retrieval"]["documents"] > 1000 and pk["padding_share"] < 0.02
+    assert "| 256 |" in out
     proc = run_script(REPORT, tmp_path, check=False)
     assert proc.returncode and "no manifest.json" in proc.stderr
+
+
+def test_demo_eval_sets_packed_whole(demo):
+    """Eval sets too: the retrieval eval set's documents are whole in their samples (eval/retrieval measures
+    answering from the passage, not guessing), and the pack step is in every output's manifest."""
+    from data.token_dataset import grounding_report
+
+    rep = grounding_report(demo / "retrieval_eval_tokenized", 256)
+    assert rep["categories"]["retrieval"]["whole_packed"] == 1.0 and rep["categories"]["retrieval"]["documents"] > 300
+    for name in OUTPUTS:
+        packing = TokenDataset(demo / name).manifest["packing"]
+        assert packing["document_boundaries"] == "eot_and_file_starts" and "256" in packing["block_sizes"], name
 
 
 def test_filter_removing_too_much_stops_before_tokenizing(tmp_path):

@@ -27,27 +27,31 @@ def test_tokenizer_hash_checked(tmp_path):
 
 
 def _stream(n, seed=0):
-    return np.random.default_rng(seed).integers(0, N_VOCAB, size=n, dtype=np.int64)
+    """Random ids without EOT: one long document."""
+    return np.random.default_rng(seed).integers(0, EOT, size=n, dtype=np.int64)
 
 
 def test_round_trip_spanning_shards(tmp_path):
     tokens = _stream(1000)
     d = write_token_dir(tmp_path / "ds", [tokens[:10], list(tokens[10:700]), tokens[700:]], shard_tokens=128,
-                        lineage={"kind": "test"})
+                        lineage={"kind": "test"}, pack_block_sizes=[100, 50])
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "uint16-tokens" and m["format_version"] == 1 and m["dtype"] == "uint16"
+    assert m["format"] == "uint16-tokens" and m["format_version"] == 2 and m["dtype"] == "uint16"
     assert m["tokenizer"] == {"name": "gpt2", "sha256": RANKS_SHA256, "n_vocab": 50257, "eot": 50256}
     assert [f["num_tokens"] for f in m["files"]] == [128] * 7 + [104]
+    assert sorted(m["packing"]["block_sizes"]) == ["100", "50"]
     for verify in ("size", "full"):
         ds = TokenDataset(d, verify=verify)
         assert ds.num_tokens == 1000
         bs = 100
-        assert ds.num_samples(bs) == 9
+        # One long document: 9 full samples of 101 tokens from its start, the 91-token tail padded in a tenth.
+        assert ds.num_samples(bs) == 10
         for i in range(9):  # samples 1 and 2 span shard boundaries at 128 and 256
-            np.testing.assert_array_equal(ds.sample(i, bs), tokens[i * bs : i * bs + bs + 1])
+            np.testing.assert_array_equal(ds.sample(i, bs), tokens[i * 101 : i * 101 + 101])
             assert ds.sample(i, bs).dtype == np.int64
+        np.testing.assert_array_equal(ds.sample(9, bs), np.concatenate([tokens[909:], np.full(10, -1)]))
     with pytest.raises(IndexError):
-        ds.sample(9, 100)
+        ds.sample(10, 100)
     # pickles without copying the data (DataLoader workers) and still reads the same tokens
     ds2 = pickle.loads(pickle.dumps(ds))
     np.testing.assert_array_equal(ds2.sample(3, 50), ds.sample(3, 50))
@@ -88,7 +92,7 @@ def test_writer_refuses_bad_ids(tmp_path):
 
 @pytest.fixture
 def built(tmp_path):
-    d = write_token_dir(tmp_path / "ds", [_stream(400)], shard_tokens=200)
+    d = write_token_dir(tmp_path / "ds", [_stream(400)], shard_tokens=200, pack_block_sizes=[16])
     return d, d / "shard_00000.bin"
 
 
@@ -139,15 +143,15 @@ def test_out_of_vocab_token_caught(built):
     data[20:22] = (60000).to_bytes(2, "little")  # token 10 of shard 0
     shard.write_bytes(bytes(data))
     ds = TokenDataset(d)
-    with pytest.raises(ValueError, match="shard_00000.bin: token id 60000 >= 50257"):
-        ds.sample(0, 16)
-    ds.sample(1, 16)  # tokens 16..32 are clean
+    with pytest.raises(ValueError, match="token id 60000 >= 50257 in sample 0"):
+        ds.sample(0, 16)  # tokens 0..16
+    ds.sample(1, 16)  # tokens 17..33 are clean
     with pytest.raises(ValueError, match="sha256 .* does not match"):  # full verify: the hash catches it first
         TokenDataset(d, verify="full")
 
 
 def test_too_small_for_one_sample(tmp_path):
-    ds = TokenDataset(write_token_dir(tmp_path / "ds", [[1, 2, 3]]))
+    ds = TokenDataset(write_token_dir(tmp_path / "ds", [[1, 2, 3]], pack_block_sizes=[2]))
     assert ds.num_samples(2) == 1
     with pytest.raises(ValueError, match="holds 3 tokens, fewer than one sample of block_size \\+ 1 = 4"):
         ds.num_samples(3)

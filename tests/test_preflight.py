@@ -57,8 +57,8 @@ def test_every_hub_input_on_its_fixture_and_the_real_budgets():
     short = [p for p in problems if "can supply about" in p]
     assert len(short) == len(problems) == 15
     assert short[9].startswith(f"source 'triviaqa_squad_v2' input 'squad_v2': can supply about "
-                               f"{checks[9].kept_tokens:,} tokens (the whole stream ({checks[9].records} records) read) but needs "
-                               f"20,307,692 before hold-back")
+                               f"{checks[9].kept_tokens:,} tokens (the whole stream ({checks[9].records} records) "
+                               f"read) but needs 20,307,692 before hold-back")
     text = preflight.report(checks, preflight.SAMPLE_RECORDS)
     assert "squad_v2 [hf rajpurkar/squad_v2 squad_v2/train @ main; not gated]" in text
     assert "    changelog: pass 66.7% (2 of 3)" in text and "SHORT" in text

@@ -70,11 +70,12 @@ def _make_data(root: Path) -> None:
 
     rng = np.random.default_rng(0)
     p1, p2 = _pattern(rng, 48_000, 37), _pattern(rng, 48_000, 53)
-    write_token_dir(root / "phase1", [p1[:40_000]])
-    write_token_dir(root / "phase2", [p2[:40_000]])
-    write_token_dir(root / "phase2" / "val", [p2[40_000:]])
-    write_token_dir(root / "general_eval", [_pattern(rng, 8_000, 41)])
-    write_token_dir(root / "code_eval", [p1[40_000:]])
+    pack = {"pack_block_sizes": [64]}  # configs/tiny/test_cpu.json's block size
+    write_token_dir(root / "phase1", [p1[:40_000]], **pack)
+    write_token_dir(root / "phase2", [p2[:40_000]], **pack)
+    write_token_dir(root / "phase2" / "val", [p2[40_000:]], **pack)
+    write_token_dir(root / "general_eval", [_pattern(rng, 8_000, 41)], **pack)
+    write_token_dir(root / "code_eval", [p1[40_000:]], **pack)
 
 
 def _config(root: Path, **overrides) -> Path:
@@ -656,7 +657,7 @@ def test_resume_checks_eval_sets_and_allows_harmless_changes(runs, monkeypatch, 
     root = runs["root"]
     step_20 = str(root / "checkpoints" / "A" / "step_20")
     # A rebuilt eval set would silently move the GOLD baselines: refused, naming the flag that accepts it.
-    write_token_dir(tmp_path / "code_rebuilt", [np.arange(9_000) % 50_000])
+    write_token_dir(tmp_path / "code_rebuilt", [np.arange(9_000) % 50_000], pack_block_sizes=[64])
     other_eval = _config(root, eval__sets={"general": str(root / "data/general_eval"),
                                            "code": str(tmp_path / "code_rebuilt")})
     msg = _main_error(monkeypatch, ["--config_file", str(other_eval), "--model_name", "X", "--resume", step_20],

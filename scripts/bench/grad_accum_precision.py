@@ -5,7 +5,8 @@ honoured only at ZeRO stage 1 (ds_configs/zero1_bf16_fp32accum.json). This train
 micro 1 x accumulation 8, the demo data) with each ds_config, plus an all-fp32 reference, from the same init and the
 same samples, and reports the train/val loss gaps (see docs/TRAINING.md for the measured figures).
 
-    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
+    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo \
+        --block-size 256
     python scripts/bench/grad_accum_precision.py                  # 300 steps, ~6 minutes on 2 CPU cores
     python scripts/bench/grad_accum_precision.py --steps 100 --out out/bench_accum
 """

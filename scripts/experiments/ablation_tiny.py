@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from data.demo_corpus import squad_v2_records  # noqa: E402
-from data.token_dataset import TokenDataset, write_token_dir  # noqa: E402
+from data.packing import METHOD_FIXED  # noqa: E402
+from data.token_dataset import TokenDataset, add_packing, write_token_dir  # noqa: E402
 from data.tokenizer import EOT, get_tokenizer  # noqa: E402
 from launcher.probes import NUM_BUCKETS, TRAINING_QA_SEED, build_retrieval_items  # noqa: E402
 from scripts.eval.rag_probe import probe_checkpoint  # noqa: E402
@@ -72,8 +73,10 @@ def build_mix(demo_root: Path, out: Path, block_size: int, per_bucket: int, seed
         # One extra token: a sample is block_size + 1 tokens read at multiples of block_size.
         tokens = [samples[int(i)] for i in order] + [np.array([EOT])]
         target = out / "mix" if split == "train" else out / "mix" / "val"
+        # Fixed windows, not packing: the samples above place each answer in a chosen bucket of the window.
         write_token_dir(target, tokens, lineage={"built_by": "scripts/experiments/ablation_tiny.py",
-                                                 "answers_in_buckets": list(TRAINED_BUCKETS), "bucket_edges": edges})
+                                                 "answers_in_buckets": list(TRAINED_BUCKETS), "bucket_edges": edges},
+                        pack_block_sizes=[block_size], pack_method=METHOD_FIXED)
         info[split] = {"retrieval_examples": len(items), "samples": len(samples), "bucket_edges": edges}
     return info
 
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_train:
         info = build_mix(demo_root, out / "data", args.block_size, args.train_per_bucket, args.seed)
         print(f"training mix: {json.dumps(info)}", flush=True)
+        base_sets = json.loads(Path(args.config).read_text())["eval"]["sets"].values()
+        for name in [Path(v).name for v in base_sets]:  # the demo's eval sets, read at this block size
+            add_packing(demo_root / name, args.block_size)
         for arch in ARCHS:
             cfg = make_config(Path(args.config), out, arch, args.block_size, args.steps, demo_root)
             cmd = [sys.executable, str(ROOT / "launcher" / "train.py"), "--config_file", str(cfg),

@@ -1,4 +1,5 @@
-"""Build the unified datasets: fetch -> hold back eval/val groups -> tokenize -> decontaminate -> mix both phases.
+"""Build the unified datasets: fetch -> hold back eval/val groups -> tokenize -> decontaminate -> mix both phases
+-> pack.
 
 Full build (Hugging Face hub; the local IT-sec + Swiss law corpus must exist, see docs/DATASET.md):
     python scripts/unified_build/build_unified_dataset.py
@@ -18,13 +19,18 @@ reaches it, possibly hours into the build).
 Gated inputs (StarCoderData, The Stack): accept the terms on each dataset page, then `hf auth login` once.
 
 Offline demo (a few MB of tokens, under a minute on 2 cores; what `make demo` and the tests build):
-    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
+    python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo \
+        --block-size 256
 
 One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps fetch
     python scripts/unified_build/build_unified_dataset.py --steps holdback,tokenize
     python scripts/unified_build/build_unified_dataset.py --steps decontaminate
-    python scripts/unified_build/build_unified_dataset.py --steps mix
+    python scripts/unified_build/build_unified_dataset.py --steps mix,pack
+
+The pack step writes each output's grounding-safe packing index for the training block size (default 1024, the
+spec's; the CPU demo trains at 256): `--block-size 256`, or several, `--block-size 256 1024`. Another block size
+later: `python -m data.packing DIR --block-size N` (docs/DATASET.md, "Packing").
 
 Inputs are fetched in parallel, one process each (the result does not depend on the count):
     python scripts/unified_build/build_unified_dataset.py --fetch-workers 8
@@ -62,7 +68,7 @@ from data.source_config import (  # noqa: E402
 from data.token_dataset import sha256_file  # noqa: E402
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
-STEPS = ("fetch", "holdback", "tokenize", "decontaminate", "mix")
+STEPS = ("fetch", "holdback", "tokenize", "decontaminate", "mix", "pack")
 
 
 def parse_args(argv=None):
@@ -88,6 +94,9 @@ def parse_args(argv=None):
                          "(default: 20000, or 500 for sources whose total budget is under 100M tokens)")
     ap.add_argument("--max-rounds", type=int, default=8,
                     help="fetch/tokenize rounds per input while its token counts are short of the budget")
+    ap.add_argument("--block-size", type=int, nargs="+", default=[1024],
+                    help="model.block_size(s) to write the packing index for (default: 1024, the spec's; the CPU "
+                         "demo: 256); a trainer reads only the block sizes indexed")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan, budget feasibility and gated inputs; touch nothing (exit 1 if infeasible)")
     ap.add_argument("--preflight", action="store_true",
@@ -112,6 +121,8 @@ def parse_args(argv=None):
         ap.error(f"--preflight-records must be >= 1, got {args.preflight_records}")
     if args.preflight and args.skip_preflight:
         ap.error("--preflight and --skip-preflight contradict each other; give one")
+    if any(b < 1 for b in args.block_size):
+        ap.error(f"--block-size must be >= 1, got {args.block_size}")
     args.steps = steps
     return args
 
@@ -293,7 +304,27 @@ def main(argv=None) -> int:
             min_tokens = next((e.min_tokens for e in defs.eval_sets.values() if e.name == name), 0)
             if m["num_tokens"] < min_tokens:
                 print(f"    WARNING: {name} has {m['num_tokens']:,} tokens, below its min_tokens {min_tokens:,}")
+    if "pack" in args.steps:
+        pack_outputs(defs, out_root, args.block_size)
     return 0
+
+
+def pack_outputs(defs, out_root: Path, block_sizes: list[int]) -> None:
+    """Add the packing index for each block size to every output (a mix's val/ too); up-to-date ones are kept."""
+    from data.token_dataset import add_packing
+
+    dirs = [out_root / m for m in defs.mixes] + [out_root / e for e in defs.eval_sets]
+    dirs += [d / "val" for d in dirs[: len(defs.mixes)] if (d / "val").is_dir()]
+    for d in dirs:
+        if not (d / "manifest.json").is_file():
+            raise SystemExit(f"pack: {d} has not been built; run the mix step first (--steps mix,pack)")
+        for b in block_sizes:
+            try:
+                e = add_packing(d, b)
+            except ValueError as err:
+                raise SystemExit(f"pack failed: {err}") from None
+            print(f"{d}: block_size {b}: {e['num_samples']:,} samples, padding {100 * e['padding_share']:.2f}%, "
+                  f"{e['short_documents']:,} documents whole, {e['long_documents']:,} long ones split")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ Eval contamination: for each mix and each eval set (default: every `*_eval_token
 mixes), the share of sampled eval documents with a near duplicate in the mix (MinHash Jaccard >= 0.8) and the share
 of their token 13-gram windows found anywhere in the mix, all and beyond boilerplate (13-grams seen fewer than 10
 times in the mix), in one pass over the mix's tokens. Details: docs/DATASET.md.
+Packing, per indexed block size: the padding share of the samples, and the share of retrieval documents whose
+passage, question and answer lie inside one training sample, under the old fixed windows and under the packing
+(docs/DATASET.md, "Packing").
 
     python scripts/unified_build/report_mix.py data/demo/unified_phase1_circuit data/demo/unified_6B
     python scripts/unified_build/report_mix.py data/unified_phase1_circuit data/unified_6B -n 2000
@@ -36,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from data.audit import audit_documents, eval_contamination, token_dir_documents  # noqa: E402
 from data.quality import grounded_answer  # noqa: E402
 from data.source_config import CATEGORIES  # noqa: E402
-from data.token_dataset import TokenDataset  # noqa: E402
+from data.token_dataset import TokenDataset, grounding_report  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 
 # The spec's "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
@@ -129,6 +132,11 @@ def report_mix(directory: Path, num_docs: int, seed: int, eval_dirs: list[Path] 
                             "spec_estimate": (SPEC_ESTIMATES.get(directory.name, {}).get(signal)),
                             "measured": measured[key],
                             "contributors": {s: contributions[s][key] for s in top if contributions[s][key] > 0}}
+    packing = {}
+    for block in sorted((manifest.get("packing") or {}).get("block_sizes", {}), key=int):
+        rep = grounding_report(directory, int(block))
+        packing[block] = {"padding_share": rep["padding_share"], "num_samples": rep["num_samples"],
+                          "retrieval": rep["categories"].get("retrieval")}
     contamination = None
     if eval_dirs:
         start = time.perf_counter()
@@ -137,7 +145,7 @@ def report_mix(directory: Path, num_docs: int, seed: int, eval_dirs: list[Path] 
     return {"directory": str(directory), "name": directory.name, "num_tokens": manifest["num_tokens"],
             "fingerprint": manifest.get("fingerprint"), "categories": categories, "sources": rows,
             "measured": measured, "coverage": coverage, "sample_per_source": num_docs, "seed": seed,
-            "contamination": contamination}
+            "contamination": contamination, "packing": packing}
 
 
 def _pct(x) -> str:
@@ -180,6 +188,15 @@ def format_report(rep: dict) -> str:
         lines += [f"(scanned {c['train_tokens_scanned']:,} training tokens, MinHash on "
                   f"{c['train_documents_checked']:,} documents sharing an eval {c['ngram']}-gram, in "
                   f"{c['seconds']:.1f} s)"]
+    lines += ["", "| packing: block size | samples | padding | retrieval documents | whole in one sample: fixed "
+              "windows | packed |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for block, p in rep["packing"].items():
+        r = p["retrieval"] or {}
+        lines.append(f"| {block} | {p['num_samples']:,} | {100 * p['padding_share']:.2f}% | "
+                     f"{r.get('documents', 0):,} | {_pct(r.get('whole_fixed_windows'))} | "
+                     f"{_pct(r.get('whole_packed'))} |")
+    if not rep["packing"]:
+        lines.append("| (no packing index: run the build's pack step or python -m data.packing) | | | | | |")
     m = rep["measured"]
     lines += ["", f"copyable share of all tokens: k=1 {_pct(m['copyable_k1'])}, k=2 {_pct(m['copyable_k2'])}, "
                   f"k=3 {_pct(m['copyable_k3'])}, k=4 {_pct(m['copyable_k4'])}; long-range (>= 128 back) k=4 "
