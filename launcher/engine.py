@@ -43,6 +43,7 @@ DS_COMPILE_REFUSAL = ("DeepSpeed config {path}: the `compile` section is not use
                       "DeepSpeed's engine.compile()/DeepCompile, which the trainer does not call); delete it and set "
                       "\"compile\": true in the training config's model section to torch.compile each block")
 ZERO1_FP32_ACCUM = "ds_configs/zero1_bf16_fp32accum.json"
+ZERO2_FP32_ACCUM = "ds_configs/zero2_bf16_fp32accum.json"
 ZERO2_FP32 = "ds_configs/zero2_fp32.json"
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -138,21 +139,34 @@ def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_c
 
 
 def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
-    """Micro-steps per optimizer step and the dtype gradients are accumulated in (see DESIGN, "Gradient
-    accumulation precision": ZeRO-2 accumulates in the parameter dtype; fp32 accumulation needs stage 1)."""
+    """Micro-steps per optimizer step and the dtype gradients are accumulated in (DESIGN, "Gradient accumulation
+    precision").
+
+    bf16 parameters accumulate in bf16 unless `data_types.grad_accum_dtype` is fp32, which DeepSpeed 0.19.8 honours at
+    ZeRO stage 1 (its BF16_Optimizer: runtime/engine.py `_do_optimizer_sanity_check` returns BFLOAT16 there) and at
+    stage 2: runtime/zero/stage_1_and_2.py `_use_compact_grad_partition_buffer` is true whenever the accumulation
+    dtype is fp32 and differs from the parameters', and `_add_full_reduction_to_compact_grad_partition` adds each
+    micro-step's reduced gradient into this rank's fp32 partition. Verified on a 2-rank CPU engine
+    (scripts/bench/zero2_accum_dtype.py, docs/TRAINING.md): the buffer is float32, the same tensor across
+    micro-steps, and after micro-step 2 holds values bf16 cannot represent. Each micro-step's own gradient is still
+    computed and reduced in bf16; only the sum over micro-steps is fp32.
+    """
     bf16 = _bf16_enabled(ds_config)
     stage = zero_stage(ds_config)
     requested = ds_config.get("data_types", {}).get("grad_accum_dtype")
     param_dtype = "bf16" if bf16 else "fp32"
     if not bf16:
         dtype = "fp32"
-    elif requested in ("fp32", "float32") and stage in (0, 1):
+    elif requested in ("fp32", "float32") and stage in (1, 2):
         dtype = "fp32"
     else:
         dtype = "bf16"
     note = ""
     if requested in ("fp32", "float32") and dtype != "fp32":
-        note = f"data_types.grad_accum_dtype=fp32 is ignored at ZeRO stage {stage} (DeepSpeed honours it at stage 1)"
+        note = (f"data_types.grad_accum_dtype=fp32 is not used at ZeRO stage {stage} (DeepSpeed honours it at stages "
+                "1 and 2)")
+    elif bf16 and dtype == "fp32" and stage == 2:
+        note = "ZeRO-2 fp32 partition buffer: each micro-step's gradient is bf16, their sum fp32"
     return {"steps": int(ds_config["gradient_accumulation_steps"]), "dtype": dtype, "param_dtype": param_dtype,
             "zero_stage": stage, "note": note}
 
