@@ -9,7 +9,7 @@ micro-step are mostly not bf16 values.
 
     deepspeed --num_gpus 2 scripts/bench/zero2_accum_dtype.py                # ZeRO-2, 2 ranks (CPU: gloo)
     deepspeed --num_gpus 2 scripts/bench/zero2_accum_dtype.py --stage 1
-    deepspeed --num_gpus 2 scripts/bench/zero2_accum_dtype.py --no_fp32_accum   # the stock zero2_bf16.json setting
+    deepspeed --num_gpus 2 scripts/bench/zero2_accum_dtype.py --no_fp32_accum   # zero2_bf16.json: finds none
 
 The source it checks (deepspeed 0.19.8, runtime/zero/stage_1_and_2.py): `_use_compact_grad_partition_buffer` is
 true whenever grad_accum_dtype is fp32 and differs from the parameter dtype, at stage 1 and 2; `_build_compact_grad_
@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         print("| micro-step | accumulator | accumulator dtype | elements (this rank) | same buffer as before | "
               "share not representable in bf16 |")
         print("| --- | --- | --- | --- | --- | --- |")
+        if not rows:
+            print("(no accumulator found between micro-steps: without the compact buffer this DeepSpeed keeps none "
+                  "that this script can locate; the source allocates grads_in_partition in the parameter dtype)")
         for micro, i, dtype, n, same, share in rows:
             print(f"| {micro} | {i} | {dtype} | {n:,} | {'yes' if same else '-'} | {share:.3f} |")
     return 0
