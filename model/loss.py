@@ -25,10 +25,19 @@ import torch.nn.functional as F
 IGNORE_INDEX = -1  # the trainer's padding target: positions with it add nothing to the loss or the gradients
 
 
+# Floor on one chunk's logits, in elements (32 MiB of fp32): Liger's rule alone gives a small model one-row chunks
+# (hidden 64, vocabulary 50,304: 786 chunks of ~1 row), and a Python loop of one-row matmuls is slower than the
+# full logits it avoids. The floor changes nothing at the 750M shape (512 rows x 50,304 is already above it).
+MIN_CHUNK_ELEMENTS = 1 << 23
+
+
 def chunk_rows(rows: int, hidden: int, vocab: int) -> int:
-    """Rows per chunk: a power of two with chunk x vocab about rows x hidden (Liger's rule, see the module doc)."""
+    """Rows per chunk: a power of two with chunk x vocab about rows x hidden (Liger's rule, see the module doc),
+    but at least MIN_CHUNK_ELEMENTS logits, and at most all rows."""
     chunks = math.ceil(vocab / hidden)
-    return min(rows, 1 << max(0, math.ceil(rows / chunks) - 1).bit_length())
+    liger = 1 << max(0, math.ceil(rows / chunks) - 1).bit_length()
+    floor = 1 << max(0, math.ceil(MIN_CHUNK_ELEMENTS / vocab) - 1).bit_length()
+    return min(rows, max(liger, floor))
 
 
 def _chunk_loss_and_grad(logits: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, need_grad: bool):

@@ -43,7 +43,9 @@ def test_chunked_loss_equals_full_logits_in_value_and_gradients(chunk):
 def test_chunk_rule_bounds_a_chunk_of_logits_to_the_input_size():
     # 12 x 1024 rows at the 750M shape: 40 chunks of vocabulary/hidden -> 512 rows (a power of two, as Liger's rule).
     assert chunk_rows(12 * 1024, 1280, 50304) == 512
-    assert chunk_rows(5, 64, 50304) == 1 and chunk_rows(3, 4096, 1000) == 3
+    # A tiny model gets the floor (256 rows x 50,304 >= 2^23 logits) instead of one-row chunks; never more than rows.
+    assert chunk_rows(8 * 64, 64, 50304) == 256
+    assert chunk_rows(5, 64, 50304) == 5 and chunk_rows(3, 4096, 1000) == 3
 
 
 def test_model_loss_and_gradients_equal_the_full_logits_path():
