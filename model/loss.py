@@ -66,7 +66,7 @@ def _addmm_fp32(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
         try:
             torch.addmm(accumulator, a, b, out_dtype=torch.float32, out=accumulator)
             return
-        except TypeError:  # torch < 2.8: no out_dtype
+        except (TypeError, RuntimeError):  # torch < 2.8 (no out_dtype) or a GPU without it: the fallback below
             pass
     if a.dtype == accumulator.dtype:
         accumulator.addmm_(a, b)
