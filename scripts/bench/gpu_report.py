@@ -219,7 +219,8 @@ def throughput_run(args, compile_blocks: bool) -> dict:
     saves = [float(s) for _, s in SAVE_LINE.findall(console)]
     tok_s = sum(r["tokens_per_s"] for r in rows) / len(rows)
     peaks = [r["peak_memory_gib"] for r in rows if r.get("peak_memory_gib") is not None]
-    return {"config": config, "steps": steps, "num_gpus": num_gpus, "tokens_per_s_per_gpu": tok_s / num_gpus,
+    return {"config": config, "steps": steps, "interval": interval, "num_gpus": num_gpus,
+            "tokens_per_s_per_gpu": tok_s / num_gpus,
             "mfu": sum(r["mfu"] for r in rows) / len(rows), "peak_memory_gib": max(peaks) if peaks else None,
             "save_seconds": saves[-1] if saves else None,
             "data_wait_share": sum(r["data_wait_share"] for r in rows) / len(rows)}
@@ -241,7 +242,8 @@ def section_throughput(args) -> str:
         lines.append(f"| {'model.compile' if compile_blocks else 'eager'} | {r['num_gpus']} | "
                      f"{r['tokens_per_s_per_gpu']:,.0f} | {r['mfu']:.1%} | {peak} | {save} | "
                      f"{r['data_wait_share']:.2%} |")
-    head = f"`{r['config']}`, {r['steps']} steps, micro-batch from the config, the first 10-step interval skipped"
+    head = (f"`{r['config']}`, {r['steps']} steps, micro-batch from the config, the first {r['interval']}-step "
+            "interval skipped (warm-up)")
     return head + "\n\n" + "\n".join(lines)
 
 

@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant, r in results.items():
         print(f"| {variant} | {r['peak_bytes'] / 2**20:,.0f} MiB | {r['seconds']:.1f} | {r['loss']:.4f} |")
     saved = results["full_logits"]["peak_bytes"] - results["chunked"]["peak_bytes"]
-    print(f"saved by the chunked loss: {saved / 2**20:,.0f} MiB ({saved:,} bytes) at {rows:,} rows; the logits "
-          f"alone are rows x 50,304 x (param bytes + 4 for the fp32 copy)")
+    print(f"saved by the chunked loss: {saved / 2**20:,.0f} MiB ({saved:,} bytes) at {rows:,} rows (full logits: "
+          f"rows x 50,304 in the parameter dtype, kept for backward, plus their fp32 copy when that is bf16)")
     return 0
 
 
