@@ -123,12 +123,12 @@ def test_compiled_blocks_keep_names_and_numbers():
     from launcher.engine import compile_blocks
 
     torch.manual_seed(0)
-    eager = Transformer(ModelConfig(**{**TINY, "n_layer": 2}))
-    compiled = Transformer(ModelConfig(**{**TINY, "n_layer": 2}))
+    eager = Transformer(ModelConfig(**{**TINY, "n_layer": 1}))
+    compiled = Transformer(ModelConfig(**{**TINY, "n_layer": 1}))
     compiled.load_state_dict(eager.state_dict())
     # aot_eager: Dynamo and AOTAutograd trace each block (graph, guards, backward) without Inductor's C++ build,
     # which takes minutes on this CPU; the GPU path uses the default backend.
-    assert compile_blocks(compiled, backend="aot_eager") == 2
+    assert compile_blocks(compiled, backend="aot_eager") == 1
     assert list(compiled.state_dict()) == list(eager.state_dict())
     tokens = torch.randint(0, 50257, (2, 17), generator=torch.Generator().manual_seed(2))
     losses = []
