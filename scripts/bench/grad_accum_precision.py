@@ -8,7 +8,7 @@ demo data) with each ds_config, plus an all-fp32 reference, from the same init a
 train/val loss gaps (see docs/TRAINING.md for the measured figures).
 
     python scripts/unified_build/build_unified_dataset.py --sources data/sources/demo.json --out-root data/demo
-    python scripts/bench/grad_accum_precision.py                  # 300 steps, ~8 minutes on 2 CPU cores
+    python scripts/bench/grad_accum_precision.py                  # 300 steps; bf16 is emulated (slow) on AVX2 CPUs
     python scripts/bench/grad_accum_precision.py --steps 100 --out out/bench_accum
     python scripts/bench/grad_accum_precision.py --variants bf16_accum_zero2 fp32_accum_zero2 fp32_reference
 """
@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = bench_config(REPO / args.config_file, out, args.steps, {
                 "batch.micro_batch_size": 1, "batch.global_batch_size": args.accum,
                 "eval.eval_interval": args.steps, "logging.log_interval": 1})
-            launch(cfg, name, 1, ["--deepspeed_config", ds_config])
+            # --precision explicit: under "auto" a CPU without native bf16 trains every variant in fp32
+            # (launcher/engine.py resolve_precision), and the three would be the same run.
+            precision = "fp32" if name == "fp32_reference" else "bf16"
+            launch(cfg, name, 1, ["--deepspeed_config", ds_config, "--precision", precision])
             train = {r["step"]: r["loss"] for r in records(out, name, "train") if "loss" in r}
             evals = records(out, name, "eval")
             results[name] = {"train": train, "val": evals[-1]["losses"]["val"]}
