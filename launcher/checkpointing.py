@@ -195,7 +195,19 @@ class CheckpointManager:
             if dist.rank() == 0 and not (load_dir / path.name).is_dir():
                 convert_to_universal(path, load_dir / path.name)
             dist.barrier()
-        load_path, client_state = engine.load_checkpoint(str(load_dir), tag=path.name)
+        try:
+            load_path, client_state = engine.load_checkpoint(str(load_dir), tag=path.name)
+        except RuntimeError as e:
+            if "attention.wqkv" in str(e) or "feed_forward.w13" in str(e):
+                # Written before q/k/v and w1/w3 were fused (issue 14). The model weights could be fused (model.io
+                # does it for GOLD checkpoints), but ZeRO's flat optimizer partitions follow the old parameter
+                # shapes and order, so the optimizer state cannot be carried over.
+                raise RuntimeError(
+                    f"{path} was written by the model before q/k/v and w1/w3 were fused into attention.wqkv and "
+                    "feed_forward.w13; its optimizer state cannot be resumed. Start a new run (--resume none), or "
+                    "finish this one with the code that wrote it. Its GOLD checkpoint still loads and exports "
+                    "(model.io converts the weights).") from e
+            raise
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
         rng_file = path / f"rng_rank{dist.rank()}.pt"

@@ -116,6 +116,17 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
     return t.cpu().tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """All-reduce a small device tensor as float64 on the collective's device, without reading it on the host: the
+    caller decides when to read (DESIGN, "The GPU never waits on the host"). Identity without a process group."""
+    t = t.to(device=comm_device() if is_initialized() else t.device, dtype=torch.float64)
+    if is_initialized():
+        torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM,
+                                            "max": torch.distributed.ReduceOp.MAX,
+                                            "min": torch.distributed.ReduceOp.MIN}[op])
+    return t
+
+
 def all_gather_object(obj):
     if not is_initialized():
         return [obj]

@@ -33,9 +33,17 @@ ENGINE_KEYS = {
     "prescale_gradients", "gradient_predivide_factor", "sparse_gradients", "steps_per_print",
     "wall_clock_breakdown", "memory_breakdown", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
     "activation_checkpointing", "flops_profiler", "comms_logger", "checkpoint", "aio", "dump_state",
-    "seq_parallel_communication_data_type", "timers", "compile", "torch_autocast", "amp",
+    "seq_parallel_communication_data_type", "timers", "torch_autocast", "amp",
 }
+# DeepSpeed's `compile` section configures `engine.compile()` / DeepCompile (deepspeed 0.19.8 compile/config.py
+# CompileConfig; runtime/engine.py `compile`), which compiles the whole module and acts only when the caller invokes
+# engine.compile(). This trainer never does: it compiles each block itself (`model.compile`, `compile_blocks`), so a
+# ds_config `compile` section would be silently ignored; it is refused instead.
+DS_COMPILE_REFUSAL = ("DeepSpeed config {path}: the `compile` section is not used by this trainer (it configures "
+                      "DeepSpeed's engine.compile()/DeepCompile, which the trainer does not call); delete it and set "
+                      "\"compile\": true in the training config's model section to torch.compile each block")
 ZERO1_FP32_ACCUM = "ds_configs/zero1_bf16_fp32accum.json"
+ZERO2_FP32_ACCUM = "ds_configs/zero2_bf16_fp32accum.json"
 ZERO2_FP32 = "ds_configs/zero2_fp32.json"
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -94,6 +102,8 @@ def trainer_owned_values(cfg: TrainConfig, world_size: int, on_cuda: bool) -> di
 def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_cuda: bool) -> dict[str, Any]:
     """The ds_config at `ds_path` plus the trainer-owned fields; ValueError on unknown or contradicting keys."""
     user = load_ds_json(ds_path)
+    if "compile" in user:
+        raise ValueError(DS_COMPILE_REFUSAL.format(path=ds_path))
     unknown = sorted(set(user) - ENGINE_KEYS - set(TRAINER_OWNED))
     if unknown:
         raise ValueError(f"DeepSpeed config {ds_path}: unknown key(s) {unknown}; engine settings allowed here are "
@@ -129,21 +139,34 @@ def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_c
 
 
 def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
-    """Micro-steps per optimizer step and the dtype gradients are accumulated in (see DESIGN, "Gradient
-    accumulation precision": ZeRO-2 accumulates in the parameter dtype; fp32 accumulation needs stage 1)."""
+    """Micro-steps per optimizer step and the dtype gradients are accumulated in (DESIGN, "Gradient accumulation
+    precision").
+
+    bf16 parameters accumulate in bf16 unless `data_types.grad_accum_dtype` is fp32, which DeepSpeed 0.19.8 honours at
+    ZeRO stage 1 (its BF16_Optimizer: runtime/engine.py `_do_optimizer_sanity_check` returns BFLOAT16 there) and at
+    stage 2: runtime/zero/stage_1_and_2.py `_use_compact_grad_partition_buffer` is true whenever the accumulation
+    dtype is fp32 and differs from the parameters', and `_add_full_reduction_to_compact_grad_partition` adds each
+    micro-step's reduced gradient into this rank's fp32 partition. Verified on a 2-rank CPU engine
+    (scripts/bench/zero2_accum_dtype.py, docs/TRAINING.md): the buffer is float32, the same tensor across
+    micro-steps, and after micro-step 2 holds values bf16 cannot represent. Each micro-step's own gradient is still
+    computed and reduced in bf16; only the sum over micro-steps is fp32.
+    """
     bf16 = _bf16_enabled(ds_config)
     stage = zero_stage(ds_config)
     requested = ds_config.get("data_types", {}).get("grad_accum_dtype")
     param_dtype = "bf16" if bf16 else "fp32"
     if not bf16:
         dtype = "fp32"
-    elif requested in ("fp32", "float32") and stage in (0, 1):
+    elif requested in ("fp32", "float32") and stage in (1, 2):
         dtype = "fp32"
     else:
         dtype = "bf16"
     note = ""
     if requested in ("fp32", "float32") and dtype != "fp32":
-        note = f"data_types.grad_accum_dtype=fp32 is ignored at ZeRO stage {stage} (DeepSpeed honours it at stage 1)"
+        note = (f"data_types.grad_accum_dtype=fp32 is not used at ZeRO stage {stage} (DeepSpeed honours it at stages "
+                "1 and 2)")
+    elif bf16 and dtype == "fp32" and stage == 2:
+        note = "ZeRO-2 fp32 partition buffer: each micro-step's gradient is bf16, their sum fp32"
     return {"steps": int(ds_config["gradient_accumulation_steps"]), "dtype": dtype, "param_dtype": param_dtype,
             "zero_stage": stage, "note": note}
 
@@ -218,9 +241,29 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """`torch.compile` every transformer block of `model` in place; returns how many were compiled.
+
+    Per block, as torchtitan's `apply_compile` does (pytorch/torchtitan, the llama parallelize.py: each
+    TransformerBlock separately; identical blocks reuse one compiled graph, so compile time does not grow with depth).
+    `nn.Module.compile()` compiles the module's forward in place, unlike `torch.compile(module)`, which wraps it in an
+    OptimizedModule and prefixes every parameter name with `_orig_mod.`: DeepSpeed checkpoints, GOLD checkpoints and
+    the export keep their names. Not `fullgraph=True`: the fused Triton kernels are autograd Functions that may break
+    the graph until they are registered as custom ops (issue 14, item 2); a break costs speed, not correctness.
+    """
+    blocks = list(getattr(model, "layers", []))
+    for block in blocks:
+        block.compile(backend=backend, dynamic=False)
+    return len(blocks)
+
+
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict[str, Any]):
-    """deepspeed.initialize with DeepSpeed's own AdamW and WarmupCosineLR; returns the engine."""
+    """deepspeed.initialize with DeepSpeed's own AdamW and WarmupCosineLR; returns the engine. With
+    `model.compile`, the blocks are compiled first (`compile_blocks`)."""
     import deepspeed
+
+    if cfg.model.compile:
+        compile_blocks(model)
 
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=param_groups(model, cfg.optim.weight_decay), config=ds_config

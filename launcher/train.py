@@ -14,8 +14,8 @@ Usage (from the repository root):
     deepspeed --num_gpus 8 launcher/train.py ... --resume auto
     # bf16 on a CPU without native bf16 (where the default trains in fp32: emulated bf16 is ~8x slower)
     deepspeed --num_gpus 2 launcher/train.py --config_file configs/tiny/demo_cpu.json --model_name demo --precision bf16
-    # fp32 gradient accumulation (ZeRO stage 1) instead of the config's ds_config
-    deepspeed --num_gpus 2 launcher/train.py ... --deepspeed_config ds_configs/zero1_bf16_fp32accum.json
+    # fp32 gradient accumulation (ZeRO stage 2, fp32 partition buffer) instead of the config's ds_config
+    deepspeed --num_gpus 2 launcher/train.py ... --deepspeed_config ds_configs/zero2_bf16_fp32accum.json
 
     tensorboard --logdir runs/
 

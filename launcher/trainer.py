@@ -29,7 +29,7 @@ from launcher import health
 from launcher.checkpointing import CheckpointManager, GoldWriter, complete_checkpoints, read_meta
 from launcher.config import TrainConfig
 from launcher.engine import (
-    ZERO1_FP32_ACCUM,
+    ZERO2_FP32_ACCUM,
     accumulation_summary,
     build_ds_config,
     build_engine,
@@ -439,7 +439,7 @@ class Trainer:
                     f"({cfg.batch.global_batch_size * cfg.model.block_size:,} tokens/step)")
         dist.print0(self.plan.precision_note)
         hint = "" if acc["dtype"] == "fp32" or acc["steps"] == 1 else (
-            f"; for fp32 accumulation use --deepspeed_config {ZERO1_FP32_ACCUM} (docs/TRAINING.md)")
+            f"; for fp32 accumulation use --deepspeed_config {ZERO2_FP32_ACCUM} (docs/TRAINING.md)")
         dist.print0(f"gradient accumulation: {acc['steps']} micro-steps, accumulated in {acc['dtype']} "
                     f"(params {acc['param_dtype']}, ZeRO stage {acc['zero_stage']}){hint}"
                     + (f" [{acc['note']}]" if acc["note"] else ""))
@@ -483,7 +483,10 @@ class Trainer:
                                 "dataset_dir": str(self.plan.phases[batch.phase].directory)},
                                {"train/phase": float(batch.phase)})
             lr = set_lr_for_step(self.engine, step)
-            loss_sum = 0.0
+            # Micro-step losses are summed on the device: reading one (float(loss)) would stall the host until the
+            # GPU finished that micro-step, instead of letting it queue the next one (DESIGN, "The GPU never waits
+            # on the host").
+            loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
             for x, y, _ in batch.micro_batches:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 _, loss = self.engine(x, y)
@@ -491,12 +494,16 @@ class Trainer:
                     loss = loss * float("nan")
                 self.engine.backward(loss)
                 self.engine.step()
-                loss_sum += float(loss.detach())
-            local_bad = 0.0 if math.isfinite(loss_sum) else 1.0
-            stop_local = 1.0 if self.stop_signal else 0.0
-            # One collective per step: the global loss, NaN flags and the stop flag (MAX via sum > 0).
-            total, n, bad, stop = dist.all_reduce(
-                [loss_sum if local_bad == 0 else 0.0, float(len(batch.micro_batches)), local_bad, stop_local])
+                loss_sum += loss.detach().float()
+            local_bad = (~torch.isfinite(loss_sum)).to(torch.float32)
+            stop_local = torch.tensor(1.0 if self.stop_signal else 0.0, device=self.device)
+            n_micro = torch.tensor(float(len(batch.micro_batches)), device=self.device)
+            # One collective per step, built on the device: the global loss, the NaN flag and the stop flag (MAX via
+            # sum > 0). Its one host read, below, is the step's only one: every rank must know now whether to stop
+            # and whether the update was skipped.
+            reduced = dist.all_reduce_tensor(
+                torch.stack([torch.where(local_bad > 0, 0.0, loss_sum), n_micro, local_bad, stop_local]))
+            total, n, bad, stop = reduced.tolist()
             step_loss = total / n if bad == 0 else math.nan
             self.step = step + 1
             if bad or not self.engine.was_step_applied():
@@ -527,6 +534,8 @@ class Trainer:
                           "lr": lr, "grad_norm": _grad_norm(self.engine), "tokens": self.step * tokens_per_step,
                           "tokens_per_s": tok_s, "mfu": mfu, "data_wait_share": waited / elapsed,
                           "step_seconds": elapsed / steps_done, "nonfinite_total": self.nonfinite_total}
+                if self.device.type == "cuda":  # a host-side counter: reading it does not wait for the GPU
+                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 if self.args.log_sample_ids:
                     record["sample_ids"] = self._global_sample_ids(batch)
                     record["step_loss"] = step_loss

@@ -74,6 +74,10 @@ class ModelConfig:
     """Epsilon inside RMSNorm's square root (LLaMA-2 uses 1e-5)."""
     fused_kernels: bool = True
     """Use the fused Triton RMSNorm/SwiGLU kernels where they can run (CUDA); the PyTorch reference elsewhere."""
+    compile: bool = False
+    """`torch.compile` each transformer block (in place, so parameter names and checkpoints are unchanged) before
+    DeepSpeed wraps the model. Off by default: compiling takes minutes at start, and the first GPU session measures
+    whether it pays (scripts/bench/gpu_report.py). DeepSpeed's own ds_config `compile` section is refused."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init; residual output projections get init_std/sqrt(2*n_layer)."""
     arch: str = "llama"
@@ -101,6 +105,8 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"model.compile must be true or false, got {self.compile!r}")
         if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
             raise ValueError("model.norm_eps, model.rope_theta and model.init_std must be positive")
 

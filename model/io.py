@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import ModelConfig
-from model.transformer import Transformer
+from model.transformer import Transformer, fuse_unfused
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -79,6 +79,9 @@ def load_model_checkpoint(
     with torch.device(device):
         model = Transformer(config)
     expected = set(_portable_state_dict(model.state_dict(), config))
+    # Checkpoints written before q/k/v and w1/w3 were fused hold them separately: converted here, at load, so every
+    # GOLD checkpoint and export keeps working (the fused tensor is the row-wise stack, the same function).
+    state_dict, _ = fuse_unfused(state_dict, expected)
     found = set(state_dict)
     if expected != found:
         raise ValueError(

@@ -4,10 +4,16 @@
 (`scripts/experiments/ablation_tiny.py`): learned absolute positions (`pos_embeddings`), LayerNorm and a GELU MLP
 (`feed_forward.w1`/`w2`, hidden 4 * n_embd), everything else (attention, pre-norm, init, tying) shared.
 
-A pure `nn.Module`, bottom-up. Parameter names follow the Meta/torchtitan LLaMA code (`wq wk wv wo`, `w1 w2 w3`,
-`attention_norm`, `ffn_norm`), so the export to Hugging Face `LlamaForCausalLM` is a rename table
-(`scripts/export_hf.py`). RoPE uses Hugging Face's "rotate half" layout (not the interleaved complex one) for the
-same reason: exported weights need no permutation.
+A pure `nn.Module`, bottom-up. Parameter names follow the Meta/torchtitan LLaMA code (`wo`, `w2`, `attention_norm`,
+`ffn_norm`), with two fused projections: `attention.wqkv` is q, k and v stacked row-wise (one GEMM instead of three)
+and `feed_forward.w13` is w1 (gate) and w3 (up) stacked row-wise (one GEMM instead of two). The export to Hugging Face
+`LlamaForCausalLM` (`scripts/export_hf.py`) splits them back by rows; `split_fused` / `fuse_unfused` below are that
+one mapping, used by the export and by `model.io` to load checkpoints written before the fusion. RoPE uses Hugging
+Face's "rotate half" layout (not the interleaved complex one) for the same reason: exported weights need no
+permutation.
+
+With targets, the loss is `model.loss.chunked_linear_cross_entropy`: the (B, T, vocab) logits are never
+materialized (their fp32 copy alone is 2.5 GB at micro-batch 12 x 1024), and `forward` returns `None` for them.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig
 from model.kernels import rms_norm, swiglu
+from model.loss import chunked_linear_cross_entropy
+
+# Fused parameter -> the unfused parameters it stacks, in row order (each n_embd or ffn_hidden rows).
+FUSED_PARAMETERS = {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
+                    "feed_forward.w13": ("feed_forward.w1", "feed_forward.w3")}
 
 
 class RMSNorm(nn.Module):
@@ -37,41 +48,43 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for RoPE, computed in fp32 and cached per (length, device).
+    """cos/sin tables for RoPE, (T, head_dim / 2) each, cached per (length, device, dtype).
 
-    Deliberately not registered as buffers: DeepSpeed's bf16 mode casts every floating buffer of the module to
-    bf16, and angles t * inv_freq for t up to 1024 lose most of their precision in bf16.
+    The angles t * inv_freq and their cos/sin are always computed in fp32 (angles up to 1024 lose most of their
+    precision in bf16) and then cast once to the activation dtype, as Hugging Face Llama does
+    (transformers models/llama/modeling_llama.py, LlamaRotaryEmbedding.forward: `cos.to(dtype=x.dtype)`). Deliberately
+    not registered as buffers: DeepSpeed's bf16 mode casts every floating buffer to bf16 before the angles are taken.
+    Only half the width is stored: in the HF layout both halves of a head share one frequency.
     """
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         self.head_dim = head_dim
         self.theta = theta
-        self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (seq_len, device)
+    def forward(self, seq_len: int, device: torch.device,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (seq_len, torch.device(device), dtype)
         if key not in self._cache:
             inv_freq = 1.0 / (
                 self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim)
             )
-            angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-            angles = torch.cat((angles, angles), dim=-1)  # (T, head_dim), HF layout: both halves share a frequency
-            self._cache[key] = (angles.cos(), angles.sin())
+            angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)  # (T, hd/2)
+            self._cache[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
         return self._cache[key]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, n_head, head_dim); cos/sin: (T, head_dim) fp32. Rotated in fp32, returned in x's dtype."""
-    cos = cos[None, :, None, :]
-    sin = sin[None, :, None, :]
-    x32 = x.float()
-    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+    """Rotate-half RoPE in x's dtype. x: (..., T, n_head, head_dim); cos/sin: (T, head_dim / 2).
+
+    Equal to HF's `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)`, written on the two halves so nothing is
+    concatenated but the result: no fp32 copy of q and k, no negated copy, no full-width tables.
+    """
+    cos = cos[:, None, :]  # (T, 1, head_dim / 2), broadcast over batch and heads
+    sin = sin[:, None, :]
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class Attention(nn.Module):
@@ -81,19 +94,18 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.dropout = config.dropout
         d = config.n_embd
-        self.wq = nn.Linear(d, d, bias=config.bias)
-        self.wk = nn.Linear(d, d, bias=config.bias)
-        self.wv = nn.Linear(d, d, bias=config.bias)
+        self.wqkv = nn.Linear(d, 3 * d, bias=config.bias)  # rows: wq, wk, wv (see FUSED_PARAMETERS)
         self.wo = nn.Linear(d, d, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim)  # (B, T, n_head, head_dim)
-        k = self.wk(x).view(B, T, self.n_head, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_head, self.head_dim)
-        if cos is not None:  # gpt2 has no RoPE: its positions were added to the input embedding
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, n_head, head_dim)
+        if cos is None:  # gpt2 has no RoPE: its positions were added to the input embedding
+            q, k, v = qkv.unbind(2)
+        else:  # q and k rotated in one call: (B, T, 2, n_head, head_dim)
+            q, k = apply_rotary(qkv[:, :, :2].transpose(1, 2), cos, sin).transpose(1, 2).unbind(2)
+            v = qkv[:, :, 2]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_dim)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
@@ -103,19 +115,19 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU MLP: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU MLP: w2(silu(w1 x) * w3 x), with w1 and w3 as one (2 * hidden, n_embd) GEMM `w13`."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         hidden = config.ffn_hidden
-        self.w1 = nn.Linear(config.n_embd, hidden, bias=config.bias)  # gate
-        self.w3 = nn.Linear(config.n_embd, hidden, bias=config.bias)  # up
+        self.w13 = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # rows: w1 (gate), w3 (up)
         self.w2 = nn.Linear(hidden, config.n_embd, bias=config.bias)  # down
         self.impl = "auto" if config.fused_kernels else "torch"
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(swiglu(self.w1(x), self.w3(x), impl=self.impl)))
+        gate, up = self.w13(x).chunk(2, dim=-1)  # row-strided views; the fused SwiGLU kernel takes them as they are
+        return self.dropout(self.w2(swiglu(gate, up, impl=self.impl)))
 
 
 class GeluFeedForward(nn.Module):
@@ -190,10 +202,11 @@ class Transformer(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx: (B, T) token ids. Returns logits (B, T, vocab_size) and, with targets (B, T), the mean
-        cross-entropy over targets != -1 (computed in fp32). With `logits_index` (B, K) positions, only the logits
-        at those positions are computed, (B, K, vocab_size): generation and probes need a few positions, and the
-        vocabulary projection of every position dominates the cost of a small model."""
+        """idx: (B, T) token ids. Without targets, returns (logits (B, T, vocab_size), None). With targets (B, T),
+        returns (None, the mean cross-entropy over targets != -1), computed in fp32 by the chunked linear +
+        cross-entropy without materializing the logits. With `logits_index` (B, K) positions (no targets), only the
+        logits at those positions are computed, (B, K, vocab_size): generation and probes need a few positions, and
+        the vocabulary projection of every position dominates the cost of a small model."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size {self.config.block_size}")
@@ -202,14 +215,48 @@ class Transformer(nn.Module):
             x = self.tok_embeddings(idx) + self.pos_embeddings(torch.arange(T, device=idx.device))
             x = self.dropout(x)  # (B, T, n_embd)
         else:
-            cos, sin = self.rotary(T, idx.device)
             x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
+            cos, sin = self.rotary(T, idx.device, x.dtype)  # (T, head_dim / 2) each, in the activation dtype
         for layer in self.layers:
             x = layer(x, cos, sin)
+        if targets is not None:
+            if logits_index is not None:
+                raise ValueError("pass either targets (training loss) or logits_index (a few positions' logits)")
+            h = self.norm(x).flatten(0, 1)  # (B * T, n_embd)
+            return None, chunked_linear_cross_entropy(h, self.output.weight, targets.reshape(-1))
         if logits_index is not None:
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.size(-1)))  # (B, K, n_embd)
-        logits = self.output(self.norm(x))  # (B, T or K, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.output(self.norm(x)), None  # (B, T or K, vocab_size)
+
+
+def split_fused(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`layers.3.attention.wqkv.weight` -> {`layers.3.attention.wq.weight`: rows 0..d-1, ...}; other names as they
+    are. The inverse of `fuse_unfused`, used by the Hugging Face export."""
+    for fused, parts in FUSED_PARAMETERS.items():
+        marker = f".{fused}."
+        if marker in name:
+            pieces = tensor.chunk(len(parts), dim=0)
+            return {name.replace(marker, f".{part}."): piece for part, piece in zip(parts, pieces, strict=True)}
+    return {name: tensor}
+
+
+def fuse_unfused(state_dict: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """A state dict with separate wq/wk/wv and w1/w3 (checkpoints written before the fusion) in today's layout, for
+    a model whose state-dict names are `expected`, and how many fused tensors were built. Tensors are concatenated
+    row-wise in `FUSED_PARAMETERS` order, so the model computes exactly what it computed with the separate ones.
+    Only fused names in `expected` are built (the gpt2 ablation's `feed_forward.w1` is a plain GELU input)."""
+    out = dict(state_dict)
+    built = 0
+    for target in sorted(expected - set(state_dict)):
+        for fused, parts in FUSED_PARAMETERS.items():
+            marker = f".{fused}."
+            if marker not in target:
+                continue
+            names = [target.replace(marker, f".{part}.") for part in parts]
+            if not all(n in state_dict for n in names):
+                continue  # left for the caller's missing-key error, which names it
+            out[target] = torch.cat([state_dict[n] for n in names], dim=0)
+            for n in names:
+                del out[n]
+            built += 1
+    return out, built

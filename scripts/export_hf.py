@@ -9,8 +9,10 @@ Then, with `transformers` installed:
     model = LlamaForCausalLM.from_pretrained("exports/unified_v1_llama")
 
 CHECKPOINT is a directory with `model.safetensors` + `model_config.json` (written by `model.io`). The export is a
-rename table (our parameter names follow Meta's LLaMA code; RoPE already uses Hugging Face's rotate-half layout),
-so no weight is permuted or recomputed. The GPT-2 tokenizer is not written; load it with tiktoken (`data.tokenizer`).
+row split of the two fused projections (`attention.wqkv` -> q/k/v, `feed_forward.w13` -> gate/up, by
+`model.transformer.split_fused`) and a rename table (our parameter names follow Meta's LLaMA code; RoPE already uses
+Hugging Face's rotate-half layout), so no weight is permuted or recomputed. The GPT-2 tokenizer is not written;
+load it with tiktoken (`data.tokenizer`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import ModelConfig  # noqa: E402
 from model.io import load_model_checkpoint  # noqa: E402
+from model.transformer import split_fused  # noqa: E402
 
 EOT_TOKEN_ID = 50256  # GPT-2's <|endoftext|>: documents are separated by it, so it is both BOS and EOS
 
@@ -98,7 +101,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = tor
     for name, tensor in model.state_dict().items():
         if config.tie_weights and name == "output.weight":
             continue  # tied: Hugging Face re-ties lm_head to embed_tokens from tie_word_embeddings
-        state[hf_name(name)] = tensor.to(dtype).contiguous()
+        for part, piece in split_fused(name, tensor).items():
+            state[hf_name(part)] = piece.to(dtype).contiguous()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():

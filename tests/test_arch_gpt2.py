@@ -60,8 +60,10 @@ def test_gpt2_forward_matches_a_hand_written_gpt2_block():
     with torch.no_grad():
         x = model.tok_embeddings.weight[idx] + model.pos_embeddings.weight[:16]
         h = torch.nn.functional.layer_norm(x, (64,), layer.attention_norm.weight, layer.attention_norm.bias, 1e-5)
-        q, k, v = (lin(h).view(2, 16, 4, 16).transpose(1, 2) for lin in
-                   (layer.attention.wq, layer.attention.wk, layer.attention.wv))
+        # attention.wqkv stacks GPT-2's c_attn rows as q, k, v (each n_embd rows)
+        q, k, v = (h @ w.t() + b for w, b in zip(layer.attention.wqkv.weight.chunk(3),
+                                                 layer.attention.wqkv.bias.chunk(3), strict=True))
+        q, k, v = (t.view(2, 16, 4, 16).transpose(1, 2) for t in (q, k, v))
         att = (q @ k.transpose(-1, -2)) / math.sqrt(16)
         att = att.masked_fill(torch.triu(torch.ones(16, 16, dtype=torch.bool), 1), float("-inf")).softmax(-1)
         x = x + layer.attention.wo((att @ v).transpose(1, 2).reshape(2, 16, 64))

@@ -99,6 +99,7 @@ def test_fingerprint_changes_with_training_values_only():
     assert a.fingerprint() == b.fingerprint()
     # How the same numbers are computed or fed: the kernel self-check's advice (fused_kernels false) must resume.
     b.model.fused_kernels = not b.model.fused_kernels
+    b.model.compile = not b.model.compile
     b.data.prefetch_batches, b.data.verify = 1, "full"
     b.optim.max_nonfinite_steps = 99
     b.deepspeed_config = "ds_configs/zero2_fp32.json"  # its stage and precision are checked on their own

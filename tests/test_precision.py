@@ -91,3 +91,17 @@ def test_native_bf16_follows_torchs_cpu_checks(monkeypatch, avx512_bf16, amx, ca
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert cpu_has_native_bf16() is native
+
+
+def test_fp32_accumulation_is_reported_at_zero_stage_2_as_at_stage_1():
+    # Verified on a 2-rank engine (scripts/bench/zero2_accum_dtype.py): ZeRO-2 accumulates into an fp32 partition.
+    from launcher.config import TrainConfig
+    from launcher.engine import ZERO2_FP32_ACCUM, accumulation_summary, build_ds_config
+
+    cfg = TrainConfig.from_json(REPO / "configs/tiny/test_cpu.json")
+    # The shipped ZeRO-2 fp32-accumulation config is the default one plus data_types, nothing else.
+    assert _load(ZERO2_FP32_ACCUM) == {**_load(BF16), "data_types": {"grad_accum_dtype": "fp32"}}
+    for path, dtype in ((BF16, "bf16"), (ZERO2_FP32_ACCUM, "fp32"), ("ds_configs/zero1_bf16_fp32accum.json", "fp32")):
+        summary = accumulation_summary(build_ds_config(cfg, REPO / path, world_size=1, on_cuda=False))
+        assert summary["dtype"] == dtype and summary["param_dtype"] == "bf16", path
+        assert "not used" not in summary["note"], path
