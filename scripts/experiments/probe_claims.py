@@ -205,11 +205,12 @@ def position_table(runs: list[dict]) -> str:
 
 
 def curriculum_table(runs: list[dict], threshold: float) -> str:
-    lines = [f"| circuit phase | seed | first step with induction >= {threshold} | induction at end | retrieval EM at "
-             "end | worst / best bucket | not in context |", "|" + " --- |" * 7]
+    lines = [f"| circuit phase | seed | first step with induction >= {threshold} | highest induction (step) | "
+             "induction at end | retrieval EM at end | worst / best bucket | not in context |", "|" + " --- |" * 8]
     for r in sorted(runs, key=lambda r: (not r["circuit_phase"], r["seed"])):
+        step, top = max(r["curve"], key=lambda c: c[1]) if r.get("curve") else (None, math.nan)
         lines.append(f"| {'yes' if r['circuit_phase'] else 'no'} | {r['seed']} | {r['crossed_at'] or 'never'} | "
-                     f"{r['probe/induction_score']:.2f} | {r['probe/retrieval_em']:.2f} | "
+                     f"{top:.2f} ({step}) | {r['probe/induction_score']:.2f} | {r['probe/retrieval_em']:.2f} | "
                      f"{r['probe/retrieval_em_worst_bucket']:.2f} / {r['probe/retrieval_em_best_bucket']:.2f} | "
                      f"{r['probe/unanswerable_not_in_context']:.2f} |")
     return "\n".join(lines)
@@ -248,9 +249,9 @@ def main_cpu(args) -> dict:
 
 
 def _remap(path: str, data_root: Path) -> str:
-    """A config's `data/<name>` path under --data-root (`data/unified_6B` -> `<root>/unified_6B`)."""
-    p = Path(path)
-    return str((data_root / (p.relative_to("data") if p.parts[:1] == ("data",) else p.name)).resolve())
+    """A config's data directory under --data-root by its last name (`data/unified_6B` and
+    `data/demo/unified_6B` -> `<root>/unified_6B`): the real and the demo build use the same names."""
+    return str((data_root / Path(path).name).resolve())
 
 
 def gpu_config(args, out: Path, name: str, arch: str, seed: int, phases: list[dict] | None) -> Path:
@@ -329,8 +330,9 @@ def main_gpu(args) -> dict:
                 crossed = next((s for s, p in probes if (p.get("induction_score") or -1e9) >= args.induction_threshold),
                                None)
                 last = {f"probe/{k}": (math.nan if v is None else v) for k, v in probes[-1][1].items()}
+                curve = [(s, p["induction_score"]) for s, p in probes if p.get("induction_score") is not None]
                 results.setdefault("curriculum", []).append({"circuit_phase": circuit, "seed": seed,
-                                                             "crossed_at": crossed, "curve": probes, **last})
+                                                             "crossed_at": crossed, "curve": curve, **last})
     return results
 
 
@@ -368,7 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evals", type=int, default=20, help="gpu with --steps: evals (with probes) per run")
     p.add_argument("--launcher", default="deepspeed --num_gpus 8", help="gpu: command that runs launcher/train.py")
     p.add_argument("--device", default="cuda", help="gpu: device for probing the GOLD checkpoints")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="only print the tables of an earlier run's probe_claims.json")
     args = p.parse_args(argv)
+    if args.report:
+        done = json.loads(Path(args.report).read_text())
+        if done.get("position"):
+            print(position_table(done["position"]))
+        if done.get("curriculum"):
+            print(curriculum_table(done["curriculum"], done["args"]["induction_threshold"]))
+        return 0
     if args.seeds < 1 or args.workers < 1:
         raise SystemExit("probe_claims: --seeds and --workers must be >= 1")
     out = Path(args.out)
