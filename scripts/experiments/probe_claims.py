@@ -17,7 +17,7 @@ demo-generator QA; the position runs add first-half retrieval examples to the ba
         --data-root data --steps 9000 --launcher "deepspeed --num_gpus 8" --out out/probe_claims_gpu
     # the same path as a tiny dry run on a CPU (the demo data, a few steps, one process):
     python scripts/experiments/probe_claims.py --scale gpu --config configs/tiny/demo_cpu.json \\
-        --data-root data/demo --steps 12 --seeds 1 --launcher python --out out/probe_claims_dry
+        --data-root data/demo --steps 12 --evals 2 --seeds 1 --launcher python --device cpu --out out/probe_claims_dry
 
 Writes `<out>/probe_claims.json` (every run's metrics and induction curve) and prints the tables.
 """
