@@ -3,7 +3,7 @@
 Used by the probe controls (`tests/test_probe_controls.py`) and the CPU-scale experiment
 (`scripts/experiments/probe_claims.py`); not a command-line tool. Everything is a pure function of its seed.
 
-- Copy sequences (`copy_batch`): random tokens from a small id range with one segment repeated later in the row, at
+- Copy sequences (`copy_rows`): random tokens from a small id range with one segment repeated later in the row, at
   a random segment length AND a random offset, so only match-and-copy ("what followed this token last time")
   predicts the repeat. A fixed offset would teach a positional copy head instead (DESIGN.md, "Probe controls
   measure the circuit, not a shortcut"). `shuffle=True` repeats the segment's tokens in a random order: the
@@ -12,7 +12,7 @@ Used by the probe controls (`tests/test_probe_controls.py`) and the CPU-scale ex
   (`launcher.probes.build_retrieval_items`): one-sentence facts "Anna owes 47." about single-token names; an
   answerable question asks a stated fact ("Anna owes?" -> "47"), an unanswerable one a fact the article does not
   state (-> `NOT_IN_CONTEXT`). Names and two-digit numbers are single GPT-2 tokens, so the whole task uses ~150
-  token ids and a 64-wide model learns it; the builder places the gold passage among other articles' facts, which
+  token ids, each seen often in training; the builder places the gold passage among other articles' facts, which
   never name the subject, so the answer is found only by matching the name AND the relation.
 - Unigram rows (`unigram_batch`): tokens drawn from a fixed skewed distribution, learnable without any copying:
   the "general" share of the curriculum experiment's mix.
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.formats import NOT_IN_CONTEXT, render_retrieval
 from data.tokenizer import EOT
 
 # Single GPT-2 tokens with and without a leading space (a name starts the context or follows a space), none a
@@ -115,12 +114,6 @@ def copy_rows(rng: np.random.Generator, count: int, length: int, vocab: int = CO
     return rows, sup
 
 
-def copy_batch(rng: np.random.Generator, count: int, length: int, vocab: int = COPY_VOCAB,
-               shuffle: bool = False) -> Batch:
-    rows, sup = copy_rows(rng, count, length + 1, vocab, shuffle=shuffle)
-    return _batch(rows, sup)
-
-
 def unigram_rows(rng: np.random.Generator, count: int, length: int, positions: int, vocab: int = COPY_VOCAB
                  ) -> tuple[list[list[int]], list[list[int]]]:
     """Rows drawn i.i.d. from a fixed Zipf-like distribution over [0, vocab) (learnable without context); `positions`
@@ -140,12 +133,6 @@ def qa_example_rows(items) -> tuple[list[list[int]], list[list[int]]]:
         rows.append([*it.prompt, *it.answer_tokens, EOT])
         sup.append(list(range(len(it.prompt) - 1, len(it.prompt) + len(it.answer_tokens))))
     return rows, sup
-
-
-def qa_prompt_text(record: dict) -> str:
-    """The record's training document in the pipeline's template (no fillers): used only in docs and checks."""
-    answer = record["answers"]["text"][0] if record["answers"]["text"] else NOT_IN_CONTEXT
-    return render_retrieval(record["context"], record["question"], answer)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
