@@ -14,7 +14,7 @@ Used by the probe controls (`tests/test_probe_controls.py`) and the CPU-scale ex
   state (-> `NOT_IN_CONTEXT`). Names and two-digit numbers are single GPT-2 tokens, so the whole task uses ~150
   token ids, each seen often in training; the builder places the gold passage among other articles' facts, which
   never name the subject, so the answer is found only by matching the name AND the relation.
-- Unigram rows (`unigram_batch`): tokens drawn from a fixed skewed distribution, learnable without any copying:
+- Unigram rows (`unigram_rows`): tokens drawn from a fixed skewed distribution, learnable without any copying:
   the "general" share of the curriculum experiment's mix.
 - `train_steps`: AdamW on a tiny `model.transformer.Transformer` through its public forward only, the loss computed
   at the supervised positions only (`logits_index`): the 50,304-row vocabulary projection of every position would
