@@ -204,22 +204,18 @@ def test_an_induction_circuit_reads_the_full_score_and_broken_or_positional_copi
 
 def test_an_untrained_transformer_reads_no_induction_and_no_retrieval(probes):
     torch.manual_seed(0)
-    for arch in ("llama", "gpt2"):
-        model = Transformer(ModelConfig(n_embd=64, n_head=4, n_layer=2, block_size=64, dropout=0.0,
-                                        fused_kernels=False, arch=arch))
-        # Retrieval for llama only: an untrained gpt2 answers nothing either, and its decode would add seconds.
-        m = run_probes(model, probes if arch == "llama" else replace(probes, retrieval=[]), 0, 1, "cpu")
-        # Random init (std 0.02): logits within ~0.1 of uniform, the same on both copies; 0.05 nats bounds the
-        # difference of two means over 8 sequences x 31 tokens (measured: |score| < 0.01).
-        assert abs(m["probe/induction_score"]) < 0.05, arch
-        assert m["probe/induction_loss_first"] == pytest.approx(LN_V, abs=0.2)
-        if arch == "llama":
-            assert [m[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)] == [0.0] * NUM_BUCKETS
-            assert m["probe/unanswerable_not_in_context"] == 0.0
+    model = Transformer(ModelConfig(n_embd=64, n_head=4, n_layer=2, block_size=64, dropout=0.0, fused_kernels=False))
+    m = run_probes(model, probes, 0, 1, "cpu")
+    # Random init (std 0.02): logits within ~0.1 of uniform, the same on both copies; 0.05 nats bounds the
+    # difference of two means over 8 sequences x 31 tokens (measured: |score| < 0.01).
+    assert abs(m["probe/induction_score"]) < 0.05
+    assert m["probe/induction_loss_first"] == pytest.approx(LN_V, abs=0.2)
+    assert [m[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)] == [0.0] * NUM_BUCKETS
+    assert m["probe/unanswerable_not_in_context"] == 0.0
 
 
 def test_a_grounded_copier_reads_full_exact_match_in_every_bucket_and_says_not_in_context(probes):
-    m = run_probes(RetrievalCircuit(probes), probes, 0, 1, "cpu", batch_size=5)
+    m = run_probes(RetrievalCircuit(probes), probes, 0, 1, "cpu")
     # The circuit answers every held-out item exactly, wherever its answer sits: no slack.
     assert [m[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)] == [1.0] * NUM_BUCKETS
     assert m["probe/retrieval_position_invariance"] == 1.0
