@@ -261,6 +261,7 @@ def gpu_config(args, out: Path, name: str, arch: str, seed: int, phases: list[di
     if arch == "gpt2":
         cfg["model"]["fused_kernels"] = False
     cfg["data"]["seed"] = seed
+    config_steps = cfg["optim"]["max_iters"]
     if args.steps:
         cfg["optim"].update(max_iters=args.steps, warmup_iters=max(1, min(cfg["optim"]["warmup_iters"],
                                                                           args.steps // 10)))
@@ -268,7 +269,11 @@ def gpu_config(args, out: Path, name: str, arch: str, seed: int, phases: list[di
         cfg["gold"]["baseline_after_step"] = max(1, args.steps // 10)
     steps = cfg["optim"]["max_iters"]
     if phases is None:
-        phases = [{**p, "dataset_dir": _remap(p["dataset_dir"], root)} for p in cfg["curriculum"]["phases"]]
+        # The config's own phases; with --steps their boundaries shrink with the run (9,125 of 75,000 steps stays
+        # 12.2% of it), or a short run would never leave the circuit phase.
+        phases = [{**p, "dataset_dir": _remap(p["dataset_dir"], root),
+                   "until_step": None if p["until_step"] is None
+                   else max(1, round(p["until_step"] * steps / config_steps))} for p in cfg["curriculum"]["phases"]]
     cfg["curriculum"] = {"phases": phases}
     cfg["eval"]["sets"] = {k: _remap(v, root) for k, v in cfg["eval"]["sets"].items()}
     if cfg["eval"].get("val_dir"):
