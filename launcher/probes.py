@@ -29,6 +29,7 @@ training article; the without-passage log-likelihood shows what the model knows 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import re
@@ -339,15 +340,21 @@ def build_retrieval_items(tokenizer, block_size: int, records: Iterable[dict], b
 
 
 def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_count: int = 8,
-                 per_bucket: int = 4, unanswerable_per_bucket: int = 1, num_articles: int = 400) -> ProbeSet:
+                 per_bucket: int = 4, unanswerable_per_bucket: int = 1, num_articles: int = 400,
+                 induction_vocab: int = EOT, records: Iterable[dict] | None = None) -> ProbeSet:
     """The fixed probe set for a model of context `block_size` (pure, deterministic: same arguments, same set).
 
     Defaults are the cheap per-eval set (8 induction sequences, 8 buckets x 4 answerable + 8 unanswerable prompts);
-    `scripts/eval/rag_probe.py` uses more."""
+    `scripts/eval/rag_probe.py` uses more. The probe controls and the CPU-scale experiment
+    (`scripts/experiments/probe_claims.py`) pass a small `induction_vocab` (ids [0, induction_vocab)) and their own
+    held-out SQuAD-schema `records` (default: the demo QA generator with `seed`, `num_articles` articles)."""
     if seed == TRAINING_QA_SEED:
         raise ValueError(f"probe seed {seed} is the training QA generator's seed; probe items must be held out")
-    induction, half = induction_sequences(block_size, induction_count, seed)
-    records = list(squad_v2_records(num_articles=num_articles, seed=seed))
+    if not 2 <= induction_vocab <= EOT:
+        raise ValueError(f"induction_vocab must be in [2, {EOT}] (token ids [0, induction_vocab)), got "
+                         f"{induction_vocab}")
+    induction, half = induction_sequences(block_size, induction_count, seed, vocab=induction_vocab)
+    records = list(records if records is not None else squad_v2_records(num_articles=num_articles, seed=seed))
     items, edges, max_new = build_retrieval_items(tokenizer, block_size, records, range(NUM_BUCKETS), per_bucket,
                                                   unanswerable_per_bucket, seed)
     stop = {EOT} | {i for i in range(EOT) if b"\n" in tokenizer.decode_single_token_bytes(i)}
@@ -370,12 +377,19 @@ def probes_for_block_size(block_size: int, seed: int = PROBE_SEED) -> ProbeSet |
 # ------------------------------------------------------------------------------------------------- evaluation
 
 
-def _logits(model, idx: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (B, T, V), or (B, K, V) at positions `index` (B, K). Our Transformer computes only those positions;
-    other models (Hugging Face) compute all and are gathered: the same numbers either way."""
-    from model.transformer import Transformer
+def _takes_logits_index(model) -> bool:
+    forward = getattr(model, "forward", None)
+    try:
+        return forward is not None and "logits_index" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # builtins and C extensions have no inspectable signature
+        return False
 
-    if index is not None and isinstance(model, Transformer):
+
+def _logits(model, idx: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, T, V), or (B, K, V) at positions `index` (B, K). A model whose forward takes `logits_index` (our
+    Transformer, the hand-built circuits of tests/test_probe_controls.py) computes only those positions; others
+    (Hugging Face) compute all and are gathered: the same numbers either way."""
+    if index is not None and _takes_logits_index(model):
         return model(idx, logits_index=index)[0]
     out = model(idx)
     if isinstance(out, tuple):

@@ -43,11 +43,13 @@ ARCHS = ("llama", "gpt2")
 TRAINED_BUCKETS = (0, 1, 2, 3)
 
 
-def build_mix(demo_root: Path, out: Path, block_size: int, per_bucket: int, seed: int) -> dict:
-    """Training and val token dirs: demo-mix samples and first-half retrieval examples, one sample each."""
+def build_mix(demo_root: Path, out: Path, block_size: int, per_bucket: int, seed: int,
+              balanced_name: str = "unified_6B") -> dict:
+    """Training and val token dirs: balanced-mix samples (`<demo_root>/<balanced_name>`, the demo's or the real
+    one) and first-half retrieval examples, one sample each."""
     enc = get_tokenizer()
-    demo = TokenDataset(demo_root / "unified_6B")
-    demo_val = TokenDataset(demo_root / "unified_6B" / "val")
+    demo = TokenDataset(demo_root / balanced_name)
+    demo_val = TokenDataset(demo_root / balanced_name / "val")
     # Training QA stream (seed 1234, what data/sources/demo.json trains on), articles the probe never uses.
     records = list(squad_v2_records(num_articles=3000, seed=TRAINING_QA_SEED))
     info = {}

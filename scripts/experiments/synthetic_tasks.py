@@ -1,0 +1,167 @@
+"""Small synthetic tasks on which a tiny model forms the circuits the probes look for, in seconds on a CPU.
+
+Used by the probe controls (`tests/test_probe_controls.py`) and the CPU-scale experiment
+(`scripts/experiments/probe_claims.py`); not a command-line tool. Everything is a pure function of its seed.
+
+- Copy sequences (`copy_rows`): random tokens from a small id range with one segment repeated later in the row, at
+  a random segment length AND a random offset, so only match-and-copy ("what followed this token last time")
+  predicts the repeat. A fixed offset would teach a positional copy head instead (DESIGN.md, "Probe controls
+  measure the circuit, not a shortcut"). `shuffle=True` repeats the segment's tokens in a random order: the
+  negative control that knows *which* tokens come back but not their order.
+- Grounded QA records (`qa_records`) in the SQuAD v2 schema the real probe builder takes
+  (`launcher.probes.build_retrieval_items`): one-sentence facts "Anna owes 47." about single-token names; an
+  answerable question asks a stated fact ("Anna owes?" -> "47"), an unanswerable one a fact the article does not
+  state (-> `NOT_IN_CONTEXT`). Names and two-digit numbers are single GPT-2 tokens, so the whole task uses ~150
+  token ids, each seen often in training; the builder places the gold passage among other articles' facts, which
+  never name the subject, so the answer is found only by matching the name AND the relation.
+- Unigram rows (`unigram_rows`): tokens drawn from a fixed skewed distribution, learnable without any copying:
+  the "general" share of the curriculum experiment's mix.
+- `train_steps`: AdamW on a tiny `model.transformer.Transformer` through its public forward only, the loss computed
+  at the supervised positions only (`logits_index`): the 50,304-row vocabulary projection of every position would
+  cost 30x the rest of a 64-wide model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data.tokenizer import EOT
+
+# Single GPT-2 tokens with and without a leading space (a name starts the context or follows a space), none a
+# substring of another (the probe builder bans filler sentences containing the subject's name as a substring).
+NAMES = ("Anna", "Bob", "Carl", "Dan", "Eric", "Fred", "Jack", "Mark", "Paul", "Sam", "Adam", "Ben", "Eva", "Greg",
+         "Kate", "Max", "Rick", "Ted", "Tom", "Alice", "Chris", "David", "Frank", "George", "Henry", "James", "John",
+         "Kevin", "Laura", "Mary", "Mike", "Nick", "Peter", "Sarah", "Steve", "Tony", "Bill", "Jim", "Joe", "Ryan",
+         "Scott", "Lisa", "Amy", "Andy", "Alex", "Jeff", "Josh", "Kim")
+RELATIONS = ("has", "owes", "wants", "sells")  # single GPT-2 tokens after a space
+VALUES = range(10, 100)  # " 10" .. " 99" are single GPT-2 tokens
+COPY_VOCAB = 256  # copy-sequence token ids are [0, COPY_VOCAB): ~ln 256 = 5.5 nats of surprise per unseen token
+
+
+def qa_records(num_articles: int, seed: int, unanswerable_share: float = 0.25) -> Iterator[dict]:
+    """SQuAD v2-schema records (`id`, `title`, `context`, `question`, `answers`), one question per article. An
+    article states 2 or 3 of the 4 relations of one name, in a random order, each with its own value."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    for a in range(num_articles):
+        name = NAMES[int(rng.integers(len(NAMES)))]
+        order = rng.permutation(len(RELATIONS))
+        stated = [RELATIONS[int(i)] for i in order[: 2 + int(rng.integers(2))]]
+        values = rng.choice(np.asarray(VALUES), size=len(stated), replace=False)
+        sentences = [f"{name} {rel} {int(v)}." for rel, v in zip(stated, values, strict=True)]
+        context = " ".join(sentences)
+        record = {"id": f"synthetic-{seed}-{a}", "title": name, "context": context}
+        missing = [r for r in RELATIONS if r not in stated]
+        if rng.random() < unanswerable_share:
+            record["question"] = f"{name} {missing[int(rng.integers(len(missing)))]}?"
+            record["answers"] = {"text": [], "answer_start": []}
+        else:
+            k = int(rng.integers(len(stated)))
+            answer = str(int(values[k]))
+            sentence_at = context.index(sentences[k])
+            record["question"] = f"{name} {stated[k]}?"
+            record["answers"] = {"text": [answer], "answer_start": [sentence_at + sentences[k].rindex(answer)]}
+        yield record
+
+
+@dataclass
+class Batch:
+    """A training batch: inputs (B, T), the positions whose next token is supervised (B, K), their targets (B, K)
+    with -1 where a row has fewer than K supervised positions."""
+
+    idx: torch.Tensor
+    index: torch.Tensor
+    targets: torch.Tensor
+
+
+def _batch(rows: Sequence[Sequence[int]], supervised: Sequence[Sequence[int]], width: int | None = None) -> Batch:
+    """Rows right-padded with EOT (causal attention: no real position sees a pad); `supervised[i]` are the
+    positions of row i whose next token is a target."""
+    width = width or max(len(r) for r in rows) - 1
+    k = max(len(s) for s in supervised)
+    idx = torch.full((len(rows), width), EOT, dtype=torch.long)
+    index = torch.zeros((len(rows), k), dtype=torch.long)
+    targets = torch.full((len(rows), k), -1, dtype=torch.long)
+    for i, (row, sup) in enumerate(zip(rows, supervised, strict=True)):
+        n = min(len(row) - 1, width)
+        idx[i, :n] = torch.as_tensor(row[:n], dtype=torch.long)
+        for j, t in enumerate(sup):
+            index[i, j], targets[i, j] = t, row[t + 1]
+    return Batch(idx, index, targets)
+
+
+def copy_rows(rng: np.random.Generator, count: int, length: int, vocab: int = COPY_VOCAB, min_len: int = 3,
+              shuffle: bool = False) -> tuple[list[list[int]], list[list[int]]]:
+    """`count` rows of `length` random tokens in [0, vocab) in which a segment of random length L (min_len ..
+    length // 2) starting at a random p reappears at p + d for a random offset d >= L. Returns the rows and, per
+    row, the positions whose next token is the repeat's 2nd..L-th token (the 1st is unpredictable)."""
+    rows, sup = [], []
+    for _ in range(count):
+        row = rng.integers(0, vocab, size=length)
+        seg = int(rng.integers(min_len, length // 2 + 1))
+        d = int(rng.integers(seg, length - seg + 1))
+        p = int(rng.integers(0, length - seg - d + 1))
+        piece = row[p : p + seg].copy()
+        if shuffle:
+            piece = rng.permutation(piece)
+        row[p + d : p + d + seg] = piece
+        rows.append(row.tolist())
+        sup.append(list(range(p + d, p + d + seg - 1)))
+    return rows, sup
+
+
+def unigram_rows(rng: np.random.Generator, count: int, length: int, positions: int, vocab: int = COPY_VOCAB
+                 ) -> tuple[list[list[int]], list[list[int]]]:
+    """Rows drawn i.i.d. from a fixed Zipf-like distribution over [0, vocab) (learnable without context); `positions`
+    random supervised positions per row."""
+    p = 1.0 / np.arange(1, vocab + 1)
+    p /= p.sum()
+    rows = [rng.choice(vocab, size=length, p=p).tolist() for _ in range(count)]
+    sup = [sorted(rng.choice(length - 1, size=positions, replace=False).tolist()) for _ in range(count)]
+    return rows, sup
+
+
+def qa_example_rows(items) -> tuple[list[list[int]], list[list[int]]]:
+    """Training rows from probe-builder items (`launcher.probes.RetrievalItem`): prompt, answer, EOT; supervised on
+    the answer tokens and the EOT (the probe's greedy decoding stops there)."""
+    rows, sup = [], []
+    for it in items:
+        rows.append([*it.prompt, *it.answer_tokens, EOT])
+        sup.append(list(range(len(it.prompt) - 1, len(it.prompt) + len(it.answer_tokens))))
+    return rows, sup
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warmup then cosine to lr / 10 (the trainer's schedule shape)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    frac = (step - warmup) / max(1, steps - warmup)
+    return lr / 10 + 0.5 * (lr - lr / 10) * (1 + math.cos(math.pi * frac))
+
+
+def train_steps(model: torch.nn.Module, next_batch: Callable[[int], Batch], steps: int, lr: float = 3e-3,
+                warmup: int = 20, weight_decay: float = 0.0,
+                on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """`steps` AdamW steps on `next_batch(step)`; returns the losses. Loss: our forward's cross-entropy over the
+    supervised positions (`targets` -1 elsewhere is ignored, `model.transformer.Transformer.forward`)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    model.train()
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        b = next_batch(step)
+        _, loss = model(b.idx, targets=b.targets, logits_index=b.index)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
