@@ -38,22 +38,22 @@ def test_readme_marks_the_demo_and_its_follow_ups_runnable():
 
 
 def _short_demo_config(path: Path) -> Path:
-    """The demo's config cut to 40 steps (switch at 20, evals at 0, 20, 40): the README's commands are what is under
+    """The demo's config cut to 20 steps (switch at 10, evals at 0, 10, 20): the README's commands are what is under
     test here, not the demo's length, which `make demo` itself reports."""
     cfg = json.loads((config_reference.README.parent / "configs/tiny/demo_cpu.json").read_text())
-    cfg["optim"].update(max_iters=40, warmup_iters=5)
-    cfg["curriculum"]["phases"][0]["until_step"] = 20
-    cfg["eval"]["eval_interval"] = 20
-    cfg["gold"]["baseline_after_step"] = 20
-    cfg["checkpoint"]["interval"] = 20
-    cfg["logging"]["log_interval"] = 10
+    cfg["optim"].update(max_iters=20, warmup_iters=5)
+    cfg["curriculum"]["phases"][0]["until_step"] = 10
+    cfg["eval"]["eval_interval"] = 10
+    cfg["gold"]["baseline_after_step"] = 10
+    cfg["checkpoint"]["interval"] = 10
+    cfg["logging"]["log_interval"] = 5
     path.write_text(json.dumps(cfg, indent=2))
     return path
 
 
 @pytest.mark.multirank
 def test_readme_runnable_blocks_run_as_written(tmp_path):
-    """What a new user types, on CPU: `make demo` (data build + 2-rank DeepSpeed training, here on a 40-step
+    """What a new user types, on CPU: `make demo` (data build + 2-rank DeepSpeed training, here on a 20-step
     config), then every command the README shows on its outputs (summary, plot, Hugging Face export, probes on
     both, lineage, smoke test). Each block's whole process tree is killed if it runs past its timeout."""
     root = config_reference.README.parent
