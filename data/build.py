@@ -21,6 +21,7 @@ Work files live in `<work_dir>/<input>/`; every step's output is a complete file
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import itertools
@@ -406,19 +407,25 @@ def tokenize(works: list[Path], workers: int = 1, bar: tqdm | None = None) -> No
             for m in sorted(w.glob("split-*.meta.json")) if not (w / m.name.replace("split-", "tok-")).exists()]
     if not jobs:
         return
-    if workers <= 1 or len(jobs) == 1:
-        results = map(_tokenize_part, jobs)
-    else:
-        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
-        results = pool.imap_unordered(_tokenize_part, jobs)
-    try:
+    with _job_results(_tokenize_part, jobs, workers) as results:
         for _, _, meta in results:
             if bar is not None:
                 bar.update(sum(v["tokens"] for v in meta.values()))
+
+
+@contextlib.contextmanager
+def _job_results(fn, jobs: list, workers: int):
+    """Results of `fn` over `jobs`: in this process, or unordered across `workers` spawned processes (the pool is
+    closed and joined on the way out, also when the consumer fails)."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield map(fn, jobs)
+        return
+    pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
+    try:
+        yield pool.imap_unordered(fn, jobs)
     finally:
-        if workers > 1 and len(jobs) > 1:
-            pool.close()
-            pool.join()
+        pool.close()
+        pool.join()
 
 
 # ---------------------------------------------------------------------------------------- 3b. decontaminate
@@ -481,12 +488,7 @@ def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, b
         return total
     # below ~50M tokens one process is done (at ~5M tokens/s) before a spawned pool has imported numpy
     parallel = workers > 1 and len(jobs) > 1 and to_check >= PARALLEL_MIN_TOKENS
-    if not parallel:
-        results = map(_train_signatures, jobs)
-    else:
-        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
-        results = pool.imap_unordered(_train_signatures, jobs)
-    try:
+    with _job_results(_train_signatures, jobs, workers if parallel else 1) as results:
         for work_s, meta_name, sigs in results:
             work = Path(work_s)
             meta = _read_json(work / meta_name)
@@ -516,10 +518,6 @@ def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, b
                 (work / old).unlink(missing_ok=True)
             if bar is not None:
                 bar.update(1)
-    finally:
-        if parallel:
-            pool.close()
-            pool.join()
     return total
 
 
