@@ -89,22 +89,30 @@ def cpu_probe_set(block_size: int, per_bucket: int, unanswerable: int, induction
                         records=list(qa_records(800, PROBE_SEED)))
 
 
-def cpu_training_items(block_size: int, buckets, per_bucket: int, seed: int):
-    """Training QA examples laid out by the probe builder (fillers, answer in `buckets`), from training-seed
-    articles; checks none of their contexts is a probe article's."""
+def qa_stream(block_size: int, buckets, seed: int, chunk: int = 64):
+    """Fresh training QA rows, never repeated: (row, supervised positions) laid out by the probe builder (fillers,
+    answer in `buckets`) from new random facts (name x relation x number), a new chunk of articles whenever one runs
+    out. A fixed set of a few hundred examples is memorised at this scale instead of teaching the model to look the
+    answer up (docs/PROBES.md); here no example is seen twice. Contexts equal to a probe article's are dropped."""
     from data.tokenizer import get_tokenizer
     from launcher.probes import build_retrieval_items
-    from scripts.experiments.synthetic_tasks import qa_records
+    from scripts.experiments.synthetic_tasks import qa_example_rows, qa_records
 
-    records = list(qa_records(30 * per_bucket * len(buckets), 10_000 + seed))
+    tokenizer = get_tokenizer()
     probe_contexts = {r["context"] for r in qa_records(800, PROBE_SEED)}
-    records = [r for r in records if r["context"] not in probe_contexts]
-    items, _, _ = build_retrieval_items(get_tokenizer(), block_size, records, buckets, per_bucket,
-                                        max(1, per_bucket // 3), seed)
-    return items
+    rng = np.random.Generator(np.random.PCG64(seed))
+    for k in range(10**9):
+        # Seeds 10_000 + ... never meet PROBE_SEED; each (seed, chunk) pair has its own articles.
+        records = [r for r in qa_records(6 * chunk, 10_000 + 100_000 * seed + k) if r["context"] not in probe_contexts]
+        per_bucket = max(1, chunk // len(buckets))
+        items, _, _ = build_retrieval_items(tokenizer, block_size, records, buckets, per_bucket,
+                                            max(1, per_bucket // 3), seed * 7919 + k)
+        rows, sup = qa_example_rows(items)
+        for i in rng.permutation(len(rows)):
+            yield rows[int(i)], sup[int(i)]
 
 
-def run_position(arch: str, seed: int, args_d: dict, items, probes) -> dict:
+def run_position(arch: str, seed: int, args_d: dict, probes) -> dict:
     """Train `arch` on first-half QA only, probe all 8 buckets."""
     import torch
 
@@ -114,12 +122,11 @@ def run_position(arch: str, seed: int, args_d: dict, items, probes) -> dict:
     _setup_worker()
     a = argparse.Namespace(**args_d)
     model = _model(arch, a.block_size_position, a.width, a.layers, a.heads, seed)
-    rows, sup = st.qa_example_rows(items)
-    rng = np.random.Generator(np.random.PCG64(seed))
+    stream = qa_stream(a.block_size_position, FIRST_HALF, seed)
 
     def batch(step):
-        pick = rng.choice(len(rows), size=a.batch, replace=False)
-        return st._batch([rows[i] for i in pick], [sup[i] for i in pick], a.block_size_position - 1)
+        rows, sup = zip(*(next(stream) for _ in range(a.batch)), strict=True)
+        return st._batch(rows, sup, a.block_size_position - 1)
 
     t0 = time.time()
 
@@ -134,7 +141,7 @@ def run_position(arch: str, seed: int, args_d: dict, items, probes) -> dict:
             "final_loss": float(np.mean(losses[-20:])), **metrics}
 
 
-def run_curriculum(circuit: bool, seed: int, args_d: dict, items, probes) -> dict:
+def run_curriculum(circuit: bool, seed: int, args_d: dict, probes) -> dict:
     """Train llama on copy / QA / unigram rows, the circuit mix first (or not), same steps and rows per step."""
     import torch
 
@@ -145,7 +152,7 @@ def run_curriculum(circuit: bool, seed: int, args_d: dict, items, probes) -> dic
     a = argparse.Namespace(**args_d)
     bs = a.block_size_curriculum
     model = _model("llama", bs, a.width, a.layers, a.heads, seed)
-    qa_rows, qa_sup = st.qa_example_rows(items)
+    stream = qa_stream(bs, range(NUM_BUCKETS), seed)
     rng = np.random.Generator(np.random.PCG64(seed))
     circuit_steps = round(CIRCUIT_SHARE * a.steps_curriculum) if circuit else 0
     induction_only = replace(probes, retrieval=[])
@@ -154,12 +161,13 @@ def run_curriculum(circuit: bool, seed: int, args_d: dict, items, probes) -> dic
         mix = CIRCUIT_MIX if step < circuit_steps else BALANCED_MIX
         n_copy = round(mix["copy"] * a.batch)
         n_qa = round(mix["qa"] * a.batch)
+        # Copy rows: the loss on every predictable position of the repeat (its 2nd..L-th token); an induction head
+        # forms from that signal, and a handful of sampled positions per row was too little to form it here.
         rows, sup = st.copy_rows(rng, n_copy, bs)
-        # The same number of supervised positions per row for every kind (the token budget is rows x positions).
-        sup = [sorted(rng.choice(s, size=min(a.positions, len(s)), replace=False).tolist()) for s in sup]
-        pick = rng.choice(len(qa_rows), size=n_qa, replace=False)
-        rows += [qa_rows[i] for i in pick]
-        sup += [qa_sup[i][: a.positions] for i in pick]
+        # QA rows: the answer span and its EOT, from fresh facts every step (never the same example twice).
+        for row, s in (next(stream) for _ in range(n_qa)):
+            rows.append(row)
+            sup.append(s)
         g_rows, g_sup = st.unigram_rows(rng, a.batch - n_copy - n_qa, bs, a.positions)
         return st._batch(rows + g_rows, sup + g_sup, bs - 1)
 
@@ -225,17 +233,12 @@ def main_cpu(args) -> dict:
         futures = []
         if args.experiment in ("position", "both"):
             probes_p = cpu_probe_set(args.block_size_position, args.probe_per_bucket, 2, 8)
-            for seed in seeds:
-                items = cpu_training_items(args.block_size_position, FIRST_HALF, args.train_per_bucket, seed)
-                futures += [("position", pool.submit(run_position, arch, seed, args_d, items, probes_p))
-                            for arch in ARCHS]
+            futures += [("position", pool.submit(run_position, arch, seed, args_d, probes_p))
+                        for seed in seeds for arch in ARCHS]
         if args.experiment in ("curriculum", "both"):
             probes_c = cpu_probe_set(args.block_size_curriculum, args.probe_per_bucket, 2, 8)
-            for seed in seeds:
-                items = cpu_training_items(args.block_size_curriculum, range(NUM_BUCKETS),
-                                           args.train_per_bucket // 2, seed)
-                futures += [("curriculum", pool.submit(run_curriculum, circuit, seed, args_d, items, probes_c))
-                            for circuit in (True, False)]
+            futures += [("curriculum", pool.submit(run_curriculum, circuit, seed, args_d, probes_c))
+                        for seed in seeds for circuit in (True, False)]
         for kind, f in futures:
             r = f.result()
             results.setdefault(kind, []).append(r)
@@ -354,20 +357,23 @@ def main(argv: list[str] | None = None) -> int:
                         "ln(256) - ln(32) = 2.08 a model reaches by predicting 'some token of the first copy' "
                         "without order (docs/PROBES.md)")
     p.add_argument("--probe-per-bucket", type=int, default=8, help="held-out answerable probe prompts per bucket")
-    p.add_argument("--train-per-bucket", type=int, default=60, help="training QA examples per trained bucket")
+    p.add_argument("--train-per-bucket", type=int, default=60,
+                   help="gpu position runs: training QA examples per trained bucket (cpu: fresh ones every step)")
     # cpu scale
     p.add_argument("--workers", type=int, default=2, help="cpu: runs side by side, one thread each")
-    p.add_argument("--width", type=int, default=64, help="cpu: n_embd")
+    p.add_argument("--width", type=int, default=128, help="cpu: n_embd")
     p.add_argument("--layers", type=int, default=2, help="cpu: n_layer")
     p.add_argument("--heads", type=int, default=4, help="cpu: n_head")
     p.add_argument("--batch", type=int, default=16, help="cpu: rows per step")
-    p.add_argument("--positions", type=int, default=4, help="cpu curriculum: supervised positions per row")
+    p.add_argument("--positions", type=int, default=4,
+                   help="cpu curriculum: supervised positions per unigram row (copy rows: the whole repeat; QA rows: "
+                        "the answer and its EOT)")
     p.add_argument("--lr", type=float, default=3e-3, help="cpu: peak AdamW learning rate (warmup 20, cosine)")
     p.add_argument("--block-size-position", type=int, default=64, help="cpu: context of the position runs")
     p.add_argument("--block-size-curriculum", type=int, default=64, help="cpu: context of the curriculum runs")
-    p.add_argument("--steps-position", type=int, default=300, help="cpu: steps per position run")
+    p.add_argument("--steps-position", type=int, default=500, help="cpu: steps per position run")
     p.add_argument("--steps-curriculum", type=int, default=300, help="cpu: steps per curriculum run")
-    p.add_argument("--probe-every", type=int, default=50, help="cpu curriculum: steps between induction probes")
+    p.add_argument("--probe-every", type=int, default=25, help="cpu curriculum: steps between induction probes")
     # gpu scale
     p.add_argument("--config", default="configs/base/750M_unified_v1.json", help="gpu: base training config")
     p.add_argument("--data-root", default="data", help="gpu: folder holding the config's data/<name> directories")

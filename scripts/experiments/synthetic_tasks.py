@@ -146,8 +146,8 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 def train_steps(model: torch.nn.Module, next_batch: Callable[[int], Batch], steps: int, lr: float = 3e-3,
                 warmup: int = 20, weight_decay: float = 0.0,
                 on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """`steps` AdamW steps on `next_batch(step)`; returns the losses. Loss: our forward's cross-entropy over the
-    supervised positions (`targets` -1 elsewhere is ignored, `model.transformer.Transformer.forward`)."""
+    """`steps` AdamW steps on `next_batch(step)`; returns the losses. Loss: cross-entropy over the
+    supervised positions (`logits_index`; `targets` -1 where a row has fewer positions is ignored)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
     model.train()
     losses = []
@@ -155,7 +155,10 @@ def train_steps(model: torch.nn.Module, next_batch: Callable[[int], Batch], step
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         b = next_batch(step)
-        _, loss = model(b.idx, targets=b.targets, logits_index=b.index)
+        # Logits only at the supervised positions (the forward takes targets OR logits_index, not both; with
+        # targets it would project every position onto the 50,304-row vocabulary); padding entries (-1) ignored.
+        logits, _ = model(b.idx, logits_index=b.index)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b.targets.flatten(), ignore_index=-1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
