@@ -248,8 +248,9 @@ def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> int:
     TransformerBlock separately; identical blocks reuse one compiled graph, so compile time does not grow with depth).
     `nn.Module.compile()` compiles the module's forward in place, unlike `torch.compile(module)`, which wraps it in an
     OptimizedModule and prefixes every parameter name with `_orig_mod.`: DeepSpeed checkpoints, GOLD checkpoints and
-    the export keep their names. Not `fullgraph=True`: the fused Triton kernels are autograd Functions that may break
-    the graph until they are registered as custom ops (issue 14, item 2); a break costs speed, not correctness.
+    the export keep their names. Not `fullgraph=True`, though the fused kernels are custom ops that trace without a
+    break (tests/test_kernels_interpreter.py compiles them with `fullgraph=True`): a graph break costs speed, not
+    correctness, and a run should not die at step 0 over one that a torch upgrade brings.
     """
     blocks = list(getattr(model, "layers", []))
     for block in blocks:

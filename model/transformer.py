@@ -12,6 +12,10 @@ one mapping, used by the export and by `model.io` to load checkpoints written be
 Face's "rotate half" layout (not the interleaved complex one) for the same reason: exported weights need no
 permutation.
 
+Every residual add is fused into the norm that reads its sum (`add_and_norm`, the kernel `rms_norm_residual`): a
+block takes and returns `(delta, residual)` instead of one tensor, and computes exactly what `x = x + sublayer(norm(x))`
+computes.
+
 With targets, the loss is `model.loss.chunked_linear_cross_entropy`: the (B, T, vocab) logits are never
 materialized (their fp32 copy alone is 2.5 GB at micro-batch 12 x 1024), and `forward` returns `None` for them.
 """
@@ -25,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ModelConfig
-from model.kernels import rms_norm, swiglu
+from model.kernels import rms_norm, rms_norm_residual, swiglu
 from model.loss import chunked_linear_cross_entropy
 
 # Fused parameter -> the unfused parameters it stacks, in row order (each n_embd or ffn_hidden rows).
@@ -43,8 +47,27 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps, impl=self.impl)
 
+    def add_and_norm(self, delta: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + delta), residual + delta) in one fused kernel on the Triton path."""
+        return rms_norm_residual(delta, residual, self.weight, self.eps, impl=self.impl)
+
     def reset_parameters(self):
         nn.init.ones_(self.weight)
+
+
+def add_and_norm(norm: nn.Module, delta: torch.Tensor | None,
+                 residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add of a pre-norm sublayer and the next norm: `(norm(h), h)` with `h = residual + delta`
+    (`delta` None: nothing to add yet, h is the embedding). RMSNorm does both in one fused kernel
+    (`model.kernels.rms_norm_residual`: h is written once and never read back for the norm); LayerNorm (gpt2) adds
+    in eager. Both give exactly what `x = x + sublayer(...)` followed by `norm(x)` gives: the sum is rounded to the
+    activation dtype once, and IEEE addition is commutative."""
+    if delta is None:
+        return norm(residual), residual
+    if isinstance(norm, RMSNorm):
+        return norm.add_and_norm(delta, residual)
+    h = residual + delta
+    return norm(h), h
 
 
 class RotaryEmbedding(nn.Module):
@@ -157,9 +180,18 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = make_norm(config)
         self.feed_forward = GeluFeedForward(config) if config.arch == "gpt2" else FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin)
-        return x + self.feed_forward(self.ffn_norm(x))
+    def forward(self, delta: torch.Tensor | None, residual: torch.Tensor, cos: torch.Tensor | None,
+                sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pre-norm block, `x = x + attention(norm(x)); x = x + feed_forward(norm(x))`, written in the
+        (delta, residual) form of FlashAttention's `Block` (Dao-AILab/flash-attention, flash_attn/modules/block.py,
+        `prenorm=True`): the block takes the previous sublayer's output `delta` not yet added to the residual stream
+        and returns its own, so every residual add is fused into the norm that reads its sum (`add_and_norm`). The
+        stream after this block is `residual + delta` of the returned pair; `delta` is None before the first block.
+        """
+        normed, residual = add_and_norm(self.attention_norm, delta, residual)
+        delta = self.attention(normed, cos, sin)
+        normed, residual = add_and_norm(self.ffn_norm, delta, residual)
+        return self.feed_forward(normed), residual
 
 
 class Transformer(nn.Module):
@@ -217,16 +249,20 @@ class Transformer(nn.Module):
         else:
             x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
             cos, sin = self.rotary(T, idx.device, x.dtype)  # (T, head_dim / 2) each, in the activation dtype
+        delta = None  # each block's last sublayer output, added to the stream by the next norm (see TransformerBlock)
         for layer in self.layers:
-            x = layer(x, cos, sin)
+            delta, x = layer(delta, x, cos, sin)
         if targets is not None:
             if logits_index is not None:
                 raise ValueError("pass either targets (training loss) or logits_index (a few positions' logits)")
-            h = self.norm(x).flatten(0, 1)  # (B * T, n_embd)
-            return None, chunked_linear_cross_entropy(h, self.output.weight, targets.reshape(-1))
+            h, _ = add_and_norm(self.norm, delta, x)
+            return None, chunked_linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.reshape(-1))
         if logits_index is not None:
+            x = x if delta is None else x + delta  # a few positions: add, then gather, then norm only those
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.size(-1)))  # (B, K, n_embd)
-        return self.output(self.norm(x)), None  # (B, T or K, vocab_size)
+            return self.output(self.norm(x)), None  # (B, K, vocab_size)
+        h, _ = add_and_norm(self.norm, delta, x)
+        return self.output(h), None  # (B, T, vocab_size)
 
 
 def split_fused(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:

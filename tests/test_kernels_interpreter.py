@@ -297,6 +297,7 @@ def test_tiny_model_fused_matches_reference(dtype):
     # The fused path really ran: the reference model would pass this test trivially.
     _, loss = fused(idx, targets)
     assert _graph_has(loss, "GeneratedBackwardFor_ragllm_rms_norm_defaultBackward")
+    assert _graph_has(loss, "GeneratedBackwardFor_ragllm_rms_norm_residual_defaultBackward")  # the blocks' adds
     assert _graph_has(loss, "GeneratedBackwardFor_ragllm_swiglu_defaultBackward")
     for n in results["ref64"]:
         check_rule(n, results["fused"][n], results["plain"][n], results["ref64"][n], dtype)

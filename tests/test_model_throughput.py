@@ -1,6 +1,6 @@
 """The model's throughput changes against the math they replace: fused q/k/v and w1/w3 (old checkpoints load),
-the chunked linear + cross-entropy (same loss and gradients as full logits), RoPE in the activation dtype, and the
-opt-in per-block torch.compile."""
+the chunked linear + cross-entropy (same loss and gradients as full logits), RoPE in the activation dtype, the
+residual adds fused into the norms, and the opt-in per-block torch.compile."""
 
 from __future__ import annotations
 
@@ -68,6 +68,45 @@ def test_model_loss_and_gradients_equal_the_full_logits_path():
         # own relative error can be large; a wrong scale, mask or missing term would be ~1e-1, not 1e-5).
         err = (p.grad - ref_grads[name]).abs().max() / ref_grads[name].abs().max()
         assert err < 2e-5, (name, err.item())
+
+
+def _unfused_forward(model, idx):
+    """The block loop as written before the residual adds were fused into the norms: `x = x + sublayer(norm(x))`."""
+    x = model.tok_embeddings(idx)
+    cos, sin = model.rotary(idx.shape[1], idx.device, x.dtype)
+    for layer in model.layers:
+        x = x + layer.attention(layer.attention_norm(x), cos, sin)
+        x = x + layer.feed_forward(layer.ffn_norm(x))
+    return model.norm(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_residual_adds_fused_into_the_norms_compute_exactly_the_unfused_blocks(dtype):
+    # Bitwise, not close: the (delta, residual) form only moves each add into the norm that reads it. Logits, the
+    # few-positions path and the loss with its gradients, in both dtypes (bf16 rounds the sum once either way).
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**{**TINY, "n_layer": 3})).to(dtype)
+    with torch.no_grad():
+        for layer in model.layers:  # non-trivial gains, so a norm applied to the wrong tensor shows
+            layer.ffn_norm.weight.add_(0.1 * torch.randn_like(layer.ffn_norm.weight))
+    tokens = torch.randint(0, 50257, (2, 17), generator=torch.Generator().manual_seed(2))
+    idx, targets = tokens[:, :-1], tokens[:, 1:]
+    with torch.no_grad():
+        h = _unfused_forward(model, idx)
+        assert torch.equal(model(idx)[0], model.output(h))
+        index = torch.tensor([[0, 5, 15], [3, 3, 9]])
+        assert torch.equal(model(idx, logits_index=index)[0],
+                           model.output(h.gather(1, index[..., None].expand(-1, -1, h.size(-1)))))
+    _, loss = model(idx, targets)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = chunked_linear_cross_entropy(_unfused_forward(model, idx).flatten(0, 1), model.output.weight,
+                                       targets.reshape(-1))
+    ref.backward()
+    assert torch.equal(loss, ref)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, grads[name]), name
 
 
 def _rope_before(x, head_dim, theta=10000.0):
