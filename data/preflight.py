@@ -246,9 +246,15 @@ def run(defs: Definitions, sample: int = SAMPLE_RECORDS, open_records=build.iter
     return checks, problems + [p for c in checks for p in c.problems]
 
 
-def report(checks: list[InputCheck], sample: int) -> str:
-    """The per-input report, as printed."""
-    out = [f"preflight: {len(checks)} input(s), up to {sample} records each"]
+def report(checks: list[InputCheck], sample: int, total: int | None = None) -> str:
+    """The per-input report, as printed. `total`: the inputs asked for, when some could not be checked (no hub,
+    missing local path): the header then says how many of them were, so "0 input(s)" never reads as "nothing to
+    check"."""
+    if total is not None and total != len(checks):
+        head = f"preflight: {len(checks)} of {total} input(s) checked (the problems below say why not the others)"
+    else:
+        head = f"preflight: {len(checks)} input(s)"
+    out = [f"{head}, up to {sample} records each"]
     for c in checks:
         gated = "gated" if c.gated else "not gated"
         hub = f", hub sha {c.hub['sha'][:12]} gated={c.hub['gated']}" if c.hub and c.hub.get("sha") else ""

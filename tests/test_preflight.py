@@ -161,6 +161,7 @@ def test_offline_preflight_and_build_stop_before_any_fetch(tmp_path, monkeypatch
     assert "offline: the Hugging Face hub (https://huggingface.co) cannot be reached from here " \
            "(OfflineModeIsEnabled" in out
     assert "the 15 hub inputs cannot be checked" in out and "nothing was fetched" in out
+    assert "preflight: 1 of 16 input(s) checked (the problems below say why not the others)" in out
     # the local input is still checked: one short document cannot supply the domain budget
     assert "source 'domain_itsec_swisslaw' input 'domain_itsec_swisslaw': can supply about" in out
     out_root = tmp_path / "out"

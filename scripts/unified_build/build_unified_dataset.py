@@ -175,7 +175,7 @@ def run_preflight(defs, args, problems: list[str]) -> list[str]:
     missing = {p.split("'")[3] for p in problems if "local path" in p}  # "source 'x' input 'y': local path ..."
     names = [i.name for i in defs.inputs() if i.name not in missing]
     checks, found = preflight.run(defs, sample=args.preflight_records, names=names)
-    print(preflight.report(checks, args.preflight_records))
+    print(preflight.report(checks, args.preflight_records, total=len(defs.inputs())))
     return problems + found
 
 
