@@ -10,6 +10,7 @@ Usage:
     python scripts/bench/kernels.py --ab-steps 200        # also: tiny model fused vs reference, DeepSpeed ZeRO-2 bf16
     python scripts/bench/kernels.py --aot-only            # only the sm_90/sm_80 build table (works without a GPU)
     python scripts/bench/kernels.py --no-tuning           # skip the fixed-rule vs autotuned RMSNorm table
+    TRITON_INTERPRET=1 python scripts/bench/kernels.py --interpret-check   # CPU: run the tuning table's code, tiny
 
 What it measures (medians of `triton.testing.do_bench`, CUDA-event timed, L2 flushed between runs):
   shapes        750M: RMSNorm rows 12 x 1024, hidden 1280; SwiGLU 12 x 1024 x 3456.  large: hidden 4096 (SwiGLU
@@ -359,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         "bf16 and print the largest loss difference (200 for the documented A/B)",
     )
     parser.add_argument(
+        "--interpret-check",
+        action="store_true",
+        help="CPU, under TRITON_INTERPRET=1: run the tuning table's code at 6 x 37 (checks this script; the "
+        "interpreter prunes every autotune space to the fixed rule, so its numbers mean nothing)",
+    )
+    parser.add_argument(
         "--aot-only",
         action="store_true",
         help="print the sm_90/sm_80 ahead-of-time build table and exit (no GPU needed)",
@@ -370,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("triton is not importable: install the project's requirements (triton is pinned there)")
     from model.kernels.triton_support import interpreting
 
+    if args.interpret_check:
+        if not interpreting():
+            raise SystemExit("--interpret-check runs under Triton's interpreter: start it with TRITON_INTERPRET=1")
+        print("interpreter check of the tuning table (CPU, 6 x 37 rows, nothing tuned):")
+        print_table(tuning_rows(args, device="cpu", shapes={"tiny": (6, 37, 0)}), args.markdown)
+        return 0
     if interpreting():
         raise SystemExit("TRITON_INTERPRET=1 is set: unset it, the benchmark times compiled kernels")
 
