@@ -4,10 +4,12 @@
   Triton fixes interpreter-vs-compiled mode when it is first imported, so one process cannot hold both; a
   subprocess keeps the interpreter out of every other test module and lets this process build for the GPU;
 - ahead-of-time builds of every kernel for sm_90 (H100) and sm_80 (A100), which need no GPU, specialized as the JIT
-  specializes a real launch at the micro-batch shape; an fp64-typed eps (as Inductor passes it) adds no fp64 math;
+  specializes a real launch at the micro-batch shape, the RMSNorm backward once per config of its autotune space
+  (each must compile to the fixed rule's floating-point instructions); an fp64-typed eps (as Inductor passes it) adds
+  no fp64 math; the default autotune space varies only math-preserving parameters;
 - the dispatcher's choices and error messages on a CPU without the interpreter;
-- on a CUDA machine only (marked `gpu`): fused vs reference at the 750M model's shapes, determinism, and "auto"
-  picking the kernels.
+- on a CUDA machine only (marked `gpu`): fused vs reference at the 750M model's shapes, determinism, "auto"
+  picking the kernels, and the same bits from every config of the autotune space.
 
 The tolerance rule shared with the interpreter suite lives here (`check_rule`).
 

@@ -309,6 +309,7 @@ rms_norm_fwd_autotuned_full = triton.autotune(
     prune_configs_by={"early_config_prune": prune_fwd_full},
 )(rms_norm_fwd_kernel)
 
+
 def bwd_programs(n_rows: int, device: torch.device) -> int:
     """Programs the backward launches for `n_rows` rows: a few per SM on a GPU, 4 under the interpreter."""
     sms = None if interpreting() else multiprocessor_count(device)
