@@ -269,8 +269,9 @@ def fwd_configs(n_cols: int, mode: str) -> list:
 
 # `early_config_prune` of each autotuner (triton/runtime/autotuner.py `Autotuner.prune_configs`; torch.compile runs it
 # at trace time, triton_kernel_wrap.py `do_prune_configs`). Under the interpreter only the fixed rule's config is
-# left: the interpreter ignores warps and stages and has no GPU timer to benchmark with (with one config left the
-# autotuner launches it without benchmarking, `Autotuner.run`), so the CPU tests still go through the autotuner.
+# left: the interpreter ignores warps and stages, and benchmarking two configs there fails (the default timer asks
+# the active GPU driver: "0 active drivers" on a CPU, tried). With one config left the autotuner launches it without
+# benchmarking (`Autotuner.run`), so the CPU tests still launch through the autotuner.
 def _mode_here(mode: str) -> str:
     return "off" if interpreting() else mode
 
