@@ -239,12 +239,13 @@ def throughput_run(args, compile_blocks: bool) -> dict:
 
 
 def section_throughput(args) -> str:
-    if not args.dry_run:
-        phases = json.loads((REPO / BASE_CONFIG).read_text())["curriculum"]["phases"]
-        missing = [p["dataset_dir"] for p in phases if not (REPO / p["dataset_dir"]).is_dir()]
-        if missing:
-            raise RuntimeError(f"dataset(s) {missing} not built: run python scripts/unified_build/"
-                               "build_unified_dataset.py first (or copy the built data/ folders in)")
+    # Checked here, not left to the trainer: its failure reaches this script as SystemExit (scripts/bench/_run.py
+    # `launch`), which would end the report unwritten instead of failing this one section.
+    phases = json.loads((REPO / (DRY_CONFIG if args.dry_run else BASE_CONFIG)).read_text())["curriculum"]["phases"]
+    missing = [p["dataset_dir"] for p in phases if not (REPO / p["dataset_dir"]).is_dir()]
+    if missing:
+        build = "make demo" if args.dry_run else "python scripts/unified_build/build_unified_dataset.py"
+        raise RuntimeError(f"dataset(s) {missing} not built: run {build} first (or copy the built data/ folders in)")
     lines = ["| variant | GPUs | tokens/s/GPU | MFU | peak memory/GPU | checkpoint save (last step) | data wait |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for compile_blocks in (False, True) if args.compile_too else (False,):
