@@ -4,10 +4,12 @@
   Triton fixes interpreter-vs-compiled mode when it is first imported, so one process cannot hold both; a
   subprocess keeps the interpreter out of every other test module and lets this process build for the GPU;
 - ahead-of-time builds of every kernel for sm_90 (H100) and sm_80 (A100), which need no GPU, specialized as the JIT
-  specializes a real launch at the micro-batch shape; an fp64-typed eps (as Inductor passes it) adds no fp64 math;
+  specializes a real launch at the micro-batch shape, the RMSNorm backward once per config of its autotune space
+  (each must compile to the fixed rule's floating-point instructions); an fp64-typed eps (as Inductor passes it) adds
+  no fp64 math; the default autotune space varies only math-preserving parameters;
 - the dispatcher's choices and error messages on a CPU without the interpreter;
-- on a CUDA machine only (marked `gpu`): fused vs reference at the 750M model's shapes, determinism, and "auto"
-  picking the kernels.
+- on a CUDA machine only (marked `gpu`): fused vs reference at the 750M model's shapes, determinism, "auto"
+  picking the kernels, and the same bits from every config of the autotune space.
 
 The tolerance rule shared with the interpreter suite lives here (`check_rule`).
 
@@ -86,9 +88,11 @@ def test_every_kernel_builds_for_sm90_and_sm80_as_the_jit_specializes_it(tmp_pat
     """The interpreter compiles nothing; this runs the real compiler to PTX and cubin for H100 and A100, on the
     launches a real call at the micro-batch shape makes, specialized as the JIT specializes them at launch."""
     from model.kernels.aot import build_all
+    from model.kernels.rmsnorm_triton import BWD_NUM_STAGES, autotune_mode_override
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # a real build every time, not a cache hit
-    builds = build_all(("sm_90", "sm_80"))
+    with autotune_mode_override("stages"):  # the default space, whatever this process's environment says
+        builds = build_all(("sm_90", "sm_80"))
     kernels = {b.label.split()[0] for b in builds}
     assert kernels == {"rms_norm_fwd", "rms_norm_bwd", "dw_reduce", "swiglu_fwd", "swiglu_bwd"}, kernels
     for b in builds:
@@ -105,8 +109,73 @@ def test_every_kernel_builds_for_sm90_and_sm80_as_the_jit_specializes_it(tmp_pat
         fwd = by_label[("rms_norm_fwd bf16 h=1280", arch)]
         assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", fwd.ptx), "no 16-byte vector load in rms_norm_fwd"
         # The pipelined backward row loop prefetches the next row's x and dy into shared memory (cp.async).
-        bwd = by_label[("rms_norm_bwd bf16 h=1280", arch)]
+        bwd = by_label[(f"rms_norm_bwd bf16 h=1280 stages={BWD_NUM_STAGES}", arch)]
         assert "cp.async" in bwd.ptx and bwd.shared_bytes >= 2 * 2048 * 2, (bwd.shared_bytes, arch)  # x and dy rows
+    check_autotune_space_preserves_the_math(builds)
+
+
+# Floating-point arithmetic, conversions to and from bf16 and warp shuffles (the in-row reductions), in PTX order.
+_FP_OPS = re.compile(
+    r"^\s*((?:fma|add|sub|mul|div|rsqrt|sqrt|max|min|neg|abs)(?:\.\w+)*\.f(?:32|64)\b|shfl\.[\w.]+|"
+    r"cvt\.\w+\.(?:bf16|f32)\.(?:f32|bf16)\b)",
+    re.M,
+)
+
+
+def check_autotune_space_preserves_the_math(builds):
+    """Every backward config the default autotune space holds (each built above, as the autotuner may pick it on a
+    GPU) compiles to the same sequence of floating-point and shuffle instructions as the fixed rule's, so whichever
+    config a process picks, dx and dW are bit-identical: runs stay bitwise resumable and ranks agree. A config that
+    varied num_warps (or anything else that changes the in-row reduction tree) fails here."""
+    from model.kernels.rmsnorm_triton import BWD_NUM_STAGES, BWD_STAGE_SPACE
+
+    groups: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for b in builds:
+        base, _, config = b.label.rpartition(" stages=")
+        if base.startswith("rms_norm_bwd"):
+            groups.setdefault((base, b.arch), {})[config] = _FP_OPS.findall(b.ptx)
+    assert {len(g) for g in groups.values()} == {len(BWD_STAGE_SPACE)}, {k: sorted(g) for k, g in groups.items()}
+    for (base, arch), by_config in groups.items():
+        rule = by_config[str(BWD_NUM_STAGES)]
+        assert len(rule) > 50, (base, arch, rule)  # the pattern finds the kernel's arithmetic
+        for config, ops in by_config.items():
+            assert ops == rule, f"{base} on {arch}: config {config} computes differently from the fixed rule"
+
+
+@needs_triton
+@compiled_mode_only
+def test_the_default_autotune_space_holds_only_math_preserving_parameters():
+    """The default space varies NUM_STAGES only, at the warps the fixed rule gives each width; NUM_STAGES is used by
+    the kernel only as the row loop's pipelining depth. (The PTX comparison above is what shows that depth leaves the
+    arithmetic alone; this catches a space or kernel edit without compiling.)"""
+    import inspect
+
+    from model.kernels import rmsnorm_triton as rt
+    from model.kernels.triton_support import row_block
+
+    for n_cols in (37, 1280, 3456, 4096, 65536):
+        configs = rt.rms_norm_bwd_autotuned.early_config_prune(rt.BWD_CONFIGS, {"n_cols": n_cols})
+        assert sorted(c.kwargs["NUM_STAGES"] for c in configs) == list(rt.BWD_STAGE_SPACE), n_cols
+        for c in configs:
+            assert set(c.kwargs) <= rt.MATH_PRESERVING, c
+            assert (c.num_warps, c.num_ctas, c.maxnreg, c.num_stages, c.pre_hook, c.ir_override) == (
+                row_block(n_cols)[1], 1, None, rt.KERNEL_NUM_STAGES, None, None), (n_cols, str(c))
+    (c,) = rt.bwd_configs(1280, "off")
+    assert (c.kwargs["NUM_STAGES"], c.num_warps) == (rt.BWD_NUM_STAGES, row_block(1280)[1])
+    source = inspect.getsource(rt.rms_norm_bwd_kernel.fn)
+    uses = re.findall(r"^.*\bNUM_STAGES\b.*$", source, re.M)
+    assert len(uses) == 2 and "num_stages=NUM_STAGES)" in uses[1], uses  # the parameter, and tl.range's depth
+
+
+def test_a_bad_autotune_setting_names_the_variable_and_the_choices():
+    if not triton_available():
+        pytest.skip("triton is not importable")
+    from model.kernels.rmsnorm_triton import parse_autotune_mode
+
+    assert [parse_autotune_mode(v) for v in (None, "", "stages", " OFF ", "full")] == ["stages", "stages", "stages",
+                                                                                       "off", "full"]
+    with pytest.raises(ValueError, match=r"RAGLLM_TRITON_AUTOTUNE='1' is not one of \('stages', 'off', 'full'\)"):
+        parse_autotune_mode("1")
 
 
 @needs_triton
@@ -288,3 +357,29 @@ def test_cuda_weight_gradient_is_bitwise_deterministic_and_auto_picks_triton():
         y.backward(dy)
         grads.append(w.grad)
     assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+@gpu
+@needs_cuda
+@needs_triton
+@compiled_mode_only
+def test_cuda_every_backward_config_of_the_autotune_space_gives_the_same_bits(monkeypatch):
+    """On the GPU itself: each stage count of the default space, and the autotuner's own pick, give bit-identical dx
+    and dW at the micro-batch shape (the CPU shows the same PTX arithmetic; this shows the same bits)."""
+    from model.kernels import rmsnorm_triton as rt
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(12 * 1024, 1280, device="cuda", generator=gen, dtype=torch.bfloat16)
+    dy, dres = torch.randn_like(x), torch.randn_like(x)
+    w = (1 + 0.1 * torch.randn(1280, device="cuda", generator=gen)).to(torch.bfloat16)
+    rstd = rt.rms_norm_op(x, w, EPS)[1]
+    results = {}
+    with rt.autotune_mode_override("off"):
+        for stages in rt.BWD_STAGE_SPACE:
+            monkeypatch.setattr(rt, "BWD_NUM_STAGES", stages)
+            results[f"stages={stages}"] = rt.rms_norm_backward_op(dy, x, w, rstd, dres)
+    with rt.autotune_mode_override("stages"):
+        results["autotuned"] = rt.rms_norm_backward_op(dy, x, w, rstd, dres)
+    first = results["stages=1"]
+    for name, (dx, dw) in results.items():
+        assert torch.equal(dx, first[0]) and torch.equal(dw, first[1]), name

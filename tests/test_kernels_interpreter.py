@@ -14,7 +14,8 @@ value (the interpreter rounds to bf16 by truncation, so it can be one ulp off wh
 
 Coverage: rows {1, 7, 123} x hidden {37, 1280, 3456} x {fp32, bf16} and 4096 at 7 rows for 2-D inputs, plus 3-D,
 row-strided (a slice of a wider tensor) and transposed (non-unit last stride) inputs on a subset of shapes; the fused
-residual add + RMSNorm; the start-up self-check on the real kernels; torch.compile(fullgraph=True); double backward.
+residual add + RMSNorm; the start-up self-check on the real kernels; torch.compile(fullgraph=True); double backward;
+the autotuner's benchmark repeats leaving the backward's outputs as one launch would.
 """
 
 from __future__ import annotations
@@ -231,6 +232,39 @@ def test_rms_norm_weight_gradient_is_deterministic():
     """Two backward passes give bit-identical weight gradients (fixed partial-buffer reduction, no atomics)."""
     grads = [run_rms_norm_case(33, 1280, torch.bfloat16, "2d")[0][2] for _ in range(2)]
     assert torch.equal(grads[0], grads[1])
+
+
+def test_autotuner_benchmark_repeats_leave_the_outputs_of_one_launch(monkeypatch):
+    """The autotuner runs each config several times on the real arguments before the final launch. DX and
+    DW_PARTIAL are pure outputs (plain stores of every element, inputs only read), so no restore_value/reset_to_zero
+    is needed: the result after 2 configs x 3 benchmark runs + 1 launch equals one launch of the fixed rule, bit for
+    bit. (Under the interpreter the configs compute alike; what this checks is that repeats do not accumulate.)"""
+    from model.kernels import rmsnorm_triton as rt
+
+    runs = []
+
+    def bench(kernel_call, quantiles):
+        for _ in range(3):
+            kernel_call()
+        runs.append(3)
+        return [1.0, 1.0, 1.0]
+
+    def two_configs(configs, named_args, **kwargs):  # the interpreter's own prune keeps one; benchmark two here
+        return [c for c in configs if c.num_warps == 4][:2]
+
+    tuned = rt.bwd_autotuner(do_bench=bench, prune=two_configs)
+    gen = torch.Generator().manual_seed(3)
+    x, dy, dres = (torch.randn(7, 37, generator=gen) for _ in range(3))
+    w = 1 + 0.1 * torch.randn(37, generator=gen)
+    rstd = rt.rms_norm_op(x, w, EPS)[1]
+    with rt.autotune_mode_override("off"):
+        fixed = rt.rms_norm_backward_op(dy, x, w, rstd, dres)
+    monkeypatch.setattr(rt, "rms_norm_bwd_autotuned", tuned)
+    with rt.autotune_mode_override("stages"):
+        autotuned = rt.rms_norm_backward_op(dy, x, w, rstd, dres)
+    assert runs == [3, 3] and tuned.best_config.kwargs["NUM_STAGES"] in rt.BWD_STAGE_SPACE
+    for a, b in zip(fixed, autotuned, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_mixed_dtype_rms_norm_promotes_like_reference():

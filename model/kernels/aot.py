@@ -8,7 +8,8 @@ kernel variant and reports the resources of each build; the kernel tests and the
 The builds compile what a launch on the GPU would compile: the ops are called on CPU tensors of the real micro-batch
 shape (12 x 1024 rows) with their launches recorded instead of run (`triton_support.capture_launches`, with the
 target's SM count so the backward's grid and rows per program are the GPU's), and each recorded launch goes through
-the JIT's own argument binding and specialization (`jit_specialization`). CPU tensors are 64-byte aligned and the
+the JIT's own argument binding and specialization (`jit_specialization`). An autotuned launch is built once per config
+the autotuner may pick there (`expand_autotuned`). CPU tensors are 64-byte aligned and the
 CUDA caching allocator's blocks 512-byte aligned, so the pointers' divisibility hints are the same on both.
 """
 
@@ -24,6 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.compiler.compiler import make_backend
+from triton.runtime.autotuner import Autotuner
 
 from model.kernels import rmsnorm_triton, swiglu_triton
 from model.kernels.triton_support import capture_launches, interpreting
@@ -121,12 +123,34 @@ def captured_launches(arch: str, calls=None) -> list[tuple[str, tuple]]:
     for label, call in calls if calls is not None else all_calls():
         with capture_launches(SM_COUNTS[arch]) as launches:
             call()
-        for kernel, grid, args, kwargs in launches:
-            _, _, _, options, spec = jit_specialization(kernel, args, kwargs, TARGETS[arch])
-            key = (kernel.fn.__name__, str(spec), str(options))
-            if key not in seen:
-                seen.add(key)
-                out.append((f"{kernel.fn.__name__.removesuffix('_kernel')} {label}", (kernel, grid, args, kwargs)))
+        for record in launches:
+            for suffix, (kernel, grid, args, kwargs) in expand_autotuned(record):
+                _, _, _, options, spec = jit_specialization(kernel, args, kwargs, TARGETS[arch])
+                key = (kernel.fn.__name__, str(spec), str(options))
+                if key not in seen:
+                    seen.add(key)
+                    name = kernel.fn.__name__.removesuffix("_kernel")
+                    out.append((f"{name} {label}{suffix}", (kernel, grid, args, kwargs)))
+    return out
+
+
+def expand_autotuned(record: tuple) -> list[tuple[str, tuple]]:
+    """("", record) for a plain launch; for a `triton.autotune`d kernel, one (label suffix, launch of the JIT function
+    with that config's arguments) per config the autotuner may pick for these arguments on a GPU (its
+    `early_config_prune`, as `Autotuner.prune_configs` applies it, triton/runtime/autotuner.py): each may be the one
+    that runs, so each is built and must fit without spills."""
+    kernel, grid, args, kwargs = record
+    if not isinstance(kernel, Autotuner):
+        return [("", record)]
+    configs = kernel.configs
+    if kernel.early_config_prune:
+        configs = kernel.early_config_prune(configs, dict(zip(kernel.arg_names, args, strict=False)), **kwargs)
+    varying_warps = len({c.num_warps for c in configs}) > 1
+    out = []
+    for config in configs:
+        suffix = "".join(f" {k.lower().removeprefix('num_')}={v}" for k, v in config.kwargs.items())
+        suffix += f" warps={config.num_warps}" if varying_warps else ""
+        out.append((suffix if len(configs) > 1 else "", (kernel.fn, grid, args, {**kwargs, **config.all_kwargs()})))
     return out
 
 
@@ -157,10 +181,10 @@ def build_all(archs=("sm_90", "sm_80"), calls=None) -> list[Build]:
 
 
 def format_builds(builds: list[Build]) -> str:
-    lines = [f"{'kernel':<34} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>5} {'smem B':>7} {'cubin B':>8}"]
+    lines = [f"{'kernel':<44} {'arch':<6} {'warps':>5} {'regs':>5} {'spill':>5} {'smem B':>7} {'cubin B':>8}"]
     for b in builds:
         lines.append(
-            f"{b.label:<34} {b.arch:<6} {b.num_warps:>5} {b.registers!s:>5} {b.spill_bytes!s:>5} "
+            f"{b.label:<44} {b.arch:<6} {b.num_warps:>5} {b.registers!s:>5} {b.spill_bytes!s:>5} "
             f"{b.shared_bytes:>7} {b.cubin_bytes:>8}"
         )
     return "\n".join(lines)

@@ -17,6 +17,9 @@ a partial buffer with plain stores (no zero-fill needed: every element is writte
 buffer's columns in a fixed order and writes dW in the weight's dtype. No atomics, so the result does not depend on
 scheduling; two launches in all (the previous version took four: zeros, kernel, sum, cast).
 
+The backward's software-pipelining depth is autotuned (`triton.autotune`) over a space that cannot change a bit of the
+results; see "Autotuning" below for what is tuned, what is not, and `RAGLLM_TRITON_AUTOTUNE`.
+
 The ops are `torch.library.triton_op`s with `register_autograd` (torch/_library/triton.py, torch/_library/
 custom_ops.py `CustomOpDef.register_autograd`): torch.compile traces through them with `fullgraph=True` and, on a
 GPU, Inductor sees the kernels themselves. Double backward is not implemented (`first_order_only`).
@@ -24,7 +27,11 @@ GPU, Inductor sees the kernels themselves. Double backward is not implemented (`
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
+import triton
 
 from model.kernels.triton_support import (
     COMPILE_OPTIONS,
@@ -49,6 +56,7 @@ INTERPRETER_BWD_PROGRAMS = 4
 # computed (Triton pipelines loads in a loop only with `tl.range(..., num_stages=...)`, triton/language/core.py
 # `class range`; a plain `range` or the kernel's num_stages pipelines only loads that feed `dot`). Two stages: the
 # next row's x and dy wait in shared memory, 8 KiB at hidden 1280 in bf16 (the smem column of the AOT table).
+# This is the fixed rule (`RAGLLM_TRITON_AUTOTUNE=off`, and the interpreter); by default the depth is autotuned.
 BWD_NUM_STAGES = 2
 # Column block of the dW reduction: 1280 / 64 = 20 programs, each summing its columns over all partial rows.
 DW_REDUCE_BLOCK_N = 64
@@ -152,6 +160,157 @@ def dw_reduce_kernel(
     tl.store(DW + cols, tl.sum(acc, axis=0).to(DW.dtype.element_ty), mask=col_mask)
 
 
+# --- autotuning ------------------------------------------------------------------------------------------------------
+#
+# Runs must be bitwise resumable, and ranks and reruns must agree, whichever config each process's autotuner picks
+# (its pick depends on timing noise). So by default only parameters that leave every floating-point operation and
+# its order untouched are tuned:
+#
+# - tuned: the backward row loop's pipelining depth, NUM_STAGES in 1..4 (`tl.range(..., num_stages=NUM_STAGES)`).
+#   It decides whether the next rows' x and dy are loaded straight into registers or prefetched into shared memory
+#   (cp.async), and how far ahead; the arithmetic on each row is the same. Checked, not assumed: the AOT test builds
+#   every stage count for sm_90 and sm_80 and finds the same sequence of fp32 and shuffle instructions in each PTX
+#   (tests/test_kernels.py). Any pick gives bit-identical dx and dW.
+# - not tuned, num_warps: it sets how many of a row's elements each thread holds (BLOCK / (32 x warps)), and Triton
+#   lowers `tl.sum` as a sequential sum over a thread's own elements, then butterfly shuffles across the lanes of a
+#   warp, then a combine across warps through shared memory (triton-lang/triton
+#   lib/Conversion/TritonGPUToLLVM/ReduceOpToLLVM.cpp: `reduceWithinThreads`, `warpReduce`, the cross-warp pass).
+#   Another warp count is another summation tree for sum(x^2) and sum(dy*w*n), so rstd, y and dx can differ in the
+#   last bit. Seen in Triton 3.9's PTX for the backward at 1280 on sm_90: 434, 228 and 126 fp32/shuffle instructions
+#   at 2, 4 and 8 warps, 6, 7 and 8 shuffle rounds. The interpreter cannot show this (it ignores num_warps).
+# - not tuned, rows per program (BWD_PROGRAMS_PER_SM): each program sums its rows' dy * n in registers, then
+#   dw_reduce_kernel sums the programs' rows; another grouping is another order for dW. (It also sets the partial
+#   buffer's shape, which is allocated before the launch.)
+# - not tuned, dw_reduce_kernel's BLOCK_M, BLOCK_N and warps: they set that kernel's summation order likewise.
+#
+# RAGLLM_TRITON_AUTOTUNE (read once, at import) picks the space:
+#   unset or "stages": the above (the default); "off": the fixed rule (BWD_NUM_STAGES stages, no benchmarking at
+#   the first call of each shape); "full": also num_warps at half, the rule's and twice the rule's warps, for the
+#   forward too. "full" may change the last bits from one process to the next, so it is not for training runs that
+#   must resume bitwise; it exists so that a GPU session can measure whether the warps rule (`row_block`) is right
+#   (`scripts/bench/kernels.py` prints the picks).
+#
+# Benchmarking runs a kernel several times on the real arguments. That is safe here without `restore_value` or
+# `reset_to_zero`: DX, DW_PARTIAL (and Y, H, RSTD in the forward) are pure outputs, each element written by a plain
+# store from inputs the kernel only reads, so every repeat writes the same values (tested under the interpreter).
+
+AUTOTUNE_MODES = ("stages", "off", "full")
+AUTOTUNE_ENV = "RAGLLM_TRITON_AUTOTUNE"
+# The stage counts the default space holds; every one is built ahead of time (aot.py) and must not spill.
+BWD_STAGE_SPACE = (1, 2, 3, 4)
+# The kernel-level num_stages of every config: the default of a plain launch (CUDAOptions.num_stages, triton/
+# backends/nvidia/compiler.py), so the fixed and tuned launches differ only where a config says so. With no `dot`
+# in these kernels it pipelines nothing (see BWD_NUM_STAGES).
+KERNEL_NUM_STAGES = 3
+# The parameters a default-space config may vary: those that cannot change the results (see above).
+MATH_PRESERVING = frozenset({"NUM_STAGES"})
+
+
+def parse_autotune_mode(value: str | None) -> str:
+    """The autotune mode for a value of RAGLLM_TRITON_AUTOTUNE (None or "" is the default, "stages")."""
+    if value is None or value.strip() == "":
+        return "stages"
+    mode = value.strip().lower()
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(
+            f"{AUTOTUNE_ENV}={value!r} is not one of {AUTOTUNE_MODES}: unset it (or 'stages') for the default "
+            "math-preserving autotuning, 'off' for the fixed rule, 'full' to also tune num_warps (not bitwise "
+            "reproducible across processes)"
+        )
+    return mode
+
+
+_AUTOTUNE_MODE = parse_autotune_mode(os.environ.get(AUTOTUNE_ENV))
+
+
+def autotune_mode() -> str:
+    return _AUTOTUNE_MODE
+
+
+@contextlib.contextmanager
+def autotune_mode_override(mode: str):
+    """Use `mode` inside the block (the benchmark times the modes side by side in one process)."""
+    global _AUTOTUNE_MODE
+    previous, _AUTOTUNE_MODE = _AUTOTUNE_MODE, parse_autotune_mode(mode)
+    try:
+        yield
+    finally:
+        _AUTOTUNE_MODE = previous
+
+
+def _warps_space(rule_warps: int, mode: str) -> set[int]:
+    if mode != "full":
+        return {rule_warps}
+    return {w for w in (rule_warps // 2, rule_warps, rule_warps * 2) if 1 <= w <= 16}
+
+
+# Every config any mode can pick; `bwd_configs` / `fwd_configs` choose per width and mode.
+BWD_CONFIGS = [
+    triton.Config({"NUM_STAGES": s}, num_warps=w, num_stages=KERNEL_NUM_STAGES)
+    for w in (1, 2, 4, 8, 16)
+    for s in sorted({*BWD_STAGE_SPACE, BWD_NUM_STAGES})
+]
+FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=KERNEL_NUM_STAGES) for w in (1, 2, 4, 8, 16)]
+
+
+def bwd_configs(n_cols: int, mode: str) -> list:
+    """The backward configs `mode` may pick at width `n_cols` ("off": the fixed rule's one)."""
+    rule_warps = row_block(n_cols)[1]
+    stages = set(BWD_STAGE_SPACE) if mode != "off" else {BWD_NUM_STAGES}
+    warps = _warps_space(rule_warps, mode)
+    return [c for c in BWD_CONFIGS if c.num_warps in warps and c.kwargs["NUM_STAGES"] in stages]
+
+
+def fwd_configs(n_cols: int, mode: str) -> list:
+    """The forward configs `mode` may pick at width `n_cols`: the rule's warps, or around it in "full" mode."""
+    warps = _warps_space(row_block(n_cols)[1], mode)
+    return [c for c in FWD_CONFIGS if c.num_warps in warps]
+
+
+# `early_config_prune` of each autotuner (triton/runtime/autotuner.py `Autotuner.prune_configs`; torch.compile runs it
+# at trace time, triton_kernel_wrap.py `do_prune_configs`). Under the interpreter only the fixed rule's config is
+# left: the interpreter ignores warps and stages, and benchmarking two configs there fails (the default timer asks
+# the active GPU driver: "0 active drivers" on a CPU, tried). With one config left the autotuner launches it without
+# benchmarking (`Autotuner.run`), so the CPU tests still launch through the autotuner.
+def _mode_here(mode: str) -> str:
+    return "off" if interpreting() else mode
+
+
+def prune_bwd_stages(configs, named_args, **kwargs):
+    return bwd_configs(named_args["n_cols"], _mode_here("stages"))
+
+
+def prune_bwd_full(configs, named_args, **kwargs):
+    return bwd_configs(named_args["n_cols"], _mode_here("full"))
+
+
+def prune_fwd_full(configs, named_args, **kwargs):
+    return fwd_configs(named_args["n_cols"], _mode_here("full"))
+
+
+def bwd_autotuner(prune=prune_bwd_stages, do_bench=None):
+    """`triton.autotune` of the backward kernel, keyed by the shape and variant (the autotuner adds the tensors'
+    dtypes to the key, `Autotuner.run`), so each (rows, width, residual, dtype) is benchmarked once per process, at
+    its first call. Only arguments torch.compile supports for user kernels are used (configs, key, prune_configs_by:
+    torch/_higher_order_ops/triton_kernel_wrap.py `init_variable` rejects non-default warmup/rep/use_cuda_graph and
+    pre/post hooks); `do_bench` is for tests. One autotuner per mode: the mode is not part of the key."""
+    return triton.autotune(
+        configs=BWD_CONFIGS,
+        key=["n_rows", "n_cols", "HAS_DRES"],
+        prune_configs_by={"early_config_prune": prune},
+        do_bench=do_bench,
+    )(rms_norm_bwd_kernel)
+
+
+rms_norm_bwd_autotuned = bwd_autotuner(prune_bwd_stages)
+rms_norm_bwd_autotuned_full = bwd_autotuner(prune_bwd_full)
+rms_norm_fwd_autotuned_full = triton.autotune(
+    configs=FWD_CONFIGS,
+    key=["n_cols", "HAS_RESIDUAL"],  # no row count among its arguments: the first shape of a width decides
+    prune_configs_by={"early_config_prune": prune_fwd_full},
+)(rms_norm_fwd_kernel)
+
+
 def bwd_programs(n_rows: int, device: torch.device) -> int:
     """Programs the backward launches for `n_rows` rows: a few per SM on a GPU, 4 under the interpreter."""
     sms = None if interpreting() else multiprocessor_count(device)
@@ -180,9 +339,12 @@ def _forward(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tenso
     cdt = compute_dtype(x.dtype)
     rstd = torch.empty(n_rows, dtype=torch.float64 if cdt == tl.float64 else torch.float32, device=x.device)
     block, num_warps = row_block(hidden)
+    # The forward has no loop to pipeline: its only knob is num_warps, which changes the row sum (see "autotuning"),
+    # so it is tuned in "full" mode only.
+    tuned = autotune_mode() == "full"
     if n_rows > 0:
         launch(
-            rms_norm_fwd_kernel,
+            rms_norm_fwd_autotuned_full if tuned else rms_norm_fwd_kernel,
             (n_rows,),
             x2,
             r2,
@@ -199,7 +361,7 @@ def _forward(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tenso
             BLOCK=block,
             COMPUTE=cdt,
             HAS_RESIDUAL=residual is not None,
-            num_warps=num_warps,
+            **({} if tuned else {"num_warps": num_warps}),
             **COMPILE_OPTIONS,
         )
     return y, h, rstd
@@ -238,9 +400,13 @@ def rms_norm_backward_op(
     dw_partial = torch.empty((programs, hidden), dtype=rstd.dtype, device=x.device)
     block, num_warps = row_block(hidden)
     cdt = compute_dtype(x.dtype)
+    # Autotuned, the configs give NUM_STAGES and num_warps (the autotuner refuses them as launch arguments too).
+    mode = autotune_mode()
+    kernel = {"off": rms_norm_bwd_kernel, "stages": rms_norm_bwd_autotuned, "full": rms_norm_bwd_autotuned_full}[mode]
+    fixed = {"NUM_STAGES": BWD_NUM_STAGES, "num_warps": num_warps} if mode == "off" else {}
     if n_rows > 0:
         launch(
-            rms_norm_bwd_kernel,
+            kernel,
             (programs,),
             dy2,
             x2,
@@ -259,8 +425,7 @@ def rms_norm_backward_op(
             BLOCK=block,
             COMPUTE=cdt,
             HAS_DRES=dres is not None,
-            NUM_STAGES=BWD_NUM_STAGES,
-            num_warps=num_warps,
+            **fixed,
             **COMPILE_OPTIONS,
         )
     else:

@@ -12,8 +12,11 @@ reported and the others still run; the exit status is 1 if any failed):
 2. gpu_tests: `pytest -m gpu tests/` (the tests skipped on CPU);
 3. selfcheck: the fused kernels' start-up check (model/kernels/selfcheck.py) at the real micro-batch shape,
    12 x 1024 rows of width 1280 and 3456, bf16;
-4. kernels: scripts/bench/kernels.py --markdown --ab-steps 200 (fused vs eager, F.rms_norm, torch.compile), plus
-   the same shapes timed with Liger-Kernel's RMSNorm and SwiGLU when `liger_kernel` is installed;
+4. kernels: scripts/bench/kernels.py --markdown --ab-steps 200 (fused vs eager, F.rms_norm, torch.compile; and
+   RMSNorm with the fixed rule vs autotuned, RAGLLM_TRITON_AUTOTUNE off / stages / full side by side, with the config
+   picked per width and whether its bits match the fixed rule's: what the first GPU session updates
+   BWD_NUM_STAGES and the warps rule from), plus the same shapes timed with Liger-Kernel's RMSNorm and SwiGLU when
+   `liger_kernel` is installed;
 5. memory: scripts/bench/model_memory.py at the full 750M model, micro-batch 12 x 1024, bf16 (chunked loss vs
    full logits);
 6. throughput: 60 steps of configs/base/750M_unified_v1.json at micro-batch 12 x 1024 on --num_gpus GPUs, eager
@@ -21,9 +24,9 @@ reported and the others still run; the exit status is 1 if any failed):
    prints at the last step). Needs the dataset (python scripts/unified_build/build_unified_dataset.py).
 
 --dry_run runs the same code on CPU at tiny sizes: the reference functions stand in for the Triton kernels, the
-kernel and memory benchmarks run their CPU paths, the throughput run uses configs/tiny/demo_cpu.json (the demo
-data: make demo) for 4 steps. Its numbers mean nothing; it exists so that no line of this script first runs on a
-rented GPU.
+kernel and memory benchmarks run their CPU paths (the kernel tuning table's code under TRITON_INTERPRET=1 at
+6 x 37), the throughput run uses configs/tiny/demo_cpu.json (the demo data: make demo) for 4 steps. Its numbers
+mean nothing; it exists so that no line of this script first runs on a rented GPU.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ MICRO_ROWS = 12 * 1024  # the spec's micro-batch: 12 sequences of 1024 tokens
 SAVE_LINE = re.compile(r"checkpoint step (\d+) saved to \S+ in ([0-9.]+)s")
 
 
-def _run(cmd: list[str], timeout: int) -> tuple[int, str]:
+def _run(cmd: list[str], timeout: int, env: dict | None = None) -> tuple[int, str]:
     """Run a command from the repository root; its exit status and its output (stdout then stderr)."""
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -108,9 +112,11 @@ def section_selfcheck(args) -> str:
     kwargs = {}
     device, rows, hidden, ffn = "cuda", MICRO_ROWS, 1280, 3456
     if args.dry_run:  # the reference stands in for the kernels: this checks the section, not the kernels
-        from model.kernels.reference import rms_norm_reference, swiglu_reference
+        from model.kernels.reference import rms_norm_reference, rms_norm_residual_reference, swiglu_reference
 
-        kwargs = {"fused_rms_norm": rms_norm_reference, "fused_swiglu": swiglu_reference}
+        # All three ops need a stand-in: one left out would be the Triton kernel, which cannot run on this CPU.
+        kwargs = {"fused_rms_norm": rms_norm_reference, "fused_swiglu": swiglu_reference,
+                  "fused_rms_norm_residual": rms_norm_residual_reference}
         device, rows, hidden, ffn = "cpu", 37, 64, 192
     t0 = time.perf_counter()
     violations = check_fused_kernels(device, hidden, ffn, 1e-5, torch.bfloat16, rows=rows, **kwargs)
@@ -186,6 +192,12 @@ def section_kernels(args) -> str:
     code, out = _run(cmd, timeout=3600)
     if code != 0:
         raise RuntimeError(f"`{' '.join(cmd[1:])}` exited {code}:\n{_fence(out)}")
+    if args.dry_run:  # the tuning table's code, which only a GPU times, runs here on the interpreter
+        check = [sys.executable, "scripts/bench/kernels.py", "--interpret-check", "--markdown"]
+        code, more = _run(check, timeout=600, env={"TRITON_INTERPRET": "1"})
+        if code != 0:
+            raise RuntimeError(f"`TRITON_INTERPRET=1 {' '.join(check[1:])}` exited {code}:\n{_fence(more)}")
+        out += f"\n\n`TRITON_INTERPRET=1 {' '.join(check[1:])}`:\n\n{more.strip()}"
     return f"`{' '.join(cmd[1:])}`:\n\n{out.strip()}\n\nLiger-Kernel, same shapes:\n\n{liger_table(args)}"
 
 
@@ -227,12 +239,13 @@ def throughput_run(args, compile_blocks: bool) -> dict:
 
 
 def section_throughput(args) -> str:
-    if not args.dry_run:
-        phases = json.loads((REPO / BASE_CONFIG).read_text())["curriculum"]["phases"]
-        missing = [p["dataset_dir"] for p in phases if not (REPO / p["dataset_dir"]).is_dir()]
-        if missing:
-            raise RuntimeError(f"dataset(s) {missing} not built: run python scripts/unified_build/"
-                               "build_unified_dataset.py first (or copy the built data/ folders in)")
+    # Checked here, not left to the trainer: its failure reaches this script as SystemExit (scripts/bench/_run.py
+    # `launch`), which would end the report unwritten instead of failing this one section.
+    phases = json.loads((REPO / (DRY_CONFIG if args.dry_run else BASE_CONFIG)).read_text())["curriculum"]["phases"]
+    missing = [p["dataset_dir"] for p in phases if not (REPO / p["dataset_dir"]).is_dir()]
+    if missing:
+        build = "make demo" if args.dry_run else "python scripts/unified_build/build_unified_dataset.py"
+        raise RuntimeError(f"dataset(s) {missing} not built: run {build} first (or copy the built data/ folders in)")
     lines = ["| variant | GPUs | tokens/s/GPU | MFU | peak memory/GPU | checkpoint save (last step) | data wait |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for compile_blocks in (False, True) if args.compile_too else (False,):

@@ -9,6 +9,8 @@ Usage:
     python scripts/bench/kernels.py --no-compile          # skip the torch.compile baselines (faster)
     python scripts/bench/kernels.py --ab-steps 200        # also: tiny model fused vs reference, DeepSpeed ZeRO-2 bf16
     python scripts/bench/kernels.py --aot-only            # only the sm_90/sm_80 build table (works without a GPU)
+    python scripts/bench/kernels.py --no-tuning           # skip the fixed-rule vs autotuned RMSNorm table
+    TRITON_INTERPRET=1 python scripts/bench/kernels.py --interpret-check   # CPU: run the tuning table's code, tiny
 
 What it measures (medians of `triton.testing.do_bench`, CUDA-event timed, L2 flushed between runs):
   shapes        750M: RMSNorm rows 12 x 1024, hidden 1280; SwiGLU 12 x 1024 x 3456.  large: hidden 4096 (SwiGLU
@@ -20,6 +22,11 @@ What it measures (medians of `triton.testing.do_bench`, CUDA-event timed, L2 flu
                 SwiGLU fwd 6 (read gate and up, write y), bwd 10 (read dy, gate, up; write d_gate, d_up).
   speedup       baseline time / fused time for eager HF-style PyTorch, F.rms_norm, torch.compile of the reference.
   MLP peak      peak allocated memory of one MLP block (ffn_norm + w1/w3 + SwiGLU + w2), forward and backward.
+  tuning        RMSNorm forward/backward ms with the fixed rule (RAGLLM_TRITON_AUTOTUNE=off), the default
+                autotune ("stages": pipelining depth only, math-preserving) and "full" (also num_warps), the config
+                each autotuner picked per width (warps/stages), whether its output is bit-identical to the fixed
+                rule's, and the first call's seconds (compile + benchmark). The first GPU session updates
+                BWD_NUM_STAGES / `row_block` from it.
 Targets (H100): RMSNorm fwd >= 80% of copy bandwidth, bwd >= 60%; SwiGLU >= 85% / 70%; never slower than
 torch.compile. Each row says whether it meets its target.
 """
@@ -183,6 +190,70 @@ def run_benchmarks(args) -> list[dict]:
     return rows_out
 
 
+def _pick(config) -> str:
+    if config is None:
+        return "-"
+    return f"{config.num_warps}w" + (f"/{config.kwargs['NUM_STAGES']}s" if "NUM_STAGES" in config.kwargs else "")
+
+
+def tuning_rows(args, device: str = "cuda", shapes: dict | None = None) -> list[dict]:
+    """Fixed rule vs autotuned RMSNorm, side by side per width: the backward in each RAGLLM_TRITON_AUTOTUNE mode
+    ("off" = the fixed rule, "stages" = the default math-preserving autotune, "full" = also num_warps) and the forward
+    in "off" and "full" (its only knob is num_warps); the config each autotuner picked (warps/stages); whether the
+    result is bit-identical to the fixed rule's; and the seconds of the first call (compile + benchmark).
+    `device` and `shapes` let the CPU run this code under the interpreter at a tiny size (nothing tuned there)."""
+    import time
+
+    from model.kernels import rmsnorm_triton as rt
+    from model.kernels.triton_support import row_block
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(mode, fn):
+        with rt.autotune_mode_override(mode):
+            sync()
+            t0 = time.perf_counter()
+            result = fn()  # the first call of this shape in this mode: compile, and benchmark the configs
+            sync()
+            first_s = time.perf_counter() - t0
+            if device != "cuda":
+                return result, first_s, first_s * 1e3
+            return result, first_s, bench_ms(fn, args.warmup, args.rep)
+
+    def shape_rows(shape):
+        rows, hidden, _ = (shapes or SHAPES)[shape]
+        gen = torch.Generator(device=device).manual_seed(0)
+        x, dy, r = (torch.randn(rows, hidden, device=device, generator=gen, dtype=dtype) for _ in range(3))
+        w = (1 + 0.1 * torch.randn(hidden, device=device, generator=gen)).to(dtype)
+        rstd = rt.rms_norm_op(x, w, EPS)[1]
+        cases = [
+            ("rms_norm", "bwd", lambda: rt.rms_norm_backward_op(dy, x, w, rstd, None),
+             {"stages": rt.rms_norm_bwd_autotuned, "full": rt.rms_norm_bwd_autotuned_full}),
+            ("rms_norm_residual", "bwd", lambda: rt.rms_norm_backward_op(dy, x, w, rstd, r),
+             {"stages": rt.rms_norm_bwd_autotuned, "full": rt.rms_norm_bwd_autotuned_full}),
+            ("rms_norm", "fwd", lambda: rt.rms_norm_op(x, w, EPS), {"full": rt.rms_norm_fwd_autotuned_full}),
+            ("rms_norm_residual", "fwd", lambda: rt.rms_norm_residual_op(x, r, w, EPS),
+             {"full": rt.rms_norm_fwd_autotuned_full}),
+        ]
+        out = []
+        for op, p, fn, tuners in cases:
+            fixed, _, fixed_ms = timed("off", fn)
+            rule = f"{row_block(hidden)[1]}w" + (f"/{rt.BWD_NUM_STAGES}s" if p == "bwd" else "")
+            row = {"op": op, "shape": shape, "pass": p, "rule": rule, "fixed ms": fixed_ms}
+            for mode, tuner in tuners.items():
+                result, first_s, ms = timed(mode, fn)
+                same = all(torch.equal(a, b) for a, b in zip(fixed, result, strict=True))
+                row.update({f"{mode} ms": ms, f"{mode} pick": _pick(tuner.best_config),
+                            f"{mode} same bits": "yes" if same else "NO", f"{mode} 1st call s": first_s})
+            out.append(row)
+        return out
+
+    dtype = getattr(torch, args.dtype)
+    return [row for shape in (shapes or args.shapes) for row in shape_rows(shape)]
+
+
 def summarize(op, shape, numel, dtype, bytes_per, times, copy_bw) -> list[dict]:
     element = torch.empty((), dtype=dtype).element_size()
     out = []
@@ -276,11 +347,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile baselines")
     parser.add_argument("--markdown", action="store_true", help="print the timing table as Markdown")
     parser.add_argument(
+        "--no-tuning",
+        dest="tuning",
+        action="store_false",
+        help="skip the RMSNorm fixed-rule vs autotuned table (each autotune mode, the picks, same-bits check)",
+    )
+    parser.add_argument(
         "--ab-steps",
         type=int,
         default=0,
         help="also train the tiny model this many steps fused and unfused under DeepSpeed ZeRO-2 "
         "bf16 and print the largest loss difference (200 for the documented A/B)",
+    )
+    parser.add_argument(
+        "--interpret-check",
+        action="store_true",
+        help="CPU, under TRITON_INTERPRET=1: run the tuning table's code at 6 x 37 (checks this script; the "
+        "interpreter prunes every autotune space to the fixed rule, so its numbers mean nothing)",
     )
     parser.add_argument(
         "--aot-only",
@@ -294,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("triton is not importable: install the project's requirements (triton is pinned there)")
     from model.kernels.triton_support import interpreting
 
+    if args.interpret_check:
+        if not interpreting():
+            raise SystemExit("--interpret-check runs under Triton's interpreter: start it with TRITON_INTERPRET=1")
+        print("interpreter check of the tuning table (CPU, 6 x 37 rows, nothing tuned):")
+        print_table(tuning_rows(args, device="cpu", shapes={"tiny": (6, 37, 0)}), args.markdown)
+        return 0
     if interpreting():
         raise SystemExit("TRITON_INTERPRET=1 is set: unset it, the benchmark times compiled kernels")
 
@@ -309,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print_table(run_benchmarks(args), args.markdown)
+    if args.tuning:
+        print(
+            "\nRMSNorm, fixed rule vs autotuned (picks as warps/stages; the default autotune varies stages only and "
+            "must give the same bits; 'full' also varies warps and may not). To adopt a pick: BWD_NUM_STAGES in "
+            "model/kernels/rmsnorm_triton.py, the warps rule `row_block` in model/kernels/triton_support.py."
+        )
+        print_table(tuning_rows(args), args.markdown)
     if args.ab_steps:
         fused, ref = ab_losses(args.ab_steps, "cuda")
         diffs = [abs(a - b) for a, b in zip(fused, ref, strict=True)]
