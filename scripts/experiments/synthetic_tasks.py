@@ -43,25 +43,33 @@ VALUES = range(10, 100)  # " 10" .. " 99" are single GPT-2 tokens
 COPY_VOCAB = 256  # copy-sequence token ids are [0, COPY_VOCAB): ~ln 256 = 5.5 nats of surprise per unseen token
 
 
-def qa_records(num_articles: int, seed: int, unanswerable_share: float = 0.25) -> Iterator[dict]:
+def qa_records(num_articles: int, seed: int, unanswerable_share: float = 0.25, names: Sequence[str] = NAMES,
+               relations: Sequence[str] = RELATIONS, values: Sequence[int] = VALUES) -> Iterator[dict]:
     """SQuAD v2-schema records (`id`, `title`, `context`, `question`, `answers`), one question per article. An
-    article states 2 or 3 of the 4 relations of one name, in a random order, each with its own value."""
+    article states 2 or 3 of the 4 relations of one name (with fewer `relations`: 1 to all but one), in a random
+    order, each with its own value. Smaller `names` / `relations` / `values` give the smaller task the trained
+    control uses (tests/test_probe_controls.py); the defaults draw exactly as before."""
+    if len(relations) < 2 or len(values) < len(relations) or not set(names) <= set(NAMES):
+        raise ValueError(f"qa_records: need >= 2 relations, >= as many values, names from NAMES; got {len(relations)} "
+                         f"relations, {len(values)} values, names {sorted(set(names) - set(NAMES))} not in NAMES")
     rng = np.random.Generator(np.random.PCG64(seed))
+    most = min(3, len(relations) - 1)  # leave one relation unstated so an unanswerable question exists
     for a in range(num_articles):
-        name = NAMES[int(rng.integers(len(NAMES)))]
-        order = rng.permutation(len(RELATIONS))
-        stated = [RELATIONS[int(i)] for i in order[: 2 + int(rng.integers(2))]]
-        values = rng.choice(np.asarray(VALUES), size=len(stated), replace=False)
-        sentences = [f"{name} {rel} {int(v)}." for rel, v in zip(stated, values, strict=True)]
+        name = names[int(rng.integers(len(names)))]
+        order = rng.permutation(len(relations))
+        least = min(2, most)
+        stated = [relations[int(i)] for i in order[: least + int(rng.integers(most - least + 1))]]
+        values_ = rng.choice(np.asarray(values), size=len(stated), replace=False)
+        sentences = [f"{name} {rel} {int(v)}." for rel, v in zip(stated, values_, strict=True)]
         context = " ".join(sentences)
         record = {"id": f"synthetic-{seed}-{a}", "title": name, "context": context}
-        missing = [r for r in RELATIONS if r not in stated]
+        missing = [r for r in relations if r not in stated]
         if rng.random() < unanswerable_share:
             record["question"] = f"{name} {missing[int(rng.integers(len(missing)))]}?"
             record["answers"] = {"text": [], "answer_start": []}
         else:
             k = int(rng.integers(len(stated)))
-            answer = str(int(values[k]))
+            answer = str(int(values_[k]))
             sentence_at = context.index(sentences[k])
             record["question"] = f"{name} {stated[k]}?"
             record["answers"] = {"text": [answer], "answer_start": [sentence_at + sentences[k].rindex(answer)]}
