@@ -76,9 +76,12 @@ def _addmm_fp32(accumulator: torch.Tensor, a: torch.Tensor, b: torch.Tensor):
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int, track: bool):
         rows = hidden.shape[0]
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # `track`: grad mode was on at the call. Inside forward it is always off, and `needs_input_grad` follows the
+        # inputs' requires_grad even under torch.no_grad() (measured, torch 2.13), so without it an evaluation would
+        # compute and hold both gradients (the fp32 weight gradient alone is vocab x n_embd x 4 bytes, 257 MB at 750M).
+        need_h, need_w = track and ctx.needs_input_grad[0], track and ctx.needs_input_grad[1]
         need_grad = need_h or need_w
         n_valid = (target != IGNORE_INDEX).sum()  # a device tensor: no host read (DESIGN, "The GPU never waits")
         # An all-ignored batch gives NaN, as F.cross_entropy's mean over zero targets does.
@@ -107,7 +110,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w32 = ctx.saved_tensors
         dh = (grad_h * grad_loss.to(grad_h.dtype)) if grad_h is not None else None
         dw = (grad_w32 * grad_loss).to(ctx.weight_dtype) if grad_w32 is not None else None
-        return dh, dw, None, None
+        return dh, dw, None, None, None
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
@@ -124,7 +127,7 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     if target.shape != hidden.shape[:1]:
         raise ValueError(f"chunked_linear_cross_entropy: target {tuple(target.shape)} must be ({hidden.shape[0]},)")
     chunk = chunk or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0])
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, target, chunk)
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, target, chunk, torch.is_grad_enabled())
 
 
 def plain_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,29 @@ def test_chunked_loss_equals_full_logits_in_value_and_gradients(chunk):
     assert gh[[3, 17, 40]].abs().max() == 0
 
 
+def test_chunked_loss_under_no_grad_computes_no_gradients(monkeypatch):
+    # Evaluation calls the loss under torch.no_grad() with parameters that require grad; autograd still reports
+    # needs_input_grad=True inside the Function there, so the gradients must be skipped on grad mode, not on that.
+    import model.loss as loss_module
+
+    asked = []
+    real = loss_module._chunk_loss_and_grad
+    monkeypatch.setattr(loss_module, "_chunk_loss_and_grad",
+                        lambda *a: asked.append(a[3]) or real(*a))
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(9, 8, generator=gen, requires_grad=True)
+    w = torch.randn(50, 8, generator=gen, requires_grad=True)
+    t = torch.randint(0, 50, (9,), generator=gen)
+    with torch.no_grad():
+        quiet = chunked_linear_cross_entropy(h, w, t, chunk=4)
+    assert asked == [False] * 3 and not quiet.requires_grad
+    asked.clear()
+    loud = chunked_linear_cross_entropy(h, w, t, chunk=4)
+    assert asked == [True] * 3 and torch.equal(quiet, loud.detach())
+    loud.backward()
+    assert h.grad is not None and w.grad is not None
+
+
 def test_chunk_rule_bounds_a_chunk_of_logits_to_the_input_size():
     # 12 x 1024 rows at the 750M shape: 40 chunks of vocabulary/hidden -> 512 rows (a power of two, as Liger's rule).
     assert chunk_rows(12 * 1024, 1280, 50304) == 512
