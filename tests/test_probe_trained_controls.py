@@ -81,3 +81,73 @@ def test_a_trained_models_not_in_the_context_share_follows_its_training_share(pr
     # lucky few: at most 1 of the 2 items in any bucket (chance over the ~10 numbers of a prompt is ~0.1 per item).
     assert n["probe/retrieval_em"] <= 0.25
     assert n["probe/retrieval_em_best_bucket"] <= 0.5
+
+
+# ----------------------------------------------------------------- the scouts' data and softmax (retrieval_scout.py)
+
+
+def test_question_session_rows_open_with_the_probe_prompt_and_answer_every_question_from_the_context():
+    import re
+
+    from data.formats import NOT_IN_CONTEXT, render_retrieval
+    from scripts.experiments.synthetic_tasks import qa_session_rows
+
+    rows, supervised = qa_session_rows(np.random.Generator(np.random.PCG64(7)), ENC, 200)
+    unanswerable = answerable = 0
+    for row, sup in zip(rows, supervised, strict=True):
+        assert row[-1] == ENC.eot_token and len(row) <= 128
+        text = ENC.decode(row[:-1])
+        context = text.split("\n\nQuestion:")[0].removeprefix("Context:\n")
+        stated = {(a, r): v for a, r, v in re.findall(r"(\w+) (\w+) (\d+)\.", context)}
+        people = {a for a, _ in stated}
+        blocks = re.findall(r"Question: (\w+) (\w+)\?\nAnswer: ([^\n]+)", text)
+        assert blocks and len({(a, r) for a, r, _ in blocks}) == len(blocks)  # no question asked twice
+        a, r, _ = blocks[0]
+        assert text.startswith(render_retrieval(context, f"{a} {r}?"))  # the probe's prompt, exactly
+        for a, r, answer in blocks:
+            assert a in people  # an unanswerable question is about someone the context names
+            if (a, r) in stated:
+                answerable += 1
+                assert answer == stated[(a, r)]
+            else:
+                unanswerable += 1
+                assert answer == NOT_IN_CONTEXT
+        targets = [ENC.decode([row[p + 1]]) for p in sup]
+        terminators = [t for t in targets if "\n" in t or t == "<|endoftext|>"]
+        assert len(terminators) == len(blocks)  # every answer's end is supervised (the probe stops there)
+        firsts = [t.strip() for t in targets if t not in terminators]
+        for _, _, answer in blocks:  # every answer's first token is supervised
+            assert answer.split()[0] in firsts
+    assert 0.15 < unanswerable / (answerable + unanswerable) < 0.35  # the 25% share
+
+
+def test_restricted_output_gives_the_full_projections_columns_and_trains_the_same_rows():
+    from scripts.experiments.synthetic_tasks import restricted_output, task_token_ids
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_embd=32, n_head=2, n_layer=1, block_size=16, dropout=0.0, fused_kernels=False,
+                                    tie_weights=False))
+    idx = torch.randint(0, 50257, (2, 16))
+    index = torch.tensor([[3, 15], [0, 7]])
+    ids = task_token_ids(ENC)
+    assert ids == sorted(ids) and ENC.eot_token in ids and ENC.encode_ordinary(" 47")[0] in ids
+    full, _ = model(idx, logits_index=index)
+    original = model.output
+    with restricted_output(model, list(reversed(ids))) as to_columns:
+        restricted, _ = model(idx, logits_index=index)
+        targets = torch.tensor([[ids[5], -1], [ids[0], ids[-1]]])
+        assert to_columns(targets).tolist() == [[5, -1], [0, len(ids) - 1]]
+        with pytest.raises(ValueError, match=r"\[11\]"):
+            to_columns(torch.tensor([[11]]))  # "," is no token of the tasks
+        torch.nn.functional.cross_entropy(restricted.flatten(0, 1), to_columns(targets).flatten(),
+                                          ignore_index=-1).backward()
+    assert model.output is original
+    torch.testing.assert_close(restricted, full[..., ids], rtol=1e-5, atol=1e-5)
+    grad = model.output.weight.grad
+    assert grad[ids].abs().sum() > 0
+    outside = torch.ones(grad.shape[0], dtype=torch.bool)
+    outside[ids] = False
+    assert grad[outside].abs().sum() == 0  # only the task's rows are trained
+    with pytest.raises(RuntimeError), restricted_output(model, ids):
+        raise RuntimeError("the block failed")
+    assert model.output is original  # restored on the way out of an error too

@@ -16,6 +16,11 @@ Used by the probe controls (`tests/test_probe_controls.py`) and the CPU-scale ex
   never name the subject, so the answer is found only by matching the name AND the relation.
 - Unigram rows (`unigram_rows`): tokens drawn from a fixed skewed distribution, learnable without any copying:
   the "general" share of the curriculum experiment's mix.
+- Question-session rows (`qa_session_rows`): the same facts and template generated directly (not through the probe
+  builder), several questions about one context per row, each answer supervised: more answer signal per row for
+  the retrieval scouts (`scripts/experiments/retrieval_scout.py`).
+- `restricted_output`: while training, logits for the task's few hundred token ids only (a sampled softmax); the
+  probes always decode over the full vocabulary.
 - `train_steps`: AdamW on a tiny `model.transformer.Transformer` through its public forward only, the loss computed
   at the supervised positions only (`logits_index`): the 50,304-row vocabulary projection of every position would
   cost 30x the rest of a 64-wide model.
@@ -25,11 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from data.formats import NOT_IN_CONTEXT, render_retrieval
 from data.tokenizer import EOT
 
 # Single GPT-2 tokens with and without a leading space (a name starts the context or follows a space), none a
@@ -141,6 +148,122 @@ def qa_example_rows(items) -> tuple[list[list[int]], list[list[int]]]:
         rows.append([*it.prompt, *it.answer_tokens, EOT])
         sup.append(list(range(len(it.prompt) - 1, len(it.prompt) + len(it.answer_tokens))))
     return rows, sup
+
+
+def qa_session_rows(rng: np.random.Generator, tokenizer, count: int, facts: tuple[int, int] = (2, 11),
+                    questions: int = 4, unanswerable_share: float = 0.25, names: Sequence[str] = NAMES,
+                    relations: Sequence[str] = RELATIONS, max_len: int = 128,
+                    ) -> tuple[list[list[int]], list[list[int]]]:
+    """`count` rows, each one context of `facts[0]..facts[1]` facts ("Anna owes 47.") about distinct names (1 to
+    len(relations) relations each, grouped by name, the sentences shuffled in 30% of rows) followed by up to
+    `questions` questions about it, every (name, relation) asked at most once:
+
+        Context:\n<facts>\n\nQuestion: Anna owes?\nAnswer: 47\n\nQuestion: Bob has?\nAnswer: The answer is ...<EOT>
+
+    The first question is the probe's prompt exactly (`render_retrieval`); the later ones repeat its question
+    block. An unanswerable question (`unanswerable_share`) names a person of the context and a relation not stated
+    for them, as in the probe. Supervised: each answer's first token, one more of the phrase's tokens at random, and
+    the token after each answer ("\n\n" or EOT: the probe's greedy decoding stops at a newline or EOT). Rows stop
+    before `max_len` tokens. Returns (rows, supervised positions per row)."""
+    lo, hi = facts
+    if not 1 <= lo <= hi or not relations:
+        raise ValueError(f"qa_session_rows: need 1 <= facts[0] <= facts[1] and >= 1 relation; got facts {facts}, "
+                         f"{len(relations)} relations")
+    rows, supervised = [], []
+    while len(rows) < count:
+        n = int(rng.integers(lo, hi + 1))
+        stated: dict[tuple[str, str], int] = {}
+        people: list[str] = []
+        while len(stated) < n:
+            name = names[int(rng.integers(len(names)))]
+            if name in people:
+                continue
+            people.append(name)
+            group = min(n - len(stated), int(rng.integers(1, len(relations) + 1)))
+            for r in rng.permutation(len(relations))[:group]:
+                stated[(name, relations[int(r)])] = int(rng.integers(VALUES.start, VALUES.stop))
+        order = list(stated)
+        if rng.random() < 0.3:
+            order = [order[int(i)] for i in rng.permutation(len(order))]
+        context = " ".join(f"{a} {r} {stated[(a, r)]}." for a, r in order)
+        missing = [(a, r) for a in people for r in relations if (a, r) not in stated]
+        ids: list[int] = []
+        sup: list[int] = []
+        asked: set[tuple[str, str]] = set()
+        for _ in range(questions):
+            pool = missing if missing and rng.random() < unanswerable_share else order
+            pool = [q for q in pool if q not in asked]
+            if not pool:
+                continue
+            a, r = pool[int(rng.integers(len(pool)))]
+            answer = str(stated[(a, r)]) if (a, r) in stated else NOT_IN_CONTEXT
+            text = render_retrieval(context, f"{a} {r}?") if not ids else f"\n\nQuestion: {a} {r}?\nAnswer:"
+            prompt = tokenizer.encode_ordinary(text)
+            answer_ids = tokenizer.encode_ordinary(" " + answer)
+            if len(ids) + len(prompt) + len(answer_ids) + 1 > max_len:
+                break
+            if ids:
+                sup.append(len(ids) - 1)  # the previous answer's terminator: this block's "\n\n"
+            asked.add((a, r))
+            ids += prompt
+            first = len(ids) - 1  # predicts the answer's first token
+            ids += answer_ids
+            sup.append(first)
+            if len(answer_ids) > 1:
+                sup.append(first + 1 + int(rng.integers(len(answer_ids) - 1)))
+        if not ids:
+            continue  # every question was skipped (e.g. nothing unanswerable left): draw another context
+        sup.append(len(ids) - 1)
+        rows.append([*ids, EOT])
+        supervised.append(sorted(sup))
+    return rows, supervised
+
+
+def task_token_ids(tokenizer, names: Sequence[str] = NAMES, relations: Sequence[str] = RELATIONS) -> list[int]:
+    """Every token id the QA tasks above produce (names with and without a leading space, relations, numbers, the
+    template, the "not in the context" phrase, terminators): the output set of `restricted_output`."""
+    pieces = ["Context:\n", "\n\nQuestion:", "?\nAnswer:", ".", " " + NOT_IN_CONTEXT,
+              *names, *(" " + n for n in names), *(" " + r for r in relations), *(f" {v}" for v in VALUES)]
+    ids = {EOT}
+    for piece in pieces:
+        ids.update(tokenizer.encode_ordinary(piece))
+    return sorted(ids)
+
+
+@contextmanager
+def restricted_output(model: torch.nn.Module, token_ids: Sequence[int]):
+    """Within the block, `model(idx, logits_index=...)` returns logits over `token_ids` only (column j is token
+    `token_ids[j]`; the same weight rows, so training updates the real output projection, tied or not). Yields a
+    function mapping full-vocabulary targets to those columns (-1 stays -1; a target outside the set is an error).
+    A softmax over the task's ~200 tokens instead of 50,304 makes a tiny model's step ~3x cheaper; tokens outside
+    the set are never trained as outputs and keep their initial logits, and the probes, run outside the block,
+    decode over the full vocabulary, so they can still pick one of them."""
+    full = model.output
+    columns = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long, device=full.weight.device)
+    lookup = torch.full((full.weight.shape[0],), -1, dtype=torch.long, device=full.weight.device)
+    lookup[columns] = torch.arange(len(columns))
+
+    class _Restricted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.full = full  # keeps the projection's parameters registered (the optimizer sees the same ones)
+
+        def forward(self, x):
+            bias = None if self.full.bias is None else self.full.bias[columns]
+            return torch.nn.functional.linear(x, self.full.weight[columns], bias)
+
+    def to_columns(targets: torch.Tensor) -> torch.Tensor:
+        mapped = torch.where(targets >= 0, lookup[targets.clamp(min=0)], targets)
+        if bool(((targets >= 0) & (mapped < 0)).any()):
+            outside = sorted(set(targets[(targets >= 0) & (mapped < 0)].tolist()))[:5]
+            raise ValueError(f"restricted_output: target ids {outside} are not in the restricted token set")
+        return mapped
+
+    model.output = _Restricted()
+    try:
+        yield to_columns
+    finally:
+        model.output = full
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
