@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def held_out_questions(tokenizer, names, relations, count: int = 200) -> list[tuple[list[int], int, list[str]]]:
+    """Answerable first questions of fresh rows (seed 12345, never a training seed's stream): (prompt ids, the answer's
+    token id, each context fact's kind: "gold", "same_name" (the asked name, another relation), "same_relation"
+    (another name, the asked relation) or "neither"), to see which facts the model's answer mass goes to."""
+    rows, _ = qa_session_rows(np.random.Generator(np.random.PCG64(12345)), tokenizer, count, questions=1,
+                              unanswerable_share=0.0, names=names, relations=relations)
+    out = []
+    for row in rows:
+        text = tokenizer.decode(row[:-1])
+        prompt_text = text.split("Answer:")[0] + "Answer:"
+        context = prompt_text.split("\n\nQuestion:")[0]
+        name, relation = re.search(r"Question: (\w+) (\w+)\?", prompt_text).groups()
+        kinds = {}
+        for a, r, v in re.findall(r"(\w+) (\w+) (\d+)\.", context):
+            kind = ("gold" if r == relation else "same_name") if a == name else (
+                "same_relation" if r == relation else "neither")
+            token = tokenizer.encode_ordinary(f" {v}")[0]
+            if kinds.get(token) != "gold":  # a value stated twice counts once, as gold if it is the answer
+                kinds[token] = kind
+        gold = next(t for t, k in kinds.items() if k == "gold")
+        out.append((tokenizer.encode_ordinary(prompt_text), gold, kinds))
+    return out
+
+
+def answer_mass(model, questions, columns: torch.Tensor, device: str) -> dict:
+    """Mean probability per context fact of each kind at the answer position, under the softmax over the task's
+    tokens (`columns`), and the share of questions whose most likely task token is the gold number. Matching by
+    name shows as same_name > neither, by relation as same_relation > neither; a lookup puts the mass on gold."""
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    correct = 0
+    model.eval()
+    with torch.no_grad():
+        for prompt, gold, kinds in questions:
+            logits, _ = model(torch.tensor([prompt], device=device),
+                              logits_index=torch.tensor([[len(prompt) - 1]], device=device))
+            logits = logits[0, 0].float()
+            task = logits[columns] if logits.numel() > columns.numel() else logits
+            probs = dict(zip(columns.tolist(), torch.softmax(task, -1).tolist(), strict=True))
+            correct += int(columns[int(task.argmax())]) == gold
+            for token, kind in kinds.items():
+                totals[kind] = totals.get(kind, 0.0) + probs[token]
+                counts[kind] = counts.get(kind, 0) + 1
+    model.train()
+    mass = {f"mass_per_{k}_fact": round(totals[k] / counts[k], 4) for k in sorted(totals)}
+    return {**mass, "held_out_accuracy": round(correct / len(questions), 3)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -103,6 +152,8 @@ def main(argv=None) -> int:
                                     block_size=args.max_len, dropout=0.0, fused_kernels=False, arch=args.arch,
                                     tie_weights=args.tied)).to(args.device)
     rng = np.random.Generator(np.random.PCG64(args.seed + 1))
+    questions = held_out_questions(tokenizer, names, relations)
+    columns = torch.tensor(task_token_ids(tokenizer, names, relations), device=args.device)
     numbers = torch.tensor(sorted(tokenizer.encode_ordinary(f" {v}")[0] for v in VALUES), device=args.device)
     log = open(out / "scout.jsonl", "a")
     start = time.time()
@@ -147,7 +198,8 @@ def main(argv=None) -> int:
             em = [metrics[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)]
             write({"step": done, "probe_em_by_bucket": em, "probe_em": float(np.mean(em)),
                    "not_in_context": metrics["probe/unanswerable_not_in_context"],
-                   "ll_gain": round(metrics["probe/retrieval_ll_gain"], 3)})
+                   "ll_gain": round(metrics["probe/retrieval_ll_gain"], 3),
+                   **answer_mass(model, questions, columns, args.device)})
             model.train()
 
     if args.full_softmax:
@@ -157,7 +209,6 @@ def main(argv=None) -> int:
         train_steps(model, next_batch, args.steps, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
                     on_step=on_step)
     else:
-        columns = torch.tensor(task_token_ids(tokenizer, names, relations), device=args.device)
         full = model.output
 
         class _FullVocabulary:  # the probes decode over every token: lift the restriction while they run
