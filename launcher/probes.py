@@ -341,13 +341,15 @@ def build_retrieval_items(tokenizer, block_size: int, records: Iterable[dict], b
 
 def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_count: int = 8,
                  per_bucket: int = 4, unanswerable_per_bucket: int = 1, num_articles: int = 400,
-                 induction_vocab: int = EOT, records: Iterable[dict] | None = None) -> ProbeSet:
+                 induction_vocab: int = EOT, records: Iterable[dict] | None = None,
+                 filler_records: Iterable[dict] | None = None) -> ProbeSet:
     """The fixed probe set for a model of context `block_size` (pure, deterministic: same arguments, same set).
 
     Defaults are the cheap per-eval set (8 induction sequences, 8 buckets x 4 answerable + 8 unanswerable prompts);
     `scripts/eval/rag_probe.py` uses more. The probe controls and the CPU-scale experiment
     (`scripts/experiments/probe_claims.py`) pass a small `induction_vocab` (ids [0, induction_vocab)) and their own
-    held-out SQuAD-schema `records` (default: the demo QA generator with `seed`, `num_articles` articles)."""
+    held-out SQuAD-schema `records` (default: the demo QA generator with `seed`, `num_articles` articles), and the
+    trained retrieval control its own `filler_records` (default: the records' other articles)."""
     if seed == TRAINING_QA_SEED:
         raise ValueError(f"probe seed {seed} is the training QA generator's seed; probe items must be held out")
     if not 2 <= induction_vocab <= EOT:
@@ -356,7 +358,7 @@ def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_c
     induction, half = induction_sequences(block_size, induction_count, seed, vocab=induction_vocab)
     records = list(records if records is not None else squad_v2_records(num_articles=num_articles, seed=seed))
     items, edges, max_new = build_retrieval_items(tokenizer, block_size, records, range(NUM_BUCKETS), per_bucket,
-                                                  unanswerable_per_bucket, seed)
+                                                  unanswerable_per_bucket, seed, filler_records=filler_records)
     stop = {EOT} | {i for i in range(EOT) if b"\n" in tokenizer.decode_single_token_bytes(i)}
     return ProbeSet(block_size, induction, half, items, edges, max_new, frozenset(stop), tokenizer)
 

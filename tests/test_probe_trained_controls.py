@@ -151,3 +151,50 @@ def test_restricted_output_gives_the_full_projections_columns_and_trains_the_sam
     with pytest.raises(RuntimeError), restricted_output(model, ids):
         raise RuntimeError("the block failed")
     assert model.output is original  # restored on the way out of an error too
+
+
+# ------------------------------------------------------ a trained copier: high exact match (retrieval_control.py)
+
+
+@pytest.fixture(scope="module")
+def code_probes():
+    from scripts.experiments.synthetic_tasks import code_records
+
+    # Held out: the probe's own seed for the code sentences, the decoys and the filler facts; training drew its rows
+    # from DATA_SEED. 8 answerable prompts per bucket (bucket exact match in steps of 1/8) and 2 unanswerable ones.
+    return build_probes(ENC, 64, seed=PROBE_SEED, per_bucket=8, unanswerable_per_bucket=2, induction_vocab=256,
+                        records=list(code_records(400, PROBE_SEED)), filler_records=list(qa_records(400, PROBE_SEED)))
+
+
+def test_a_trained_copier_reads_high_exact_match_in_every_bucket_and_not_in_the_context_without_it(code_probes):
+    from scripts.experiments.retrieval_control import _init_model, load_control
+
+    model, meta = load_control()
+    trained = run_probes(model, code_probes, 0, 1, "cpu")
+    untrained = run_probes(_init_model().eval(), code_probes, 0, 1, "cpu")
+    em = [trained[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)]
+    # The copier was trained to a loss of ~0 (metadata log) with answers anywhere in the window, and reads 1.0 in every
+    # bucket (measured). The threshold leaves one miss in 8 per bucket (0.875) for a CPU whose arithmetic differs in
+    # the last bits; a probe that scores the wrong span, decodes past the answer's end or misreads the answer reads
+    # far lower (0 in the breaks tried). Unanswerable prompts (a decoy "The gate is 12." instead of the code) must
+    # read "not in the context" for at least 15 of 16.
+    assert min(em) >= 0.875, em
+    assert trained["probe/unanswerable_not_in_context"] >= 15 / 16
+    assert meta["log"][-1]["loss"] < 0.01
+    # Negative control on the same prompts: the same model at its initialisation answers nothing and never says the
+    # phrase.
+    assert [untrained[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)] == [0.0] * NUM_BUCKETS
+    assert untrained["probe/unanswerable_not_in_context"] == 0.0
+    assert meta["recipe"]["task"].startswith("code_rows")
+
+
+def test_the_control_file_rebuilds_the_trained_model_exactly(tmp_path):
+    from scripts.experiments.retrieval_control import load_control, save_control, train
+
+    model, columns, log = train(steps=12, lr=1e-3, batch=4, log_every=6)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model2, meta = load_control(save_control(model, columns, tmp_path, {"log": log}))
+    assert list(model2.state_dict()) == list(state)
+    for name, tensor in model2.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    assert meta["log"] == log and len(log) == 2

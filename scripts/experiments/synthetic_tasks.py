@@ -19,6 +19,12 @@ Used by the probe controls (`tests/test_probe_controls.py`) and the CPU-scale ex
 - Question-session rows (`qa_session_rows`): the same facts and template generated directly (not through the probe
   builder), several questions about one context per row, each answer supervised: more answer signal per row for
   the retrieval scouts (`scripts/experiments/retrieval_scout.py`).
+- The marked-fact task (`code_rows`, `code_records`): one question for every row, "What is the code?", answered
+  from the one sentence "The code is 47." among other names' facts and decoys ("The gate is 12."), or "not in
+  the context" when only decoys are there. The question carries nothing to match, so a 2-layer model learns it in
+  ~1,500 steps (one composition: the number two tokens after " code"), where the name-and-relation lookup of the
+  tasks above stays on a plateau for 14,000 (docs/PROBES.md, "Scouting"). It is the trained retrieval control of
+  tests/test_probe_trained_controls.py.
 - `restricted_output`: while training, logits for the task's few hundred token ids only (a sampled softmax); the
   probes always decode over the full vocabulary.
 - `train_steps`: AdamW on a tiny `model.transformer.Transformer` through its public forward only, the loss computed
@@ -219,10 +225,72 @@ def qa_session_rows(rng: np.random.Generator, tokenizer, count: int, facts: tupl
     return rows, supervised
 
 
+KEY = "code"  # the marked fact's key; the decoys use the others (single GPT-2 tokens after a space)
+DECOY_KEYS = ("gate", "room", "seat")
+CODE_QUESTION = f"What is the {KEY}?"
+
+
+def _key_sentence(key: str, value: int) -> str:
+    return f"The {key} is {value}."
+
+
+def code_records(num_articles: int, seed: int, unanswerable_share: float = 0.25) -> Iterator[dict]:
+    """SQuAD v2-schema records of the marked-fact task: context "The code is 47." (answerable) or "The gate is 12."
+    (a decoy: the question is unanswerable), question `CODE_QUESTION`. Every title is `KEY`, so the probe builder
+    (`build_retrieval_items`, which never takes a filler sentence containing the subject's title) places them among
+    the filler articles it is given (`qa_records`: other names' facts) and never another code sentence."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    for a in range(num_articles):
+        value = int(rng.integers(VALUES.start, VALUES.stop))
+        record = {"id": f"code-{seed}-{a}", "title": KEY, "question": CODE_QUESTION}
+        if rng.random() < unanswerable_share:
+            record["context"] = _key_sentence(DECOY_KEYS[int(rng.integers(len(DECOY_KEYS)))], value)
+            record["answers"] = {"text": [], "answer_start": []}
+        else:
+            record["context"] = _key_sentence(KEY, value)
+            record["answers"] = {"text": [str(value)], "answer_start": [record["context"].rindex(str(value))]}
+        yield record
+
+
+def code_rows(rng: np.random.Generator, tokenizer, count: int, max_len: int = 64, unanswerable_share: float = 0.25
+              ) -> tuple[list[list[int]], list[list[int]]]:
+    """`count` training rows of the marked-fact task in the probe's prompt layout, each at most `max_len` tokens:
+    2-9 other names' facts, 0-2 decoy sentences and (unless unanswerable) the code sentence, in a random order, so
+    the answer can sit anywhere in the window; then `CODE_QUESTION`, the answer and EOT. Supervised: the answer's
+    first token, one more of the phrase's tokens at random, and the EOT (the probe stops there)."""
+    rows, supervised = [], []
+    while len(rows) < count:
+        sentences = [f"{NAMES[int(rng.integers(len(NAMES)))]} {RELATIONS[int(rng.integers(len(RELATIONS)))]} "
+                     f"{int(rng.integers(VALUES.start, VALUES.stop))}." for _ in range(int(rng.integers(2, 10)))]
+        for _ in range(int(rng.integers(0, 3))):
+            sentences.append(_key_sentence(DECOY_KEYS[int(rng.integers(len(DECOY_KEYS)))],
+                                           int(rng.integers(VALUES.start, VALUES.stop))))
+        answer = None
+        if rng.random() >= unanswerable_share:
+            answer = str(int(rng.integers(VALUES.start, VALUES.stop)))
+            sentences.append(_key_sentence(KEY, int(answer)))
+        order = [sentences[int(i)] for i in rng.permutation(len(sentences))]
+        answer_ids = tokenizer.encode_ordinary(" " + (answer or NOT_IN_CONTEXT))
+        while True:  # drop other facts (never the code sentence) until the row fits
+            prompt = tokenizer.encode_ordinary(render_retrieval(" ".join(order), CODE_QUESTION))
+            if len(prompt) + len(answer_ids) + 1 <= max_len:
+                break
+            drop = next(i for i in range(len(order) - 1, -1, -1) if not order[i].startswith(f"The {KEY} "))
+            del order[drop]
+        first = len(prompt) - 1
+        sup = [first, *([first + 1 + int(rng.integers(len(answer_ids) - 1))] if len(answer_ids) > 1 else []),
+               first + len(answer_ids)]
+        rows.append([*prompt, *answer_ids, EOT])
+        supervised.append(sup)
+    return rows, supervised
+
+
 def task_token_ids(tokenizer, names: Sequence[str] = NAMES, relations: Sequence[str] = RELATIONS) -> list[int]:
     """Every token id the QA tasks above produce (names with and without a leading space, relations, numbers, the
-    template, the "not in the context" phrase, terminators): the output set of `restricted_output`."""
-    pieces = ["Context:\n", "\n\nQuestion:", "?\nAnswer:", ".", " " + NOT_IN_CONTEXT,
+    template, the marked-fact sentences and question, the "not in the context" phrase, terminators): the output set
+    of `restricted_output`."""
+    pieces = ["Context:\n", "\n\nQuestion:", "?\nAnswer:", ".", " " + NOT_IN_CONTEXT, " " + CODE_QUESTION,
+              *(f"{lead}{_key_sentence(k, 10)}" for k in (KEY, *DECOY_KEYS) for lead in ("", " ")),
               *names, *(" " + n for n in names), *(" " + r for r in relations), *(f" {v}" for v in VALUES)]
     ids = {EOT}
     for piece in pieces:

@@ -1,0 +1,168 @@
+"""Train the trained control of the retrieval probe and write it to a small file the test suite loads.
+
+The model is the repository's `Transformer` (llama, 2 layers, 64 wide, untied embeddings, block 64) trained on the
+marked-fact task (`scripts/experiments/synthetic_tasks.code_rows`: "What is the code?" answered from the sentence
+"The code is 47." among other names' facts and decoys, or "not in the context"), fresh rows every step, the answer
+positions supervised, with the softmax restricted to the task's tokens (`restricted_output`). Training takes about
+10 minutes of one CPU core, too long for the suite, so `tests/test_probe_trained_controls.py` loads the result and
+runs the real retrieval probe on it; this script is how the file was made and how to make it again.
+
+    python scripts/experiments/retrieval_control.py                        # writes tests/fixtures/retrieval_control
+    python scripts/experiments/retrieval_control.py --steps 500 --out /tmp/control_short   # a shorter recipe
+
+The file (`control.safetensors`, ~0.6 MB) holds every trained tensor except the two 50,304-row embedding matrices, of
+which only the rows of the task's ~220 tokens are stored: the other rows never receive a gradient (no input uses
+them, the restricted softmax never scores them) and keep their initial values, which `load_control` redraws from the
+seed and checks against a stored checksum. `metadata` records the recipe and its training log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from data.tokenizer import get_tokenizer  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.transformer import Transformer  # noqa: E402
+from scripts.experiments.synthetic_tasks import (  # noqa: E402
+    _batch,
+    code_rows,
+    restricted_output,
+    task_token_ids,
+    train_steps,
+)
+
+DEFAULT_OUT = ROOT / "tests" / "fixtures" / "retrieval_control"
+FILE = "control.safetensors"
+MODEL = dict(n_embd=64, n_head=4, n_layer=2, block_size=64, dropout=0.0, fused_kernels=False, tie_weights=False)
+EMBEDDINGS = ("tok_embeddings.weight", "output.weight")  # stored as their task rows only
+INIT_SEED = 0
+DATA_SEED = 4242  # the training rows' stream; the probe items use PROBE_SEED records
+
+
+def _init_model() -> Transformer:
+    torch.manual_seed(INIT_SEED)
+    return Transformer(ModelConfig(**MODEL))
+
+
+def _untrained_rows_checksum(weight: torch.Tensor, columns: torch.Tensor) -> float:
+    keep = torch.ones(weight.shape[0], dtype=torch.bool)
+    keep[columns] = False
+    return float(weight[keep].double().abs().sum())
+
+
+def train(steps: int, lr: float, batch: int, log_every: int = 100) -> tuple[Transformer, torch.Tensor, list[dict]]:
+    """The recipe: AdamW (betas 0.9/0.95, no weight decay, clip 1.0), warmup 50 then cosine to lr/10, one thread."""
+    torch.set_num_threads(1)
+    tokenizer = get_tokenizer()
+    model = _init_model()
+    columns = torch.tensor(task_token_ids(tokenizer))
+    rng = np.random.Generator(np.random.PCG64(DATA_SEED))
+    log: list[dict] = []
+    start = time.time()
+    with restricted_output(model, columns.tolist()) as to_columns:
+
+        def next_batch(step: int):
+            rows, sup = code_rows(rng, tokenizer, batch, max_len=MODEL["block_size"] + 1)
+            b = _batch(rows, sup, MODEL["block_size"])
+            b.targets = to_columns(b.targets)
+            return b
+
+        def on_step(step: int, loss: float) -> None:
+            if (step + 1) % log_every == 0:
+                log.append({"step": step + 1, "loss": round(loss, 4), "seconds": round(time.time() - start, 1)})
+                print(json.dumps(log[-1]), flush=True)
+
+        train_steps(model, next_batch, steps, lr=lr, warmup=50, on_step=on_step)
+    return model, columns, log
+
+
+def save_control(model: Transformer, columns: torch.Tensor, out: Path, metadata: dict) -> Path:
+    """Writes `out/control.safetensors` (temp name, then renamed). Refuses a model whose untrained embedding rows
+    are not their initial values (then the compact file could not rebuild it)."""
+    from safetensors.torch import save_file
+
+    init = _init_model().state_dict()
+    state = model.state_dict()
+    tensors = {"columns": columns.clone()}
+    checksums = {}
+    for name in EMBEDDINGS:
+        keep = torch.ones(state[name].shape[0], dtype=torch.bool)
+        keep[columns] = False
+        if not torch.equal(state[name][keep], init[name][keep]):
+            raise ValueError(f"{name}: rows outside the task's tokens changed in training; the compact file cannot "
+                             "rebuild this model")
+        tensors[f"{name}.task_rows"] = state[name][columns].clone()
+        checksums[name] = _untrained_rows_checksum(init[name], columns)
+    tensors.update({k: v.clone().contiguous() for k, v in state.items() if k not in EMBEDDINGS})
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"model": json.dumps(MODEL), "init_seed": str(INIT_SEED), "untrained_rows_checksum": json.dumps(checksums),
+            **{k: json.dumps(v) for k, v in metadata.items()}}
+    tmp = out / (FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(out / FILE)
+    return out / FILE
+
+
+def load_control(path: Path = DEFAULT_OUT / FILE) -> tuple[Transformer, dict]:
+    """The trained control as a full `Transformer` in eval mode, and its metadata (recipe, training log)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    if json.loads(meta["model"]) != MODEL or int(meta["init_seed"]) != INIT_SEED:
+        raise ValueError(f"{path}: written for model {meta['model']} / init seed {meta['init_seed']}, this code builds "
+                         f"{MODEL} / {INIT_SEED}; regenerate it with scripts/experiments/retrieval_control.py")
+    tensors = load_file(str(path))
+    model = _init_model()
+    state = model.state_dict()
+    columns = tensors.pop("columns")
+    checksums = json.loads(meta["untrained_rows_checksum"])
+    for name in EMBEDDINGS:
+        redrawn = _untrained_rows_checksum(state[name], columns)
+        if abs(redrawn - checksums[name]) > 1e-6 * checksums[name]:
+            raise ValueError(f"{path}: the initial rows of {name} redrawn from seed {INIT_SEED} differ from those it "
+                             f"was trained with (checksum {redrawn} vs {checksums[name]}): torch's initialisation "
+                             "changed; regenerate the file with scripts/experiments/retrieval_control.py")
+        state[name][columns] = tensors.pop(f"{name}.task_rows")
+    missing = sorted(set(state) - set(tensors) - set(EMBEDDINGS))
+    if missing:
+        raise ValueError(f"{path}: no tensors for {missing[:3]}; regenerate it with "
+                         "scripts/experiments/retrieval_control.py")
+    state.update(tensors)
+    model.load_state_dict(state)
+    model.eval()
+    return model, {k: json.loads(v) for k, v in meta.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=32)
+    args = p.parse_args(argv)
+    model, columns, log = train(args.steps, args.lr, args.batch)
+    path = save_control(model, columns, args.out, {
+        "recipe": {"task": "code_rows (marked fact)", "steps": args.steps, "lr": args.lr, "warmup": 50,
+                   "schedule": "cosine to lr/10", "batch": args.batch, "data_seed": DATA_SEED,
+                   "optimizer": "AdamW betas (0.9, 0.95), weight decay 0, clip 1.0",
+                   "softmax": "restricted to task_token_ids", "torch": torch.__version__,
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "log": log})
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
