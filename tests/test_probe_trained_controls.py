@@ -1,13 +1,17 @@
-"""A trained control of the retrieval probe (launcher/probes.py): the repository's own `Transformer`, trained here in
-seconds on grounded-QA rows laid out by the probe's own builder in the pipeline's template, must read on held-out
-items what it was trained to say. docs/PROBES.md, "Controls", gives the thresholds and what is not covered.
+"""Trained controls of the retrieval probe (launcher/probes.py): the repository's own `Transformer`, trained on
+grounded QA in the pipeline's template, must read on held-out probe items what it was trained to do. docs/PROBES.md
+("Controls") gives the thresholds and what is not covered.
 
-What fits the test budget (seconds of 2 shared CPU cores) is the "not in the context" decision, not the exact match
-of copied answers: no recipe scouted on this machine trained a model that answers held-out questions from their
-passage (docs/PROBES.md, "Scouting"), while the fixed phrase `NOT_IN_CONTEXT` is learned in ~40 steps. So the
-same recipe is trained twice, once on rows that are all unanswerable and once on rows that are all answerable: the
-probe's unanswerable share must follow that training share (1.0 and 0.0), and the answers must not be credited to a
-model that only ever says the phrase. The hand-built circuits of tests/test_probe_controls.py cover high exact match.
+- The "not in the context" share: the same recipe is trained here twice, in seconds, once on rows that are all
+  unanswerable and once on rows that are all answerable; the probe's unanswerable share must follow that training
+  share (1.0 and 0.0), and the answers must not be credited to a model that only ever says the phrase.
+- High exact match: a copier trained for 3,000 steps on the marked-fact task ("What is the code?" answered from "The
+  code is 47." anywhere in the window) by scripts/experiments/retrieval_control.py, too long for the suite, so the
+  test loads the file it wrote (tests/fixtures/retrieval_control) and runs the real probe on it: exact match in every
+  bucket and "not in the context" on prompts without the fact. Its question never varies: a model that matches a
+  varying question against the context is still only hand-built (tests/test_probe_controls.py); no scout trained one.
+- The helpers of the scouts (scripts/experiments/retrieval_scout.py): question-session rows and the restricted
+  softmax.
 """
 
 from __future__ import annotations

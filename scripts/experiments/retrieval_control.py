@@ -11,7 +11,7 @@ runs the real retrieval probe on it; this script is how the file was made and ho
     python scripts/experiments/retrieval_control.py --steps 500 --out /tmp/control_short   # a shorter recipe
 
 The file (`control.safetensors`, ~0.6 MB) holds every trained tensor except the two 50,304-row embedding matrices, of
-which only the rows of the task's ~220 tokens are stored: the other rows never receive a gradient (no input uses
+which only the rows of the task's 211 tokens are stored: the other rows never receive a gradient (no input uses
 them, the restricted softmax never scores them) and keep their initial values, which `load_control` redraws from the
 seed and checks against a stored checksum. `metadata` records the recipe and its training log.
 """
@@ -49,9 +49,9 @@ INIT_SEED = 0
 DATA_SEED = 4242  # the training rows' stream; the probe items use PROBE_SEED records
 
 
-def _init_model() -> Transformer:
-    torch.manual_seed(INIT_SEED)
-    return Transformer(ModelConfig(**MODEL))
+def _init_model(arch: str = "llama", seed: int = INIT_SEED) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**MODEL, arch=arch))
 
 
 def _untrained_rows_checksum(weight: torch.Tensor, columns: torch.Tensor) -> float:
@@ -60,19 +60,23 @@ def _untrained_rows_checksum(weight: torch.Tensor, columns: torch.Tensor) -> flo
     return float(weight[keep].double().abs().sum())
 
 
-def train(steps: int, lr: float, batch: int, log_every: int = 100) -> tuple[Transformer, torch.Tensor, list[dict]]:
-    """The recipe: AdamW (betas 0.9/0.95, no weight decay, clip 1.0), warmup 50 then cosine to lr/10, one thread."""
+def train(steps: int, lr: float, batch: int, log_every: int = 100, arch: str = "llama", init_seed: int = INIT_SEED,
+          data_seed: int = DATA_SEED, answer_before: int | None = None,
+          ) -> tuple[Transformer, torch.Tensor, list[dict]]:
+    """The recipe: AdamW (betas 0.9/0.95, no weight decay, clip 1.0), warmup 50 then cosine to lr/10, one thread.
+    `arch`, the seeds and `answer_before` (answers only at earlier token positions) are for the position-invariance
+    experiment (`scripts/experiments/position_invariance.py`); the control file uses the defaults."""
     torch.set_num_threads(1)
     tokenizer = get_tokenizer()
-    model = _init_model()
+    model = _init_model(arch, init_seed)
     columns = torch.tensor(task_token_ids(tokenizer))
-    rng = np.random.Generator(np.random.PCG64(DATA_SEED))
+    rng = np.random.Generator(np.random.PCG64(data_seed))
     log: list[dict] = []
     start = time.time()
     with restricted_output(model, columns.tolist()) as to_columns:
 
         def next_batch(step: int):
-            rows, sup = code_rows(rng, tokenizer, batch, max_len=MODEL["block_size"] + 1)
+            rows, sup = code_rows(rng, tokenizer, batch, max_len=MODEL["block_size"] + 1, answer_before=answer_before)
             b = _batch(rows, sup, MODEL["block_size"])
             b.targets = to_columns(b.targets)
             return b

@@ -252,12 +252,15 @@ def code_records(num_articles: int, seed: int, unanswerable_share: float = 0.25)
         yield record
 
 
-def code_rows(rng: np.random.Generator, tokenizer, count: int, max_len: int = 64, unanswerable_share: float = 0.25
-              ) -> tuple[list[list[int]], list[list[int]]]:
+def code_rows(rng: np.random.Generator, tokenizer, count: int, max_len: int = 64, unanswerable_share: float = 0.25,
+              answer_before: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
     """`count` training rows of the marked-fact task in the probe's prompt layout, each at most `max_len` tokens:
     2-9 other names' facts, 0-2 decoy sentences and (unless unanswerable) the code sentence, in a random order, so
     the answer can sit anywhere in the window; then `CODE_QUESTION`, the answer and EOT. Supervised: the answer's
-    first token, one more of the phrase's tokens at random, and the EOT (the probe stops there)."""
+    first token, one more of the phrase's tokens at random, and the EOT (the probe stops there). With
+    `answer_before`, answerable rows whose answer token sits at that position or later are drawn again (the
+    position-invariance experiment trains on answers in the first half of the window only)."""
+    key_is = tokenizer.encode_ordinary(f" {KEY} is")
     rows, supervised = [], []
     while len(rows) < count:
         sentences = [f"{NAMES[int(rng.integers(len(NAMES)))]} {RELATIONS[int(rng.integers(len(RELATIONS)))]} "
@@ -277,6 +280,10 @@ def code_rows(rng: np.random.Generator, tokenizer, count: int, max_len: int = 64
                 break
             drop = next(i for i in range(len(order) - 1, -1, -1) if not order[i].startswith(f"The {KEY} "))
             del order[drop]
+        if answer is not None and answer_before is not None:
+            at = next(i for i in range(len(prompt)) if prompt[i : i + len(key_is)] == key_is) + len(key_is)
+            if at >= answer_before:
+                continue
         first = len(prompt) - 1
         sup = [first, *([first + 1 + int(rng.integers(len(answer_ids) - 1))] if len(answer_ids) > 1 else []),
                first + len(answer_ids)]
