@@ -202,3 +202,29 @@ def test_the_control_file_rebuilds_the_trained_model_exactly(tmp_path):
     for name, tensor in model2.state_dict().items():
         assert torch.equal(tensor, state[name]), name
     assert meta["log"] == log and len(log) == 2
+
+
+def test_code_rows_put_the_answer_where_asked_and_the_code_sentence_only_in_answerable_rows():
+    from data.formats import NOT_IN_CONTEXT
+    from scripts.experiments.synthetic_tasks import CODE_QUESTION, code_rows
+
+    key_is = ENC.encode_ordinary(" code is")
+    for answer_before, latest in ((None, 40), (24, 23)):
+        rows, supervised = code_rows(np.random.Generator(np.random.PCG64(3)), ENC, 300, max_len=65,
+                                     answer_before=answer_before)
+        positions = []
+        for row, sup in zip(rows, supervised, strict=True):
+            assert len(row) <= 65 and row[-1] == ENC.eot_token
+            text = ENC.decode(row[:-1])
+            assert f"\n\nQuestion: {CODE_QUESTION}\nAnswer:" in text
+            answer = text.rsplit("Answer:", 1)[1].strip()
+            at = [i + len(key_is) for i in range(len(row)) if row[i : i + len(key_is)] == key_is]
+            if answer == NOT_IN_CONTEXT:
+                assert at == []  # only decoys: "The gate is 12."
+            else:
+                assert len(at) == 1 and ENC.decode([row[at[0]]]).strip() == answer  # the copied span
+                positions.append(at[0])
+            assert ENC.decode([row[sup[0] + 1]]).strip() == answer.split()[0]  # the answer's first token is supervised
+        # The first-half rows of the position experiment never place an answer at or after `answer_before`; the
+        # unrestricted rows do reach the second half of the window.
+        assert max(positions) <= latest if answer_before else max(positions) >= latest
