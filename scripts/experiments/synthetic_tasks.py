@@ -261,6 +261,11 @@ def code_rows(rng: np.random.Generator, tokenizer, count: int, max_len: int = 64
     `answer_before`, answerable rows whose answer token sits at that position or later are drawn again (the
     position-invariance experiment trains on answers in the first half of the window only)."""
     key_is = tokenizer.encode_ordinary(f" {KEY} is")
+    shortest = len(tokenizer.encode_ordinary(render_retrieval(_key_sentence(KEY, 10), CODE_QUESTION)))
+    longest_answer = len(tokenizer.encode_ordinary(" " + NOT_IN_CONTEXT)) + 1
+    if max_len < shortest + longest_answer:
+        raise ValueError(f"code_rows: max_len {max_len} cannot hold even one sentence, the question and the answer "
+                         f"({shortest + longest_answer} tokens); use max_len >= {shortest + longest_answer}")
     rows, supervised = [], []
     while len(rows) < count:
         sentences = [f"{NAMES[int(rng.integers(len(NAMES)))]} {RELATIONS[int(rng.integers(len(RELATIONS)))]} "
@@ -316,7 +321,7 @@ def restricted_output(model: torch.nn.Module, token_ids: Sequence[int]):
     full = model.output
     columns = torch.as_tensor(sorted(set(token_ids)), dtype=torch.long, device=full.weight.device)
     lookup = torch.full((full.weight.shape[0],), -1, dtype=torch.long, device=full.weight.device)
-    lookup[columns] = torch.arange(len(columns))
+    lookup[columns] = torch.arange(len(columns), device=full.weight.device)
 
     class _Restricted(torch.nn.Module):
         def __init__(self):
