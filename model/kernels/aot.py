@@ -62,7 +62,7 @@ def all_calls() -> list[tuple[str, object]]:
 def jit_specialization(kernel, args: tuple, kwargs: dict, target: GPUTarget):
     """(signature, constexprs, attrs, options) exactly as `JITFunction.run` derives them at launch, for `target`.
 
-    Triton 3.9, triton/runtime/jit.py: `JITFunction.run` binds the launch arguments with the function built by
+    Triton 3.7.1 (and 3.9), triton/runtime/jit.py: `JITFunction.run` binds the launch arguments with the function built by
     `create_function_from_signature`, which calls the native `specialize_impl` per argument: a tensor becomes
     `*bf16`/`*fp32`... with "D" when its data pointer is a multiple of 16, an int becomes i32/i64 with "D" when it is a
     multiple of 16 or a constexpr when it equals 1, a Python float becomes fp32 (backends/compiler.py
@@ -76,13 +76,15 @@ def jit_specialization(kernel, args: tuple, kwargs: dict, target: GPUTarget):
 
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    # The options `JITFunction.run` adds before binding.
+    # The options `JITFunction.run` adds before binding: debug and instrumentation_mode in Triton 3.7.1 (the version
+    # torch 2.13.0 pins); later releases add fpsan_homomorphic_casts too, which 3.7.1's binder would reject.
     kwargs = {
         **kwargs,
         "debug": kwargs.get("debug", kernel.debug) or triton.knobs.runtime.debug,
         "instrumentation_mode": triton.knobs.compilation.instrumentation_mode,
-        "fpsan_homomorphic_casts": triton.knobs.compilation.fpsan_homomorphic_casts,
     }
+    if hasattr(triton.knobs.compilation, "fpsan_homomorphic_casts"):
+        kwargs["fpsan_homomorphic_casts"] = triton.knobs.compilation.fpsan_homomorphic_casts
     bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization, options)
     return signature, constexprs, attrs, options, specialization
