@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-fast demo lint install install-dev clean-demo
+.PHONY: test test-fast demo lint install install-dev clean-demo check-requirements
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ install-dev: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
+# The pins resolved against the package index's metadata for Linux and macOS (not this machine's local wheels).
+check-requirements: $(VENV)/.dev-installed
+	$(BIN)/python scripts/check_requirements.py
+
 test: $(VENV)/.dev-installed
+	$(BIN)/python scripts/check_requirements.py
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

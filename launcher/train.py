@@ -8,7 +8,10 @@ Usage (from the repository root):
 
     # the same through MPI, or as one plain process
     mpirun -np 8 python launcher/train.py --config_file configs/base/750M_unified_v1.json --model_name unified_v1_llama
-    python launcher/train.py --config_file configs/tiny/demo_cpu.json --model_name demo --max_iters 20
+    python launcher/train.py --config_file configs/tiny/demo_cpu.json --model_name demo --max_iters 20 --device cpu
+
+    # on the CPU, on purpose (the demo and the tests); without it a machine where CUDA is unusable stops at once
+    deepspeed --num_gpus 2 launcher/train.py --config_file configs/tiny/demo_cpu.json --model_name demo --device cpu
 
     # continue after a stop (SIGTERM/SIGINT save a checkpoint and exit 0); --resume auto is the default
     deepspeed --num_gpus 8 launcher/train.py ... --resume auto
@@ -32,6 +35,7 @@ from pathlib import Path
 # `deepspeed launcher/train.py` and `python launcher/train.py` put launcher/ on sys.path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from launcher import device_check  # noqa: E402
 from launcher import distributed as dist  # noqa: E402
 from launcher.trainer import Trainer, dump_plan, plan_run  # noqa: E402
 
@@ -54,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: what the ds_config says (bf16), except fp32 on a CPU without native bf16, where bf16 "
                         "is ~8x slower (default); bf16 / fp32: force it")
+    p.add_argument("--device", choices=device_check.DEVICES, default=None,
+                   help="cuda (default): stop at once, before reading anything, when CUDA is unusable; cpu: train on "
+                        "the CPU on purpose (DeepSpeed's CPU accelerator; also chosen by DS_ACCELERATOR=cpu)")
     p.add_argument("--max_iters", type=int, default=None,
                    help="override optim.max_iters (the LR schedule's length too); for tests and the demo")
     p.add_argument("--log_sample_ids", action="store_true",
@@ -64,7 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First, before DeepSpeed is imported (importing it picks the accelerator) and before any input is read: a GPU
+    # launch where CUDA is unusable stops here instead of training on the CPU (launcher/device_check.py).
+    device = device_check.require_device(argv)
     args = parse_args(argv)
+    device_check.confirm_accelerator(device)
     try:
         plan = plan_run(args)  # every input check, before the process group and the engine
     except ValueError as e:

@@ -62,8 +62,8 @@ def all_calls() -> list[tuple[str, object]]:
 def jit_specialization(kernel, args: tuple, kwargs: dict, target: GPUTarget):
     """(signature, constexprs, attrs, options) exactly as `JITFunction.run` derives them at launch, for `target`.
 
-    Triton 3.7.1 (and 3.9), triton/runtime/jit.py: `JITFunction.run` binds the launch arguments with the function built by
-    `create_function_from_signature`, which calls the native `specialize_impl` per argument: a tensor becomes
+    Triton 3.7.1 (and 3.9), triton/runtime/jit.py: `JITFunction.run` binds the launch arguments with the function
+    built by `create_function_from_signature`, which calls the native `specialize_impl` per argument: a tensor becomes
     `*bf16`/`*fp32`... with "D" when its data pointer is a multiple of 16, an int becomes i32/i64 with "D" when it is a
     multiple of 16 or a constexpr when it equals 1, a Python float becomes fp32 (backends/compiler.py
     `BaseBackend.get_tensor_specialization` / `get_int_specialization` give the rule). `JITFunction._pack_args` turns

@@ -47,7 +47,7 @@ def training_tokens_per_s(precision: str, steps: int, log_interval: int) -> floa
     try:
         cfg = bench_config(REPO / "configs/tiny/demo_cpu.json", out, steps, {
             "logging.log_interval": log_interval, "eval.eval_interval": steps, "eval.eval_iters": 1})
-        launch(cfg, "precision", 2, ["--precision", precision])
+        launch(cfg, "precision", 2, ["--precision", precision], device="cpu")
         rows = [r for r in records(out, "precision", "train") if "loss" in r][1:]
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -1,42 +1,47 @@
-"""One command for the first GPU session: every GPU measurement docs/PERFORMANCE.md is waiting for, in one Markdown
-report named after the card.
+"""The first command on a GPU that has never run this code: every GPU measurement docs/PERFORMANCE.md is waiting
+for, in one Markdown report named after the card, inside a time budget, and kept section by section.
 
-    python scripts/bench/gpu_report.py                      # on the GPU pod (all its GPUs), into reports/
-    python scripts/bench/gpu_report.py --num_gpus 8 --out reports   # -> reports/gpu_report_<card>_<date>.md
-    python scripts/bench/gpu_report.py --skip throughput    # without the 699M training runs
+    python scripts/bench/gpu_report.py                      # all visible GPUs, 12-minute budget, into reports/
+    python scripts/bench/gpu_report.py --budget-s 1500      # a longer look: the compiled run fits too
+    python scripts/bench/gpu_report.py --skip gpu_tests     # leave sections out
     python scripts/bench/gpu_report.py --dry_run            # CPU: every section at a tiny size (checks this script)
 
-Without a GPU (and without --dry_run) it prints "no GPU" and exits 0. Sections, in order (a failing section is
-reported and the others still run; the exit status is 1 if any failed):
-1. environment: card, count, driver-side versions of torch, triton, deepspeed;
-2. gpu_tests: `pytest -m gpu tests/` (the tests skipped on CPU);
+Without a GPU (and without --dry_run) it prints "no GPU" and exits 0. Sections run in order of value; before each
+it prints its estimate and the budget left, after each its time; a section whose estimate does not fit in what is
+left of `--budget-s` is skipped (and says so), every launch it makes is killed when the budget runs out, and the
+report file is rewritten after every section, so a run killed at minute 10 leaves what it measured. A failing
+section (an exception or a SystemExit) is reported and the next one runs; the exit status is 1 if any failed.
+
+1. environment: card, count, memory, driver, torch (and its CUDA build), triton, deepspeed, python, free disk;
+2. gpu_tests: `pytest -m gpu tests/` (the tests skipped on CPU; the Docker image carries tests/ and pytest);
 3. selfcheck: the fused kernels' start-up check (model/kernels/selfcheck.py) at the real micro-batch shape,
    12 x 1024 rows of width 1280 and 3456, bf16;
-4. kernels: scripts/bench/kernels.py --markdown --ab-steps 200 (fused vs eager, F.rms_norm, torch.compile; and
-   RMSNorm with the fixed rule vs autotuned, RAGLLM_TRITON_AUTOTUNE off / stages / full side by side, with the config
-   picked per width and whether its bits match the fixed rule's: what the first GPU session updates
-   BWD_NUM_STAGES and the warps rule from), plus the same shapes timed with Liger-Kernel's RMSNorm and SwiGLU when
-   `liger_kernel` is installed;
-5. memory: scripts/bench/model_memory.py at the full 750M model, micro-batch 12 x 1024, bf16 (chunked loss vs
-   full logits);
-6. throughput: 60 steps of configs/base/750M_unified_v1.json at micro-batch 12 x 1024 on --num_gpus GPUs, eager
-   and with `model.compile` (tokens/s/GPU, MFU, peak memory per GPU, the checkpoint save seconds the trainer
-   prints at the last step). Needs the dataset (python scripts/unified_build/build_unified_dataset.py).
+4. kernels: scripts/bench/kernels.py --markdown --ab-steps 100 (fused vs eager, F.rms_norm, torch.compile; RMSNorm's
+   fixed rule vs autotuned; a fused-vs-reference A/B of the tiny model under ZeRO-2 bf16 with torch's AdamW), plus
+   Liger-Kernel's RMSNorm and SwiGLU at the same shapes when `liger_kernel` is installed;
+5. throughput_eager: --steps optimizer steps of configs/base/750M_unified_v1.json on all visible GPUs, the batch the
+   launcher derives (micro-batch 12 x 1024, global 96 sequences: 8 micro-steps on 1 GPU), the first log interval
+   skipped as warm-up: tokens/s/GPU, MFU, peak memory per GPU, data wait, and the seconds of the checkpoint save at
+   the last step. Token directories that do not exist are synthesised (random ids, packed), so it runs on a bare pod;
+   the report says which;
+6. memory: scripts/bench/model_memory.py at the full 750M model, micro-batch 12 x 1024, bf16 (chunked loss vs full
+   logits);
+7. throughput_compiled: the same run with `model.compile` (compile time included in its wall time).
 
 --dry_run runs the same code on CPU at tiny sizes: the reference functions stand in for the Triton kernels, the
 kernel and memory benchmarks run their CPU paths (the kernel tuning table's code under TRITON_INTERPRET=1 at
-6 x 37), the throughput run uses configs/tiny/demo_cpu.json (the demo data: make demo) for 4 steps. Its numbers
-mean nothing; it exists so that no line of this script first runs on a rented GPU.
+6 x 37), the throughput runs use configs/tiny/demo_cpu.json for 4 steps (with synthetic data where the demo data is
+not built). Its numbers mean nothing; it exists so that no line of this script first runs on a rented GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,20 +53,49 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.bench._run import REPO, bench_config, launch, records  # noqa: E402
+from scripts.bench._run import REPO, bench_config, launch, records, synthesize_missing_data  # noqa: E402
 
-SECTIONS = ("environment", "gpu_tests", "selfcheck", "kernels", "memory", "throughput")
+# In order of value: what a first look at a new GPU needs most comes first.
+SECTIONS = ("environment", "gpu_tests", "selfcheck", "kernels", "throughput_eager", "memory", "throughput_compiled")
+# Seconds each section is expected to take on one H100/H200 (GPU) and on the 2-core CPU VM (--dry_run). The GPU
+# figures are estimates until a report replaces them (docs/PERFORMANCE.md, "First contact with a GPU").
+ESTIMATE_S = {
+    "environment": (15, 10), "gpu_tests": (150, 40), "selfcheck": (30, 10), "kernels": (180, 60),
+    "throughput_eager": (180, 90), "memory": (60, 30), "throughput_compiled": (300, 150),
+}
+DEFAULT_BUDGET_S = 720  # 12 minutes of one GPU: a first look on a rented GPU, start-up aside
 BASE_CONFIG = "configs/base/750M_unified_v1.json"
 DRY_CONFIG = "configs/tiny/demo_cpu.json"
 MICRO_ROWS = 12 * 1024  # the spec's micro-batch: 12 sequences of 1024 tokens
 SAVE_LINE = re.compile(r"checkpoint step (\d+) saved to \S+ in ([0-9.]+)s")
 
 
-def _run(cmd: list[str], timeout: int, env: dict | None = None) -> tuple[int, str]:
-    """Run a command from the repository root; its exit status and its output (stdout then stderr)."""
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=None if env is None else {**os.environ, **env})
-    return proc.returncode, proc.stdout + proc.stderr
+class Budget:
+    """Seconds left of --budget-s; every subprocess a section starts gets what is left as its timeout."""
+
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def timeout(self, floor: float = 5.0) -> float:
+        return max(floor, self.left())
+
+
+def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """Run a command from the repository root in a process group of its own; its exit status and its output (stdout
+    then stderr). Past `timeout` the group is killed and RuntimeError says so (nothing escapes as SystemExit)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=None if env is None else {**os.environ, **env}, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise RuntimeError(f"`{' '.join(cmd[1:])}` ran past its {timeout:.0f} s (the budget left) and was killed:\n"
+                           f"{_fence(out + err)}") from None
+    return proc.returncode, out + err
 
 
 def _fence(text: str, limit: int = 6000) -> str:
@@ -86,9 +120,14 @@ def section_environment(args) -> str:
         triton_version = triton.__version__
     except Exception as e:  # noqa: BLE001 - report what is there
         triton_version = f"not importable ({e.__class__.__name__})"
+    from launcher.device_check import driver_version
+
+    disk = shutil.disk_usage(REPO)
     lines = [f"- card: {card_name(args.dry_run)} x {args.num_gpus}",
-             f"- torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton_version}, "
-             f"deepspeed {deepspeed.__version__}, python {sys.version.split()[0]}"]
+             f"- torch {torch.__version__} (CUDA build {torch.version.cuda}), NVIDIA driver {driver_version()}, "
+             f"triton {triton_version}, deepspeed {deepspeed.__version__}, python {sys.version.split()[0]}",
+             f"- free disk where the report runs ({REPO}): {disk.free / 1e9:.0f} GB of {disk.total / 1e9:.0f} GB",
+             f"- CPU: {os.cpu_count()} cores, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"]
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         lines.append(f"- {torch.cuda.device_count()} visible GPUs; GPU 0: {props.total_memory / 2**30:.1f} GiB, "
@@ -97,10 +136,15 @@ def section_environment(args) -> str:
 
 
 def section_gpu_tests(args) -> str:
+    import importlib.util
+
+    if not (REPO / "tests").is_dir() or importlib.util.find_spec("pytest") is None:
+        raise RuntimeError(f"the GPU tests need {REPO / 'tests'} and pytest: pip install -r requirements-dev.txt in a "
+                           "checkout of the repository (the Docker image has both)")
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/"]
     if args.dry_run:  # every gpu test skips on CPU; one file is enough to run this section's code
         cmd[-1] = "tests/test_kernel_selfcheck.py"
-    code, out = _run(cmd, timeout=3600)
+    code, out = _run(cmd, timeout=args.budget.timeout())
     if code not in (0, 5):  # 5: nothing collected
         raise RuntimeError(f"`{' '.join(cmd[1:])}` exited {code}:\n{_fence(out)}")
     return f"`{' '.join(cmd[2:])}`: exit {code}\n\n{_fence(out.splitlines()[-1] if out.strip() else '')}"
@@ -186,15 +230,15 @@ def liger_table(args) -> str:
 
 
 def section_kernels(args) -> str:
-    cmd = [sys.executable, "scripts/bench/kernels.py", "--markdown", "--ab-steps", "200"]
+    cmd = [sys.executable, "scripts/bench/kernels.py", "--markdown", "--ab-steps", "100"]
     if args.dry_run:
         cmd = [sys.executable, "scripts/bench/kernels.py", "--no-compile"]  # on CPU: says "no GPU", times nothing
-    code, out = _run(cmd, timeout=3600)
+    code, out = _run(cmd, timeout=args.budget.timeout())
     if code != 0:
         raise RuntimeError(f"`{' '.join(cmd[1:])}` exited {code}:\n{_fence(out)}")
     if args.dry_run:  # the tuning table's code, which only a GPU times, runs here on the interpreter
         check = [sys.executable, "scripts/bench/kernels.py", "--interpret-check", "--markdown"]
-        code, more = _run(check, timeout=600, env={"TRITON_INTERPRET": "1"})
+        code, more = _run(check, timeout=args.budget.timeout(), env={"TRITON_INTERPRET": "1"})
         if code != 0:
             raise RuntimeError(f"`TRITON_INTERPRET=1 {' '.join(check[1:])}` exited {code}:\n{_fence(more)}")
         out += f"\n\n`TRITON_INTERPRET=1 {' '.join(check[1:])}`:\n\n{more.strip()}"
@@ -206,7 +250,7 @@ def section_memory(args) -> str:
            "--layers", "32", "--batch", "12", "--seq", "1024"]
     if args.dry_run:
         cmd = [sys.executable, "scripts/bench/model_memory.py", "--layers", "1", "--batch", "1", "--seq", "64"]
-    code, out = _run(cmd, timeout=1800)
+    code, out = _run(cmd, timeout=args.budget.timeout())
     if code != 0:
         raise RuntimeError(f"`{' '.join(cmd[1:])}` exited {code}:\n{_fence(out)}")
     return f"`{' '.join(cmd[1:])}`:\n\n{out.strip()}"
@@ -214,15 +258,17 @@ def section_memory(args) -> str:
 
 def throughput_run(args, compile_blocks: bool) -> dict:
     """One short training run; tokens/s/GPU, MFU, peak memory and save seconds from its logs and console."""
-    config, steps, interval, num_gpus = BASE_CONFIG, args.steps, 10, args.num_gpus
+    config, steps, interval, num_gpus = BASE_CONFIG, args.steps, args.log_interval, args.num_gpus
+    device = "cuda"
     if args.dry_run:
-        config, steps, interval, num_gpus = DRY_CONFIG, 4, 2, 1
+        config, steps, interval, num_gpus, device = DRY_CONFIG, 4, 2, 1, "cpu"
     out = Path(tempfile.mkdtemp(prefix="gpu_report_"))
     try:
         cfg = bench_config(REPO / config, out, steps, {
             "logging.log_interval": interval, "eval.eval_interval": steps, "eval.eval_iters": 2,
-            "model.compile": compile_blocks})
-        console = launch(cfg, "report", num_gpus, [])
+            "model.compile": compile_blocks, "gold.enabled": False})
+        synthetic = synthesize_missing_data(cfg, out / "synthetic")
+        console = launch(cfg, "report", num_gpus, [], device=device, timeout=args.budget.timeout())
         rows = [r for r in records(out, "report", "train") if "loss" in r][1:]  # the first interval is warm-up
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -231,85 +277,122 @@ def throughput_run(args, compile_blocks: bool) -> dict:
     saves = [float(s) for _, s in SAVE_LINE.findall(console)]
     tok_s = sum(r["tokens_per_s"] for r in rows) / len(rows)
     peaks = [r["peak_memory_gib"] for r in rows if r.get("peak_memory_gib") is not None]
-    return {"config": config, "steps": steps, "interval": interval, "num_gpus": num_gpus,
-            "tokens_per_s_per_gpu": tok_s / num_gpus,
+    return {"config": config, "steps": steps, "interval": interval, "num_gpus": num_gpus, "synthetic": synthetic,
+            "tokens_per_s_per_gpu": tok_s / num_gpus, "step_seconds": sum(r["step_seconds"] for r in rows) / len(rows),
             "mfu": sum(r["mfu"] for r in rows) / len(rows), "peak_memory_gib": max(peaks) if peaks else None,
             "save_seconds": saves[-1] if saves else None,
             "data_wait_share": sum(r["data_wait_share"] for r in rows) / len(rows)}
 
 
-def section_throughput(args) -> str:
-    # Checked here, not left to the trainer: its failure reaches this script as SystemExit (scripts/bench/_run.py
-    # `launch`), which would end the report unwritten instead of failing this one section.
-    phases = json.loads((REPO / (DRY_CONFIG if args.dry_run else BASE_CONFIG)).read_text())["curriculum"]["phases"]
-    missing = [p["dataset_dir"] for p in phases if not (REPO / p["dataset_dir"]).is_dir()]
-    if missing:
-        build = "make demo" if args.dry_run else "python scripts/unified_build/build_unified_dataset.py"
-        raise RuntimeError(f"dataset(s) {missing} not built: run {build} first (or copy the built data/ folders in)")
-    lines = ["| variant | GPUs | tokens/s/GPU | MFU | peak memory/GPU | checkpoint save (last step) | data wait |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for compile_blocks in (False, True) if args.compile_too else (False,):
-        r = throughput_run(args, compile_blocks)
-        peak = f"{r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "-"
-        save = f"{r['save_seconds']:.1f} s" if r["save_seconds"] is not None else "-"
-        lines.append(f"| {'model.compile' if compile_blocks else 'eager'} | {r['num_gpus']} | "
-                     f"{r['tokens_per_s_per_gpu']:,.0f} | {r['mfu']:.1%} | {peak} | {save} | "
-                     f"{r['data_wait_share']:.2%} |")
-    head = (f"`{r['config']}`, {r['steps']} steps, micro-batch from the config, the first {r['interval']}-step "
-            "interval skipped (warm-up)")
-    return head + "\n\n" + "\n".join(lines)
+def _throughput_table(args, compile_blocks: bool) -> str:
+    r = throughput_run(args, compile_blocks)
+    peak = f"{r['peak_memory_gib']:.1f} GiB" if r["peak_memory_gib"] is not None else "-"
+    save = f"{r['save_seconds']:.1f} s" if r["save_seconds"] is not None else "-"
+    data = (f"synthetic token directories for {', '.join(r['synthetic'])} (not built here)" if r["synthetic"]
+            else "the built datasets")
+    return (f"`{r['config']}`{' with model.compile' if compile_blocks else ''}, {r['steps']} steps on "
+            f"{r['num_gpus']} GPU(s), the batch the launcher derives, the first {r['interval']}-step interval skipped "
+            f"(warm-up); data: {data}\n\n"
+            "| variant | GPUs | tokens/s/GPU | step s | MFU | peak memory/GPU | checkpoint save (last step) "
+            "| data wait |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+            f"| {'model.compile' if compile_blocks else 'eager'} | {r['num_gpus']} | "
+            f"{r['tokens_per_s_per_gpu']:,.0f} | {r['step_seconds']:.3f} | {r['mfu']:.1%} | {peak} | {save} | "
+            f"{r['data_wait_share']:.2%} |")
+
+
+def section_throughput_eager(args) -> str:
+    return _throughput_table(args, compile_blocks=False)
+
+
+def section_throughput_compiled(args) -> str:
+    return _throughput_table(args, compile_blocks=True)
+
+
+def write_report(path: Path, parts: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, path)  # a reader never sees half a report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num_gpus", type=int, default=0, help="GPUs for the throughput run (0: all visible)")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps of each throughput run")
+    p.add_argument("--num_gpus", type=int, default=0, help="GPUs for the throughput runs (0: all visible)")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps of each throughput run")
+    p.add_argument("--log_interval", type=int, default=5, help="steps per measured interval of the throughput runs")
+    p.add_argument("--budget-s", dest="budget_s", type=float, default=DEFAULT_BUDGET_S,
+                   help=f"seconds for the whole report (default {DEFAULT_BUDGET_S}: 12 minutes of one GPU); sections "
+                        "whose estimate does not fit what is left are skipped, launches are killed at the end")
     p.add_argument("--out", default="reports", help="folder for the report (created)")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
-    p.add_argument("--no_compile_run", dest="compile_too", action="store_false",
-                   help="throughput: only the eager run, not also the model.compile one")
     p.add_argument("--dry_run", action="store_true", help="run every section at a tiny size on CPU (no GPU needed)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available() and not args.dry_run:
         print("gpu_report: no GPU (torch.cuda.is_available() is False); nothing to measure. "
               "--dry_run runs every section at a tiny size on CPU.")
         return 0
-    if args.steps < 20:
-        raise SystemExit(f"gpu_report: --steps {args.steps} is below 20: the throughput run needs two 10-step "
-                         "intervals (the first is warm-up)")
+    if args.steps < 2 * args.log_interval:
+        raise SystemExit(f"gpu_report: --steps {args.steps} is below two --log_interval intervals "
+                         f"({2 * args.log_interval}): the throughput runs skip the first as warm-up")
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 1
     args.num_gpus = args.num_gpus or visible
     if args.num_gpus > visible:
         raise SystemExit(f"gpu_report: --num_gpus {args.num_gpus} but {visible} GPU(s) are visible")
+    args.budget = Budget(args.budget_s)
     card = card_name(args.dry_run)
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"# GPU report: {card}\n", f"{date}; `python scripts/bench/gpu_report.py "
-             f"{' '.join(argv if argv is not None else sys.argv[1:])}` at commit {_commit()}\n"]
-    failed = []
-    for name in SECTIONS:
-        if name in args.skip:
-            continue
-        print(f"gpu_report: {name} ...", flush=True)
-        t0 = time.perf_counter()
-        try:
-            body = globals()[f"section_{name}"](args)
-        except Exception as e:  # noqa: BLE001 - one failing section must not lose the others' figures
-            failed.append(name)
-            body = f"**FAILED**: {e}\n\n{_fence(traceback.format_exc(), 3000)}"
-        parts.append(f"## {name} ({time.perf_counter() - t0:.0f} s)\n\n{body}\n")
     slug = re.sub(r"[^A-Za-z0-9]+", "_", card).strip("_")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"gpu_report_{slug}_{date[:10]}.md"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)  # a reader never sees half a report
-    print(f"gpu_report: wrote {path}" + (f"; FAILED sections: {failed}" if failed else "; every section ran"))
+    parts = [f"# GPU report: {card}\n", f"{date}; `python scripts/bench/gpu_report.py "
+             f"{' '.join(argv if argv is not None else sys.argv[1:])}` at commit {_commit()}, budget "
+             f"{args.budget_s:.0f} s\n"]
+    write_report(path, parts)
+    print(f"gpu_report: writing {path} (rewritten after every section); budget {args.budget_s:.0f} s", flush=True)
+    failed, skipped = [], []
+    todo = [name for name in SECTIONS if name not in args.skip]
+    for i, name in enumerate(todo, 1):
+        estimate = ESTIMATE_S[name][1 if args.dry_run else 0]
+        left = args.budget.left()
+        if estimate > left:
+            skipped.append(name)
+            print(f"gpu_report: [{i}/{len(todo)}] {name}: skipped, its estimate {estimate} s exceeds the {left:.0f} s "
+                  "left of --budget-s", flush=True)
+            parts.append(f"## {name}\n\nskipped: its estimate ({estimate} s) exceeds the {left:.0f} s left of the "
+                         f"{args.budget_s:.0f} s budget (rerun with a larger --budget-s, or --skip the others)\n")
+            write_report(path, parts)
+            continue
+        print(f"gpu_report: [{i}/{len(todo)}] {name}: estimate {estimate} s, {left:.0f} s of the budget left ...",
+              flush=True)
+        t0 = time.perf_counter()
+        try:
+            body, status = globals()[f"section_{name}"](args), "ok"
+        except KeyboardInterrupt:
+            parts.append(f"## {name}\n\n**INTERRUPTED** after {time.perf_counter() - t0:.0f} s\n")
+            write_report(path, parts)
+            print(f"gpu_report: interrupted; {path} holds the sections before {name}")
+            return 130
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - one section must not lose the others' figures
+            failed.append(name)
+            body, status = f"**FAILED**: {e}\n\n{_fence(traceback.format_exc(), 3000)}", "FAILED"
+        seconds = time.perf_counter() - t0
+        parts.append(f"## {name} ({seconds:.0f} s; estimate {estimate} s)\n\n{body}\n")
+        write_report(path, parts)
+        print(f"gpu_report: [{i}/{len(todo)}] {name}: {status} in {seconds:.0f} s", flush=True)
+    summary = "every section ran" if not failed and not skipped else (
+        f"FAILED: {failed}; " if failed else "") + (f"skipped for the budget: {skipped}" if skipped else "")
+    parts.append(f"---\n{summary.rstrip('; ')}; {args.budget_s - args.budget.left():.0f} s in all\n")
+    write_report(path, parts)
+    print(f"gpu_report: wrote {path}; {summary.rstrip('; ')}")
     return 1 if failed else 0
 
 
 def _commit() -> str:
-    code, out = _run(["git", "rev-parse", "--short", "HEAD"], timeout=30)
+    try:
+        code, out = _run(["git", "rev-parse", "--short", "HEAD"], timeout=30)
+    except (OSError, RuntimeError):  # no git in the image: the report still runs
+        return "unknown"
     return out.strip() if code == 0 else "unknown"
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config_file", default="configs/tiny/demo_cpu.json", help="base training config (tiny model)")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per variant")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="launcher/train.py's --device")
     p.add_argument("--accum", type=int, default=8, help="gradient accumulation steps (micro batch 1, one process)")
     p.add_argument("--out", default=None, help="keep the runs here (default: a temp dir, deleted)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             # --precision explicit: under "auto" a CPU without native bf16 trains every variant in fp32
             # (launcher/engine.py resolve_precision), and the three would be the same run.
             precision = "fp32" if name == "fp32_reference" else "bf16"
-            launch(cfg, name, 1, ["--deepspeed_config", ds_config, "--precision", precision])
+            launch(cfg, name, 1, ["--deepspeed_config", ds_config, "--precision", precision], device=args.device)
             train = {r["step"]: r["loss"] for r in records(out, name, "train") if "loss" in r}
             evals = records(out, name, "eval")
             results[name] = {"train": train, "val": evals[-1]["losses"]["val"]}

@@ -34,7 +34,6 @@ torch.compile. Each row says whether it meets its target.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -304,20 +303,21 @@ def ab_losses(steps: int, device: str) -> tuple[list[float], list[float]]:
 
     import deepspeed
 
+    from launcher.distributed import init_distributed
     from model.config import ModelConfig
     from model.transformer import Transformer
 
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
-    deepspeed.init_distributed()
+    init_distributed()  # the trainer's: a one-process group, and no JIT build of DeepSpeed's CPU shm op
     repo = Path(__file__).resolve().parents[2]
     model_cfg = json.loads((repo / "configs/tiny/demo_cpu.json").read_text())["model"]
     ds_config = json.loads((repo / "ds_configs/zero2_bf16.json").read_text())
     ds_config.update(train_micro_batch_size_per_gpu=8, gradient_accumulation_steps=1, gradient_clipping=1.0)
-    ds_config["optimizer"] = {"type": "AdamW", "params": {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1}}
+    # torch's AdamW, as the trainer asks for it (launcher/engine.py `trainer_owned_values`): without `torch_adam`
+    # DeepSpeed builds its FusedAdam op with nvcc on first use (minutes on a pod, a failure without CUDA_HOME).
+    adam = {"lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.1, "torch_adam": True}
+    if device == "cuda":
+        adam["fused"] = True
+    ds_config["optimizer"] = {"type": "AdamW", "params": adam}
     curves = []
     for fused in (True, False):
         torch.manual_seed(0)

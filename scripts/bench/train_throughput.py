@@ -8,7 +8,7 @@ The target is a data wait below 1% of step time.
     python scripts/bench/train_throughput.py --config_file configs/tiny/demo_cpu.json --num_gpus 2 --steps 60
     # GPU: the 750M config on 8 GPUs (needs data/unified_phase1_circuit etc.; bf16 H100 peak from the config)
     python scripts/bench/train_throughput.py --config_file configs/base/750M_unified_v1.json --num_gpus 8 \\
-        --steps 60 --log_interval 10 --eval_iters 2
+        --steps 60 --log_interval 10 --eval_iters 2 --device cuda
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config_file", default="configs/tiny/demo_cpu.json", help="training config to measure")
     p.add_argument("--num_gpus", type=int, default=2, help="ranks (1: plain python; more: the deepspeed launcher)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps to run")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="launcher/train.py's --device (cpu for the tiny config; cuda on a GPU machine)")
     p.add_argument("--log_interval", type=int, default=10, help="steps per measured interval")
     p.add_argument("--eval_iters", type=int, default=2, help="eval micro-batches per set (evals are not measured)")
     p.add_argument("--deepspeed_config", default=None, help="override the config's ds_config")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             "logging.log_interval": args.log_interval, "eval.eval_interval": args.steps,
             "eval.eval_iters": args.eval_iters})
         extra = ["--deepspeed_config", args.deepspeed_config] if args.deepspeed_config else []
-        launch(cfg, "throughput", args.num_gpus, extra)
+        launch(cfg, "throughput", args.num_gpus, extra, device=args.device)
         rows = [r for r in records(out, "throughput", "train") if "loss" in r][1:]
         train_cfg = json.loads(cfg.read_text())
     finally:

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out/ablation_tiny", help="output folder (data, checkpoints, logs, table)")
     parser.add_argument("--config", default="configs/tiny/demo_cpu.json", help="base training config (model, optim)")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per architecture")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="launcher/train.py's --device")
     parser.add_argument("--block-size", type=int, default=128, help="context length of both models")
     parser.add_argument("--train-per-bucket", type=int, default=150, help="training retrieval examples per bucket 0-3")
     parser.add_argument("--probe-per-bucket", type=int, default=16, help="held-out probe prompts per bucket")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for arch in ARCHS:
             cfg = make_config(Path(args.config), out, arch, args.block_size, args.steps, demo_root)
             cmd = [sys.executable, str(ROOT / "launcher" / "train.py"), "--config_file", str(cfg),
-                   "--model_name", f"ablation_{arch}", "--resume", "none"]
+                   "--model_name", f"ablation_{arch}", "--resume", "none", "--device", args.device]
             print(f"training {arch}: {' '.join(cmd)}", flush=True)
             subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "RAGLLM_WORKSPACE": str(ROOT)})
     results = {}
