@@ -146,3 +146,19 @@ def test_dry_run_throughput_on_a_bare_machine_synthesises_its_data(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| eager | 1 |"))
     tokens_per_s, save = float(row.split("|")[3].replace(",", "")), row.split("|")[7].strip()
     assert tokens_per_s > 0 and save.endswith(" s"), row
+
+
+def test_kernel_ab_run_uses_torchs_adamw_and_builds_no_deepspeed_op(tmp_path):
+    """kernels.py's fused-vs-reference A/B (the report's kernels section) under a real ZeRO-2 engine on the CPU:
+    DeepSpeed's AdamW without `torch_adam` JIT-builds an op with ninja (FusedAdam with nvcc on a GPU, minutes or a
+    failure without CUDA_HOME; cpu_adam here), so nothing may appear in the extensions folder."""
+    extensions = tmp_path / "torch_extensions"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(TORCH_EXTENSIONS_DIR=str(extensions), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    code = ("from scripts.bench.kernels import ab_losses; fused, ref = ab_losses(2, 'cpu'); "
+            "import math; assert all(math.isfinite(v) for v in fused + ref); print('losses', fused, ref)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "losses" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    built = [p.name for p in extensions.rglob("*")] if extensions.exists() else []
+    assert not built, f"DeepSpeed JIT-built an op: {built}"
