@@ -9,12 +9,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Another torch build of the pinned version first, from the index given (README, "Set-up"): pip then keeps it, as
+# torch==2.13.0 matches 2.13.0+cpu and 2.13.0+cu126. Empty: the package index's build (on Linux, CUDA 13.0).
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu     # CPU-only Linux box: ~0.2 GB instead of ~2.9 GB
+TORCH_INDEX ?=
+TORCH_PIN := $(shell sed -n 's/^torch==\([^ ;]*\).*/\1/p' requirements.txt)
+torch_from_index = $(if $(TORCH_INDEX),$(BIN)/pip install torch==$(TORCH_PIN) --index-url $(TORCH_INDEX))
+
 # Stamps: reinstall when a requirements file changes.
 $(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(torch_from_index)
 	$(BIN)/pip install -r requirements.txt
 	touch $@
 
 $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(torch_from_index)
 	$(BIN)/pip install -r requirements-dev.txt
 	touch $(VENV)/.runtime-installed $@
 
