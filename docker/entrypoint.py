@@ -19,9 +19,9 @@ process:
 Exit code: the command's own exit code; after a forwarded stop signal, 0 if the group drained in time, else 1.
 
 Environment (all optional):
-  RAGLLM_WORKSPACE      root for relative data/, logs/, runs/, checkpoints/, exports/ paths (Docker: /workspace);
-                        the folders are created there and linked into the code directory so that
-                        `tensorboard --logdir runs` works from it.
+  RAGLLM_WORKSPACE      root for relative data/, logs/, runs/, checkpoints/, exports/, reports/ paths
+                        (Docker: /workspace); the folders are created there and linked into the code directory so
+                        that `tensorboard --logdir runs` works from it.
   RAGLLM_USER           run the command as this user (the image sets `trainer`); skipped when not root.
   RAGLLM_START_SSHD=1   start sshd first (multi-node DeepSpeed launches over pdsh/ssh).
   RAGLLM_STOP_TIMEOUT   seconds to wait for the group after a stop signal (default 300).
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
-WORKSPACE_DIRS = ("data", "logs", "runs", "checkpoints", "exports")
+WORKSPACE_DIRS = ("data", "logs", "runs", "checkpoints", "exports", "reports")
 CODE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -65,7 +65,7 @@ def prepare_workspace(user: str | None) -> None:
             os.chown(target, entry.pw_uid, entry.pw_gid)
     # `tensorboard --logdir runs` and the like, typed in the code directory, see the volume's folders. data/ holds
     # code, so only its built outputs live in the volume: the launcher resolves relative paths against RAGLLM_WORKSPACE.
-    for name in ("logs", "runs", "checkpoints", "exports"):
+    for name in ("logs", "runs", "checkpoints", "exports", "reports"):
         link = CODE_DIR / name
         if not link.exists() and not link.is_symlink():
             try:

@@ -122,11 +122,12 @@ def section_environment(args) -> str:
         triton_version = f"not importable ({e.__class__.__name__})"
     from launcher.device_check import driver_version
 
-    disk = shutil.disk_usage(REPO)
+    disk = shutil.disk_usage(args.out)
     lines = [f"- card: {card_name(args.dry_run)} x {args.num_gpus}",
              f"- torch {torch.__version__} (CUDA build {torch.version.cuda}), NVIDIA driver {driver_version()}, "
              f"triton {triton_version}, deepspeed {deepspeed.__version__}, python {sys.version.split()[0]}",
-             f"- free disk where the report runs ({REPO}): {disk.free / 1e9:.0f} GB of {disk.total / 1e9:.0f} GB",
+             f"- free disk where the report and its runs' checkpoints go ({Path(args.out).resolve()}): "
+             f"{disk.free / 1e9:.0f} GB of {disk.total / 1e9:.0f} GB (a 750M checkpoint is ~10 GB)",
              f"- CPU: {os.cpu_count()} cores, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"]
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -262,7 +263,9 @@ def throughput_run(args, compile_blocks: bool) -> dict:
     device = "cuda"
     if args.dry_run:
         config, steps, interval, num_gpus, device = DRY_CONFIG, 4, 2, 1, "cpu"
-    out = Path(tempfile.mkdtemp(prefix="gpu_report_"))
+    # Beside the report, not in /tmp: the run ends with a full checkpoint (~10 GB for the 750M model), which the
+    # volume holds and a container's disk may not, and its save seconds are then the volume's, where training saves.
+    out = Path(tempfile.mkdtemp(prefix=".gpu_report_run_", dir=args.out))
     try:
         cfg = bench_config(REPO / config, out, steps, {
             "logging.log_interval": interval, "eval.eval_interval": steps, "eval.eval_iters": 2,
