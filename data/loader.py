@@ -45,6 +45,12 @@ class StepBatch:
     """(inputs (B, T) int64, targets (B, T) int64, sample ids (B,)) for each micro-step, in order."""
 
 
+class DataReadError(RuntimeError):
+    """Reading a step's samples failed (a corrupt shard, a token id out of range, an I/O error of the volume); the
+    message names the shard and sample (from the reader) and, from the prefetch loader, the step. launcher/train.py
+    turns it into a one-line stop of the whole job, on every rank, without a traceback."""
+
+
 def read_micro_batch(dataset: TokenDataset, ids: np.ndarray, block_size: int,
                      pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack samples `ids` (each block_size + 1 tokens) into inputs and next-token targets.
@@ -52,7 +58,10 @@ def read_micro_batch(dataset: TokenDataset, ids: np.ndarray, block_size: int,
     Padding (PAD = -1, at the end of a packed sample) stays -1 in the targets, which the loss ignores
     (`ignore_index=-1` in model/transformer.py, a mask in launcher/evaluation.py), and is EOT in the inputs: an
     embedding row must exist for it, and with causal attention no real position sees a later pad."""
-    tokens = torch.from_numpy(np.stack([dataset.sample(int(i), block_size) for i in ids]))  # (B, T + 1)
+    try:
+        tokens = torch.from_numpy(np.stack([dataset.sample(int(i), block_size) for i in ids]))  # (B, T + 1)
+    except (ValueError, IndexError, OSError) as e:  # the reader's message names the shard and the sample
+        raise DataReadError(str(e)) from e
     y = tokens[:, 1:].contiguous()
     x = tokens[:, :-1].masked_fill(tokens[:, :-1] == PAD, EOT).contiguous()
     if pin_memory:
@@ -115,7 +124,10 @@ class PrefetchLoader:
             raise StopIteration
         t0 = time.perf_counter()
         if self._thread is None:
-            item = self.make_batch(self.next_step)
+            try:
+                item = self.make_batch(self.next_step)
+            except Exception as e:  # the same error, with its step, as from the prefetch thread
+                item = (self.next_step, e)
         else:
             item = self._queue.get()
         self.wait_seconds += time.perf_counter() - t0
@@ -123,7 +135,7 @@ class PrefetchLoader:
             raise StopIteration
         if isinstance(item, tuple):
             step, error = item
-            raise RuntimeError(f"reading the data of step {step} failed: {error}") from error
+            raise DataReadError(f"reading the data of step {step} failed: {error}") from error
         assert item.step == self.next_step, f"prefetch out of order: got step {item.step}, want {self.next_step}"
         self.next_step += 1
         return item

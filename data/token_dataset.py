@@ -366,11 +366,12 @@ class TokenDataset:
                                  f"sample; the index is corrupt: re-add it with `python -m data.packing "
                                  f"{self.directory} --block-size {block_size}`")
             out[pos : pos + length] = self._map(i)[lo : lo + length]
+            if length and int(out[pos : pos + length].max()) >= N_VOCAB:
+                bad = int(out[pos : pos + length].max())
+                raise ValueError(f"{self._paths[i]}: token id {bad} >= {N_VOCAB} in sample {index} (tokens "
+                                 f"[{start}, {start + length}) of {self.directory}): the shard is corrupt; rebuild "
+                                 f"the directory ({BUILD_HINT})")
             pos += length
-        if pos and int(out[:pos].max()) >= N_VOCAB:
-            bad = int(out[:pos].max())
-            raise ValueError(f"{self.directory}: token id {bad} >= {N_VOCAB} in sample {index}; a shard is "
-                             f"corrupt; {BUILD_HINT}")
         return out
 
 

@@ -148,6 +148,18 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+# What gloo and NCCL say when the other side of a collective went away (torch's DistNetworkError / DistBackendError
+# for NCCL; a RuntimeError from gloo's tcp pair, "Connection closed by peer ... remote worker crashing").
+_PEER_GONE = ("Connection closed by peer", "remote worker crashing", "Connection reset by peer",
+              "NCCL communicator was aborted", "Broken pipe")
+
+
+def _peer_failure(error: BaseException) -> bool:
+    dist_errors = tuple(getattr(torch.distributed, n) for n in ("DistNetworkError", "DistBackendError")
+                        if hasattr(torch.distributed, n))
+    return (dist_errors and isinstance(error, dist_errors)) or any(s in str(error) for s in _PEER_GONE)
+
+
 def abort_job(error: BaseException) -> None:
     """This rank failed on its own: report it and end the whole job now, never returning.
 
@@ -163,6 +175,12 @@ def abort_job(error: BaseException) -> None:
     prefix = f"rank {rank()} of {world_size()}: "
     if isinstance(error, SystemExit):
         print(prefix + str(error), file=sys.stderr)
+    elif _peer_failure(error):
+        # A collective broke because another rank ended (its own message says why): one line here, not the
+        # collective's traceback through DeepSpeed and torch, which would bury that message.
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        print(prefix + f"stopped: a collective failed because another rank ended (see its message); {first}",
+              file=sys.stderr)
     else:
         print(prefix + "".join(traceback.format_exception(error)), file=sys.stderr, end="")
     sys.stdout.flush()

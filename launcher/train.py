@@ -35,6 +35,7 @@ from pathlib import Path
 # `deepspeed launcher/train.py` and `python launcher/train.py` put launcher/ on sys.path, not the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data.loader import DataReadError  # noqa: E402
 from launcher import device_check  # noqa: E402
 from launcher import distributed as dist  # noqa: E402
 from launcher.trainer import Trainer, dump_plan, plan_run  # noqa: E402
@@ -85,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer = Trainer(args, plan)
         trainer.train()
-    except BaseException as error:
+    except BaseException as caught:
+        error = caught
+        if isinstance(error, DataReadError):
+            # A corrupt shard or a failing volume: one line naming the file, sample and fix, not a traceback.
+            error = SystemExit(f"error: {caught}. The run stops here: fix or rebuild what this names, then run the "
+                               "same command again (--resume auto continues from the newest complete checkpoint).")
         if dist.world_size() > 1 and not (isinstance(error, SystemExit) and not error.code):
             if trainer is not None:
                 trainer.close()  # flush this rank's logs first
             dist.abort_job(error)  # one rank alone cannot exit cleanly: it would hang the others (and itself)
-        raise
+        if error is caught:
+            raise
+        raise error from None
     finally:
         if trainer is not None:
             trainer.close()

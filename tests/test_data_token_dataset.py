@@ -143,8 +143,8 @@ def test_out_of_vocab_token_caught(built):
     data[20:22] = (60000).to_bytes(2, "little")  # token 10 of shard 0
     shard.write_bytes(bytes(data))
     ds = TokenDataset(d)
-    with pytest.raises(ValueError, match="token id 60000 >= 50257 in sample 0"):
-        ds.sample(0, 16)  # tokens 0..16
+    with pytest.raises(ValueError, match=r"shard_00000\.bin: token id 60000 >= 50257 in sample 0 .*rebuild"):
+        ds.sample(0, 16)  # tokens 0..16: the message names the shard file, the sample and the fix
     ds.sample(1, 16)  # tokens 17..33 are clean
     with pytest.raises(ValueError, match="sha256 .* does not match"):  # full verify: the hash catches it first
         TokenDataset(d, verify="full")

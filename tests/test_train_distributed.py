@@ -565,6 +565,51 @@ def test_a_data_read_error_on_one_rank_stops_every_rank_under_mpirun(runs):
     assert not (runs["root"] / "checkpoints" / "G" / "step_5").exists()  # it stopped before its first checkpoint
 
 
+@pytest.mark.multirank
+def test_a_data_read_error_on_one_rank_is_one_line_and_no_traceback_under_deepspeed(runs):
+    """The deepspeed launcher, rank 1's read fails at step 3: rank 1 prints one line naming the step, the file and the
+    way on; rank 0, whose collective then breaks, prints one line too; no rank prints a traceback."""
+    env = {**_env(), "RAGLLM_FAULT_DATA_ERROR": "1:3"}
+    proc = run(_command(2, runs["cfg"], "G2"), cwd=REPO, env=env, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    lines = [ln for ln in out.splitlines() if ln.startswith(("rank 0 of 2:", "rank 1 of 2:"))]
+    assert len(lines) == 2, out[-3000:]
+    rank1 = next(ln for ln in lines if ln.startswith("rank 1 of 2:"))
+    assert "error: reading the data of step 3 failed: injected read error" in rank1
+    assert str(runs["root"] / "data" / "phase1") in rank1 and "--resume auto" in rank1
+    assert next(ln for ln in lines if ln.startswith("rank 0 of 2:")).startswith("rank 0 of 2: stopped: a collective")
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_a_corrupt_token_in_a_shard_stops_the_run_with_the_file_sample_and_fix(runs, tmp_path):
+    """A token id past the vocabulary in a shard whose size is right (data.verify: size lets it open): the read of
+    the first step that touches it stops the run with one line, no traceback."""
+    import shutil
+
+    bad = tmp_path / "phase1"
+    shutil.copytree(runs["root"] / "data" / "phase1", bad)
+    shard = bad / "shard_00000.bin"
+    tokens = np.fromfile(shard, dtype=np.uint16)
+    tokens[::50] = 60000  # in every sample
+    tokens.tofile(shard)
+    cfg = _config(runs["root"])
+    values = json.loads(cfg.read_text())
+    values["curriculum"]["phases"][0]["dataset_dir"] = str(bad)
+    cfg.write_text(json.dumps(values))
+    proc = run([PYTHON, TRAIN, "--config_file", str(cfg), "--model_name", "H", "--resume", "none"], cwd=REPO,
+               env=_env(), timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    lines = [ln for ln in out.splitlines() if "token id 60000" in ln]
+    assert len(lines) == 1, out[-3000:]
+    line = lines[0]
+    # The step-0 eval reads it first (its train sample, for the overfit guard): the same one-line stop.
+    assert line.startswith(f"error: {shard}: token id 60000 >= 50257 in sample "), line
+    assert "in sample" in line and "rebuild the directory" in line and "--resume auto" in line
+    assert "Traceback" not in out, out[-3000:]
+
+
 # -- bad input: a clear message and a non-zero exit before the engine starts -----------------------------------------
 
 
