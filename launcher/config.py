@@ -197,14 +197,27 @@ class CheckpointConfig:
 
     dir: str = "checkpoints"
     """Root folder; a run writes to `<dir>/<model_name>/`."""
-    interval: int = 1000
-    """Optimizer steps between periodic checkpoints (a SIGTERM also saves)."""
+    interval: int | None = 1000
+    """Optimizer steps between periodic checkpoints; null: by the clock only (`interval_minutes`). The last step and a
+    SIGTERM also save."""
+    interval_minutes: float | None = None
+    """Minutes of wall time between periodic checkpoints, counted from the end of the last save (or the run's start):
+    bounds the work a preempted pod loses. Rank 0's clock decides and the decision rides in the step's existing
+    all-reduce, so every rank saves at the same step. With `interval` too, whichever comes first; null: steps only."""
     keep_last: int = 3
     """Periodic checkpoints kept; older ones are deleted once a newer one is complete."""
 
     def __post_init__(self):
-        if self.interval <= 0 or self.keep_last <= 0:
-            raise ValueError("checkpoint.interval and checkpoint.keep_last must be positive")
+        if self.interval is not None and self.interval <= 0:
+            raise ValueError(f"checkpoint.interval must be a positive number of steps or null, got {self.interval}")
+        if self.interval_minutes is not None and not self.interval_minutes > 0:
+            raise ValueError("checkpoint.interval_minutes must be a positive number of minutes or null, got "
+                             f"{self.interval_minutes}")
+        if self.interval is None and self.interval_minutes is None:
+            raise ValueError("checkpoint.interval and checkpoint.interval_minutes are both null: the run would save "
+                             "only at its end; set one (the 750M config uses interval_minutes: 30)")
+        if self.keep_last <= 0:
+            raise ValueError("checkpoint.keep_last must be positive")
 
 
 @dataclass

@@ -268,6 +268,9 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
         self.last_saved_step: int | None = None
+        # checkpoint.interval_minutes counts wall time from here, then from the end of each save (rank 0's clock).
+        self.save_clock = self.wall_clock0 = time.monotonic()
+        self.save_seconds_total = 0.0
         # Lineage: a resume continues from its checkpoint's state, so everything this run's folder holds from after
         # that step (the newer work of a branch being left, a half-written save, a GOLD chosen after it) is moved
         # aside before anything is loaded or pruned; the logs' records past it go aside too (RunLog).
@@ -426,7 +429,18 @@ class Trainer:
                 "parent": str(self.plan.resume_path) if self.plan.resume_path is not None else None}
         path = self.ckpt.save(self.engine, self.step, client, meta)
         self.last_saved_step = self.step
-        dist.print0(f"checkpoint step {self.step} saved to {path} in {time.perf_counter() - t0:.1f}s")
+        seconds = time.perf_counter() - t0
+        self.save_seconds_total += seconds
+        self.save_clock = time.monotonic()
+        if self.rank == 0:
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            share = self.save_seconds_total / max(1e-9, self.save_clock - self.wall_clock0)
+            # The first words are what scripts/bench/gpu_report.py reads: keep "checkpoint step N saved to P in Xs".
+            dist.print0(f"checkpoint step {self.step} saved to {path} in {seconds:.1f}s ({size / 1e9:.2f} GB); "
+                        f"saving has taken {share:.1%} of this run's wall time")
+            self.log.train({"step": self.step, "event": "checkpoint", "path": str(path), "seconds": seconds,
+                            "bytes": size, "save_share": share},
+                           {"checkpoint/save_seconds": seconds, "checkpoint/save_share": share})
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
@@ -443,6 +457,12 @@ class Trainer:
         dist.print0(f"gradient accumulation: {acc['steps']} micro-steps, accumulated in {acc['dtype']} "
                     f"(params {acc['param_dtype']}, ZeRO stage {acc['zero_stage']}){hint}"
                     + (f" [{acc['note']}]" if acc["note"] else ""))
+        ck = cfg.checkpoint
+        cadence = " and ".join(([f"every {ck.interval} steps"] if ck.interval else [])
+                               + ([f"every {ck.interval_minutes:g} minutes of wall time"] if ck.interval_minutes
+                                  else []))
+        dist.print0(f"checkpoints: {cadence} (whichever comes first), at the last step and on SIGTERM; the last "
+                    f"{ck.keep_last} kept in {self.plan.ckpt_root}")
         phases = ", ".join(f"{n} from step {self.curriculum.phase_start(i)} ({self.plan.phases[i].directory}, "
                            f"{self.plan.phases[i].num_tokens:,} tokens)" for i, n in enumerate(self.curriculum.names))
         dist.print0(f"curriculum: {phases}")
@@ -496,14 +516,17 @@ class Trainer:
                 self.engine.step()
                 loss_sum += loss.detach().float()
             local_bad = (~torch.isfinite(loss_sum)).to(torch.float32)
-            stop_local = torch.tensor(1.0 if self.stop_signal else 0.0, device=self.device)
-            n_micro = torch.tensor(float(len(batch.micro_batches)), device=self.device)
-            # One collective per step, built on the device: the global loss, the NaN flag and the stop flag (MAX via
-            # sum > 0). Its one host read, below, is the step's only one: every rank must know now whether to stop
-            # and whether the update was skipped.
+            # Rank 0's clock decides a time-based save (checkpoint.interval_minutes), so the ranks cannot disagree.
+            clock_due = (self.rank == 0 and cfg.checkpoint.interval_minutes is not None
+                         and time.monotonic() - self.save_clock >= 60.0 * cfg.checkpoint.interval_minutes)
+            host_values = torch.tensor([float(len(batch.micro_batches)), 1.0 if self.stop_signal else 0.0,
+                                        1.0 if clock_due else 0.0], device=self.device)
+            # One collective per step, built on the device: the global loss, the micro-step count, the NaN flag, the
+            # stop flag and the save-by-the-clock flag (MAX via sum > 0). Its one host read, below, is the step's only
+            # one: every rank must know now whether to stop, to save, and whether the update was skipped.
             reduced = dist.all_reduce_tensor(
-                torch.stack([torch.where(local_bad > 0, 0.0, loss_sum), n_micro, local_bad, stop_local]))
-            total, n, bad, stop = reduced.tolist()
+                torch.cat([torch.stack([torch.where(local_bad > 0, 0.0, loss_sum), local_bad]), host_values]))
+            total, bad, n, stop, save_by_clock = reduced.tolist()
             step_loss = total / n if bad == 0 else math.nan
             self.step = step + 1
             if bad or not self.engine.was_step_applied():
@@ -559,7 +582,8 @@ class Trainer:
                 return
             if eval_due:
                 self.run_eval(lr)
-            if self.step % cfg.checkpoint.interval == 0 or self.step == max_iters:
+            every = cfg.checkpoint.interval
+            if (every is not None and self.step % every == 0) or save_by_clock or self.step == max_iters:
                 self.save_checkpoint()
             # Evals and saves stop the clock of the throughput interval: tokens/s, MFU and the data-wait share
             # measure training steps only (the ETA above still counts them, as wall time should).

@@ -30,6 +30,15 @@ def test_750m_config_has_the_spec_values():
     g = c.gold
     assert (g.max_val_train_ratio, g.max_consecutive_rises, g.max_regression) == (5.0, 2, 0.2)
     assert c.gold_baseline_step == 3750  # baseline at the end of warmup
+    # Saves by the clock, not by steps (issue 25): a preempted pod loses at most 30 minutes.
+    assert (c.checkpoint.interval, c.checkpoint.interval_minutes, c.checkpoint.keep_last) == (None, 30, 3)
+
+
+def test_a_config_that_never_saves_before_its_end_is_refused(tmp_path):
+    values = _base()
+    values["checkpoint"].update(interval=None, interval_minutes=None)
+    with pytest.raises(ValueError, match="both null: the run would save only at its end"):
+        TrainConfig.from_json(_write(tmp_path, values))
 
 
 def _write(tmp_path, values):
@@ -80,6 +89,8 @@ def test_global_batch_not_divisible_names_the_gpu_counts_that_work():
         (("data", "verify"), "sometimes", "verify"),
         (("health", "retrieval_fail_improvement"), 0.5, "retrieval_fail_improvement"),
         (("health", "window_evals"), 0, "window_evals"),
+        (("checkpoint", "interval_minutes"), 0, "checkpoint.interval_minutes must be a positive number of minutes"),
+        (("checkpoint", "interval"), -5, "checkpoint.interval must be a positive number of steps"),
     ],
 )
 def test_bad_values_are_named(tmp_path, path, value, message):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -563,6 +564,25 @@ def test_a_data_read_error_on_one_rank_stops_every_rank_under_mpirun(runs):
     assert "rank 1 of 2: " in result.stdout
     assert "reading the data of step 3 failed: injected read error" in result.stdout
     assert not (runs["root"] / "checkpoints" / "G" / "step_5").exists()  # it stopped before its first checkpoint
+
+
+@pytest.mark.multirank
+def test_saves_by_the_clock_happen_on_every_rank_at_the_same_step(runs):
+    """checkpoint.interval_minutes with no step interval: rank 0's clock decides, the flag rides in the step's
+    all-reduce, and both ranks write their part of each save (a disagreement would hang the collective save)."""
+    root = runs["root"]
+    cfg = _config(root, checkpoint__interval=None, checkpoint__interval_minutes=0.001, checkpoint__keep_last=100)
+    out = _launch(2, cfg, "T")
+    assert "checkpoints: every 0.001 minutes of wall time (whichever comes first)" in out
+    saves = [r for r in _records(root, "T", "train") if r.get("event") == "checkpoint"]
+    steps = [r["step"] for r in saves]
+    assert len(steps) >= 3 and steps[-1] == 20 and steps == sorted(set(steps)), steps  # by the clock, then the end
+    for step in steps:
+        folder = root / "checkpoints" / "T" / f"step_{step}"
+        assert (folder / "COMPLETE").is_file()
+        assert {p.name for p in folder.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}, step
+    assert all(r["bytes"] > 0 and r["seconds"] > 0 and 0 < r["save_share"] < 1 for r in saves)
+    assert re.search(r"checkpoint step \d+ saved to \S+ in [0-9.]+s \([0-9.]+ GB\); saving has taken [0-9.]+% of", out)
 
 
 @pytest.mark.multirank
