@@ -33,6 +33,64 @@ from launcher import distributed as dist
 MARKER = "COMPLETE"
 META = "trainer_meta.json"
 _TAG = re.compile(r"^step_(\d+)$")
+# Fault injection for the tests: "RANK:STEP:KIND" makes that rank's checkpoint writer fail at that step's save with the
+# error a full volume gives (KIND enospc: OSError ENOSPC; zip: torch's zip writer RuntimeError).
+FAULT_SAVE_ERROR = "RAGLLM_FAULT_SAVE_ERROR"
+# Fault injection for the tests: skip the space check, as if the volume filled up between the check and the writes
+# (another process, a wrong estimate), so that the real writer meets the real ENOSPC.
+FAULT_NO_SPACE_CHECK = "RAGLLM_FAULT_NO_SPACE_CHECK"
+# Headroom over the expected size before a save starts: file-system metadata, and a save a little larger than the last.
+SPACE_MARGIN = 1.05
+
+
+class CheckpointSpaceError(SystemExit):
+    """A save that would not fit, or did not: every rank stops (exit 1) with this message, no traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+def checkpoint_bytes_estimate(num_params: int, precision: str) -> int:
+    """Bytes of one resumable ZeRO-2 checkpoint before any was written: the module's weights in the engine's dtype
+    (2 or 4 bytes) plus the fp32 optimizer state (master weights and Adam's two moments, 12 bytes), every parameter
+    once across the ranks. Measured at 750M: 9.78 GB for 698.9M parameters in bf16, 14.0 bytes each
+    (docs/PERFORMANCE.md, "Checkpoint cost")."""
+    return num_params * ((2 if precision == "bf16" else 4) + 12)
+
+
+def volume_free_bytes(path: Path) -> int:
+    """Free bytes of the file system that holds `path` (or its nearest existing parent: the folder may not exist)."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _inject_save_fault(engine, step: int) -> None:
+    """Make this rank's DeepSpeed checkpoint writer fail at its first file of this step (RAGLLM_FAULT_SAVE_ERROR)."""
+    spec = os.environ.get(FAULT_SAVE_ERROR, "")
+    if not spec or spec.split(":")[:2] != [str(dist.rank()), str(step)]:
+        return
+    kind = spec.split(":")[2]
+    writer = engine.checkpoint_engine
+
+    def failing_save(*args, **kwargs):
+        writer.save = original  # one failure
+        if kind == "zip":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3904 vs 3796 "
+                               f"(injected by {FAULT_SAVE_ERROR})")
+        raise OSError(28, f"No space left on device (injected by {FAULT_SAVE_ERROR})")
+
+    original = writer.save
+    writer.save = failing_save
 
 
 def tag_for(step: int) -> str:
@@ -111,24 +169,100 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 class CheckpointManager:
-    def __init__(self, root: str | Path, keep_last: int):
+    def __init__(self, root: str | Path, keep_last: int, expected_bytes: int = 0):
         self.root = Path(root)
         self.keep_last = keep_last
+        # What the next save needs: an estimate until the first save, then the size of the last complete one (rank 0).
+        self.expected_bytes = expected_bytes
+
+    def _newest_note(self) -> str:
+        done = complete_checkpoints(self.root)
+        if not done:
+            return "no complete checkpoint of this run exists yet"
+        return (f"the newest complete checkpoint, {done[-1][1]} (step {done[-1][0]}), is intact; the same command "
+                "continues from it (--resume auto)")
+
+    def _fix(self) -> str:
+        return (f"free space on that volume (older runs' checkpoints or exports), lower checkpoint.keep_last (now "
+                f"{self.keep_last}; each save is ~{_gb(self.expected_bytes)}), or point checkpoint.dir at a larger "
+                "volume; then run the same command again")
+
+    def _check_space(self, step: int) -> None:
+        """Collective, before any file of the save is written: rank 0 compares the volume's free space with what the
+        save needs; short of it, every rank stops together (CheckpointSpaceError), with nothing written."""
+        message = None
+        if dist.rank() == 0 and self.expected_bytes and not os.environ.get(FAULT_NO_SPACE_CHECK):
+            free, need = volume_free_bytes(self.root), int(self.expected_bytes * SPACE_MARGIN)
+            if free < need:
+                message = (f"error: not saving checkpoint step {step}: the volume of {self.root} has {_gb(free)} free "
+                           f"and the save needs ~{_gb(need)}. Nothing was written; {self._newest_note()}. To go on, "
+                           f"{self._fix()}.")
+        message = dist.broadcast_object(message)
+        if message is not None:
+            raise CheckpointSpaceError(message if dist.rank() == 0 else
+                                       f"stopped: checkpoint step {step} would not fit on the volume (rank 0 says "
+                                       "what to do)")
+
+    def _agree_on_failure(self, step: int, path: Path, error: BaseException | None) -> None:
+        """Collective: every rank learns whether any rank's part of the save failed; if one did, rank 0 removes the
+        partial folder and every rank stops (CheckpointSpaceError), so nothing waits for a rank that gave up."""
+        failed = dist.all_gather_object(None if error is None else f"{type(error).__name__}: {error}")
+        bad = {r: e for r, e in enumerate(failed) if e is not None}
+        if not bad:
+            return
+        if dist.rank() == 0:
+            shutil.rmtree(path, ignore_errors=True)  # a partial save holds nothing to keep, and frees its space
+            done = complete_checkpoints(self.root)
+            if done:  # DeepSpeed's `latest` may already name the removed tag: point it back (its own tools read it)
+                try:
+                    _write_atomic(self.root / "latest", done[-1][1].name)
+                except OSError:
+                    pass  # resume picks the newest COMPLETE folder whatever `latest` says
+            first = next(iter(bad.values())).splitlines()[0][:300]
+            raise CheckpointSpaceError(
+                f"error: saving checkpoint step {step} to {path} failed on rank(s) {sorted(bad)}: {first}. The volume "
+                f"of {self.root} now has {_gb(volume_free_bytes(self.root))} free; the partial folder was removed and "
+                f"{self._newest_note()}. If the volume is full or failing, {self._fix()}.")
+        raise CheckpointSpaceError(f"stopped: checkpoint step {step} failed on rank(s) {sorted(bad)} (rank 0 says what "
+                                   "to do)")
 
     def save(self, engine, step: int, client_state: dict[str, Any], meta: dict[str, Any]) -> Path:
-        """Collective: every rank calls this at the same step."""
+        """Collective: every rank calls this at the same step.
+
+        A full volume is a clear stop, never a traceback or a half-written checkpoint that looks usable: the space is
+        checked first (`_check_space`), and a write that fails anyway (ENOSPC, torch's zip writer error, a network
+        volume's I/O error) is caught on the rank it happens on and agreed on by all (`_agree_on_failure`). A failure
+        inside DeepSpeed's save comes before its closing barrier (deepspeed 0.19.8 runtime/engine.py
+        `save_checkpoint`: barrier, tag validation, the writes, barrier), so the failing rank stands in for that
+        barrier before the ranks compare notes."""
         path = self.root / tag_for(step)
+        self._check_space(step)
         if dist.rank() == 0 and path.exists():
             # A leftover from an interrupted save of this same step: never mix its files with the new ones.
             shutil.rmtree(path)
         dist.barrier()
-        engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=client_state)
-        torch.save(rng_state(), path / f"rng_rank{dist.rank()}.pt")
-        dist.barrier()  # every rank has written its files before the marker says so
+        error, in_engine = None, True
+        try:
+            _inject_save_fault(engine, step)
+            engine.save_checkpoint(str(self.root), tag=tag_for(step), client_state=client_state)
+            in_engine = False
+            torch.save(rng_state(), path / f"rng_rank{dist.rank()}.pt")
+        except (OSError, RuntimeError) as e:
+            error = e
+            if in_engine:
+                dist.barrier()  # the closing barrier of DeepSpeed's save, which the other ranks are waiting in
+        self._agree_on_failure(step, path, error)  # every rank has written its files before the marker says so
+        error = None
         if dist.rank() == 0:
-            fsync_tree(path)
-            _write_atomic(path / META, json.dumps({**meta, "step": step}, indent=2) + "\n")
-            _write_atomic(path / MARKER, f"{step}\n")
+            try:
+                fsync_tree(path)
+                _write_atomic(path / META, json.dumps({**meta, "step": step}, indent=2) + "\n")
+                _write_atomic(path / MARKER, f"{step}\n")
+            except OSError as e:
+                error = e
+        self._agree_on_failure(step, path, error)
+        if dist.rank() == 0:
+            self.expected_bytes = folder_bytes(path)
             self.prune()
         dist.barrier()
         return path

@@ -26,7 +26,16 @@ from data.sampler import StepSampler
 from data.token_dataset import TokenDataset
 from launcher import distributed as dist
 from launcher import health
-from launcher.checkpointing import CheckpointManager, GoldWriter, complete_checkpoints, read_meta
+from launcher.checkpointing import (
+    CheckpointManager,
+    CheckpointSpaceError,
+    GoldWriter,
+    checkpoint_bytes_estimate,
+    complete_checkpoints,
+    folder_bytes,
+    read_meta,
+    volume_free_bytes,
+)
 from launcher.config import TrainConfig
 from launcher.engine import (
     ZERO2_FP32_ACCUM,
@@ -258,8 +267,12 @@ class Trainer:
         self._train_eval_cache: dict[int, Any] = {}
         self.gold = GoldTracker(cfg.gold, baseline_step=cfg.gold_baseline_step)
         self.gold_dir = plan.ckpt_root / "gold"
-        self.ckpt = CheckpointManager(plan.ckpt_root, cfg.checkpoint.keep_last)
+        precision = precision_of(plan.ds_config)
+        self.ckpt = CheckpointManager(plan.ckpt_root, cfg.checkpoint.keep_last,
+                                      expected_bytes=checkpoint_bytes_estimate(self.num_params, precision))
         self.gold_writer = GoldWriter()  # rank 0 only writes GOLD
+        if self.rank == 0:
+            self.warn_if_the_volume_is_small(4 if precision == "fp32" else 2)
         self.accum = accumulation_summary(plan.ds_config)
 
         self.fault_steps = {int(s) for s in os.environ.get(FAULT_NONFINITE_STEPS, "").split(",") if s.strip()}
@@ -413,11 +426,34 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
+    def warn_if_the_volume_is_small(self, weight_bytes: int) -> None:
+        """Rank 0, at start: warn when the checkpoint volume cannot hold keep_last + 1 saves (the newest is written
+        before the oldest is pruned) plus GOLD. What this run already holds there counts as room: it is replaced."""
+        root, keep = self.plan.ckpt_root, self.cfg.checkpoint.keep_last
+        each, gold = self.ckpt.expected_bytes, self.num_params * weight_bytes
+        held = sum(folder_bytes(p) for _, p in complete_checkpoints(root))
+        held += folder_bytes(self.gold_dir) if self.gold_dir.is_dir() else 0
+        free = volume_free_bytes(root)
+        need = (keep + 1) * each + 2 * gold  # GOLD is written beside the old one, then swapped
+        if free + held < need:
+            dist.print0(f"warning: the checkpoint volume of {root} has {free / 1e9:.2f} GB free (+{held / 1e9:.2f} GB "
+                        f"this run's checkpoints hold), but the run needs up to {need / 1e9:.2f} GB there at a time: "
+                        f"{keep + 1} checkpoints of ~{each / 1e9:.2f} GB (checkpoint.keep_last {keep}, plus the one "
+                        f"being written) and GOLD (~{gold / 1e9:.2f} GB, twice while it is replaced). A save that does "
+                        "not fit stops the run cleanly; to avoid that, free space, lower checkpoint.keep_last or "
+                        "point checkpoint.dir at a larger volume.")
+
     def save_checkpoint(self, eval_due: bool = False) -> None:
         if self.last_saved_step == self.step:
             return
         t0 = time.perf_counter()
-        self.gold_writer.wait()  # the GOLD state this checkpoint records is on disk before it
+        try:
+            self.gold_writer.wait()  # the GOLD state this checkpoint records is on disk before it
+        except RuntimeError as e:  # rank 0's GOLD write failed (a full volume, most likely): a clear stop
+            raise CheckpointSpaceError(
+                f"error: {e}. The volume of {self.gold_dir} has {volume_free_bytes(self.gold_dir) / 1e9:.2f} GB "
+                "free; the previous GOLD stays in place (model/io.py swaps a complete new one in). Free space or "
+                "point checkpoint.dir at a larger volume, then run the same command again (--resume auto).") from None
         client = {"step": self.step, "gold": self.gold.state_dict(), "nonfinite_total": self.nonfinite_total,
                   "eval_owed": eval_due,
                   "config_fingerprint": self.cfg.fingerprint(), "train_config": self.cfg.to_dict()}
@@ -433,7 +469,7 @@ class Trainer:
         self.save_seconds_total += seconds
         self.save_clock = time.monotonic()
         if self.rank == 0:
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            size = self.ckpt.expected_bytes  # measured by the save: the size of this checkpoint
             share = self.save_seconds_total / max(1e-9, self.save_clock - self.wall_clock0)
             # The first words are what scripts/bench/gpu_report.py reads: keep "checkpoint step N saved to P in Xs".
             dist.print0(f"checkpoint step {self.step} saved to {path} in {seconds:.1f}s ({size / 1e9:.2f} GB); "
@@ -461,7 +497,8 @@ class Trainer:
         cadence = " and ".join(([f"every {ck.interval} steps"] if ck.interval else [])
                                + ([f"every {ck.interval_minutes:g} minutes of wall time"] if ck.interval_minutes
                                   else []))
-        dist.print0(f"checkpoints: {cadence} (whichever comes first), at the last step and on SIGTERM; the last "
+        dist.print0(f"checkpoints: {cadence}{' (whichever comes first)' if ' and ' in cadence else ''}, at the last "
+                    f"step and on SIGTERM; the last "
                     f"{ck.keep_last} kept in {self.plan.ckpt_root}")
         phases = ", ".join(f"{n} from step {self.curriculum.phase_start(i)} ({self.plan.phases[i].directory}, "
                            f"{self.plan.phases[i].num_tokens:,} tokens)" for i, n in enumerate(self.curriculum.names))

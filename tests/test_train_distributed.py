@@ -630,6 +630,105 @@ def test_a_corrupt_token_in_a_shard_stops_the_run_with_the_file_sample_and_fix(r
     assert "Traceback" not in out, out[-3000:]
 
 
+# -- a full checkpoint volume: a clear stop, nothing lost, a warning before it happens (issue 25) -----------------------
+
+
+def _test_model_params() -> int:
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+
+    return Transformer(ModelConfig(**json.loads((REPO / "configs/tiny/test_cpu.json").read_text())["model"])).num_params()
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A real tmpfs of 1.5 times the test model's largest checkpoint estimate (fp32: 16 bytes a parameter): the first
+    save fits, a second beside it does not. Skipped where this process may not mount."""
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    size = int(1.5 * 16 * _test_model_params())
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()[:200]}); the fault-injection tests still run")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_volume_stops_before_the_save_with_the_newest_checkpoint_intact(runs, small_volume):
+    root = runs["root"]
+    cfg = _config(root, checkpoint__dir=str(small_volume / "checkpoints"), checkpoint__interval=5,
+                  checkpoint__keep_last=1, gold__enabled=False)
+    proc = run([PYTHON, TRAIN, "--config_file", str(cfg), "--model_name", "V"], cwd=REPO, env=_env(), timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert "warning: the checkpoint volume of " in out and "2 checkpoints of ~" in out  # said at start
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error: not saving checkpoint step 10")]
+    folder = small_volume / "checkpoints" / "V"
+    assert f"the newest complete checkpoint, {folder / 'step_5'} (step 5), is intact" in line
+    assert "checkpoint.keep_last (now 1" in line and "checkpoint.dir" in line and "Nothing was written" in line
+    assert "Traceback" not in out
+    assert (folder / "step_5" / "COMPLETE").is_file() and not (folder / "step_10").exists()
+    # The estimate used before the first save is within 10% of the real size (14 or 16 bytes a parameter).
+    (saved,) = [r for r in _records(root, "V", "train") if r.get("event") == "checkpoint"]
+    precision_bytes = 14 if "precision: bf16" in out else 16
+    assert abs(saved["bytes"] / (precision_bytes * _test_model_params()) - 1) < 0.1, saved["bytes"]
+
+
+def test_a_real_enospc_in_the_middle_of_a_save_is_a_clear_stop(runs, small_volume):
+    """The same small volume with the space check off (as if it filled between the check and the writes): DeepSpeed's
+    writer meets the file system's real ENOSPC (or torch's zip writer error) at step 10, and the save is caught."""
+    root = runs["root"]
+    cfg = _config(root, checkpoint__dir=str(small_volume / "checkpoints"), checkpoint__interval=5,
+                  checkpoint__keep_last=1, gold__enabled=False)
+    env = {**_env(), "RAGLLM_FAULT_NO_SPACE_CHECK": "1"}
+    proc = run([PYTHON, TRAIN, "--config_file", str(cfg), "--model_name", "U"], cwd=REPO, env=env, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error: saving checkpoint step 10")]
+    assert "failed on rank(s) [0]" in line and "the partial folder was removed" in line, line
+    folder = small_volume / "checkpoints" / "U"
+    assert (folder / "step_5" / "COMPLETE").is_file() and not (folder / "step_10").exists()
+
+
+@pytest.mark.multirank
+def test_a_save_that_fails_on_one_rank_stops_every_rank_and_the_rerun_resumes(runs):
+    """ENOSPC from rank 1's checkpoint writer in the middle of DeepSpeed's save at step 10 (fault injection at the
+    writer, launcher/checkpointing.py FAULT_SAVE_ERROR): both ranks stop with one line each, the partial step_10 is
+    removed, step_5 stays; the same command then resumes from step 5 and finishes."""
+    root = runs["root"]
+    cfg = _config(root, checkpoint__interval=5, gold__enabled=False)
+    env = {**_env(), "RAGLLM_FAULT_SAVE_ERROR": "1:10:enospc"}
+    proc = run(_command(2, cfg, "W"), cwd=REPO, env=env, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    rank0 = [ln for ln in out.splitlines() if ln.startswith("rank 0 of 2: ")]
+    rank1 = [ln for ln in out.splitlines() if ln.startswith("rank 1 of 2: ")]
+    assert len(rank0) == 1 and len(rank1) == 1, out[-3000:]
+    assert "saving checkpoint step 10" in rank0[0] and "failed on rank(s) [1]: OSError: [Errno 28]" in rank0[0]
+    assert "the partial folder was removed" in rank0[0] and "(step 5), is intact" in rank0[0]
+    folder = root / "checkpoints" / "W"
+    assert not (folder / "step_10").exists() and (folder / "step_5" / "COMPLETE").is_file()
+    assert (folder / "latest").read_text().strip() == "step_5"
+    again = _launch(2, cfg, "W")
+    assert f"resumed from {folder / 'step_5'} at step 5" in again
+    assert (folder / "step_20" / "COMPLETE").is_file()
+
+
+def test_the_zip_writers_error_on_a_single_process_is_a_clear_stop(runs):
+    root = runs["root"]
+    cfg = _config(root, checkpoint__interval=5, gold__enabled=False)
+    env = {**_env(), "RAGLLM_FAULT_SAVE_ERROR": "0:5:zip"}
+    proc = run([PYTHON, TRAIN, "--config_file", str(cfg), "--model_name", "Z"], cwd=REPO, env=env, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error: saving checkpoint step 5")]
+    assert "unexpected pos" in line and "no complete checkpoint of this run exists yet" in line
+    assert not (root / "checkpoints" / "Z" / "step_5").exists()
+
+
 # -- bad input: a clear message and a non-zero exit before the engine starts -----------------------------------------
 
 
