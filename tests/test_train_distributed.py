@@ -630,14 +630,15 @@ def test_a_corrupt_token_in_a_shard_stops_the_run_with_the_file_sample_and_fix(r
     assert "Traceback" not in out, out[-3000:]
 
 
-# -- a full checkpoint volume: a clear stop, nothing lost, a warning before it happens (issue 25) -----------------------
+# -- a full checkpoint volume: a clear stop, nothing lost, a warning before it happens (issue 25) ---------------------
 
 
 def _test_model_params() -> int:
     from model.config import ModelConfig
     from model.transformer import Transformer
 
-    return Transformer(ModelConfig(**json.loads((REPO / "configs/tiny/test_cpu.json").read_text())["model"])).num_params()
+    model_cfg = json.loads((REPO / "configs/tiny/test_cpu.json").read_text())["model"]
+    return Transformer(ModelConfig(**model_cfg)).num_params()
 
 
 @pytest.fixture
