@@ -34,39 +34,46 @@ class FixedEvalSet:
 
 @torch.no_grad()
 def _sample_losses(model: torch.nn.Module, eval_set: FixedEvalSet, micro_batch_size: int,
-                   device: torch.device) -> tuple[float, int]:
-    """Sum of the token losses over this rank's samples (float64) and the number of tokens, padding excluded."""
-    total, count = 0.0, 0
+                   device: torch.device) -> tuple[torch.Tensor, int]:
+    """Sum of the token losses over this rank's samples, as a float64 tensor on `device` (not read here), and the
+    number of tokens, padding excluded, counted on the host from the batch before it is copied."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     for start in range(0, len(eval_set.ids), micro_batch_size):
         ids = eval_set.ids[start : start + micro_batch_size]
         x, y = read_micro_batch(eval_set.dataset, ids, eval_set.block_size)
+        real = int((y != -1).sum())  # host tensor: no device read
+        if not real:  # an all-padding micro-batch has a NaN mean and nothing to add
+            continue
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # The training loss path (model.loss.chunked_linear_cross_entropy): the mean over targets != -1, without the
         # (B, T, vocab) logits or their fp32 copy (2.5 GB at 12 x 1024 on the GPU, on top of the training memory).
         _, mean_loss = model(x, y)
-        real = int((y != -1).sum())
-        if real:  # an all-padding micro-batch has a NaN mean and nothing to add
-            total += float(mean_loss) * real
-            count += real
+        total += mean_loss.double() * real  # stays on the device: the GPU never waits for the host here
+        count += real
     return total, count
 
 
 def evaluate(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size: int,
              device: torch.device) -> dict[str, float]:
-    """Mean token loss per set over its fixed samples' real tokens; one all-reduce for all sets. Call on every
-    rank."""
+    """Mean token loss per set over its fixed samples' real tokens. The sums stay on the device until every set is
+    done; then one all-reduce and one host read for all sets together (before: two device reads per micro-batch,
+    `float(mean_loss)` and the token count, each a stall of the host). Call on every rank."""
     was_training = model.training
     model.eval()
     try:
-        partial: list[float] = []
+        sums, counts = [], []
         for s in sets:
-            partial.extend(_sample_losses(model, s, micro_batch_size, device))
+            total, count = _sample_losses(model, s, micro_batch_size, device)
+            sums.append(total)
+            counts.append(float(count))
     finally:
         model.train(was_training)
-    summed = dist.all_reduce(partial, op="sum")
+    partial = torch.stack([torch.stack(sums), torch.tensor(counts, dtype=torch.float64).to(device)])  # (2, sets)
+    summed = dist.all_reduce_tensor(partial, op="sum").cpu().tolist()  # the one host read of the eval
     out = {}
     for i, s in enumerate(sets):
-        total, count = summed[2 * i], summed[2 * i + 1]
+        total, count = summed[0][i], summed[1][i]
         out[s.name] = total / count if count else math.nan
     return out
 

@@ -60,6 +60,17 @@ FAULT_NONFINITE_STEPS = "RAGLLM_FAULT_NONFINITE_STEPS"
 FAULT_DATA_ERROR = "RAGLLM_FAULT_DATA_ERROR"
 VAL_SET = "val"
 TRAIN_SET = "train"
+TRAIN_SAMPLE_DIVISOR = 4  # the overfit guard's train sample: eval_iters / 4 micro-batches (Trainer._train_eval_set)
+
+
+def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
+    """Host scalars as a float32 tensor on `device` without stalling the host: `torch.tensor(values, device="cuda")`
+    copies from pageable memory, which waits until the GPU has finished everything queued before it. From pinned
+    memory the copy is queued like a kernel (the caching host allocator keeps the buffer alive until it is done)."""
+    host = torch.tensor(values, dtype=torch.float32)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def flops_per_token(num_params: int, n_layer: int, n_embd: int, block_size: int) -> float:
@@ -284,6 +295,7 @@ class Trainer:
         # checkpoint.interval_minutes counts wall time from here, then from the end of each save (rank 0's clock).
         self.save_clock = self.wall_clock0 = time.monotonic()
         self.save_seconds_total = 0.0
+        self.eval_seconds_total = 0.0  # evaluation and probes, for the share of wall time each eval record carries
         # Lineage: a resume continues from its checkpoint's state, so everything this run's folder holds from after
         # that step (the newer work of a branch being left, a half-written save, a GOLD chosen after it) is moved
         # aside before anything is loaded or pruned; the logs' records past it go aside too (RunLog).
@@ -352,11 +364,16 @@ class Trainer:
     # -- eval and GOLD --------------------------------------------------------------------------------------------
 
     def _train_eval_set(self, phase: int):
+        """The overfit guard's fixed train sample: a quarter of what each eval set reads (TRAIN_SAMPLE_DIVISOR). The
+        guard asks whether val is within 5x of train; at 750M a quarter is still 600 sequences (614k tokens), whose
+        mean loss is far more precise than that needs, and it saves about 1.5% of the run's wall time (docs/
+        PERFORMANCE.md, "What evaluation costs"). The val and eval sets keep eval_iters x micro-batch samples."""
         if phase not in self._train_eval_cache:
             cfg = self.cfg
+            iters = max(1, cfg.eval.eval_iters // TRAIN_SAMPLE_DIVISOR)
             self._train_eval_cache[phase] = fixed_sets(
                 {TRAIN_SET: self.plan.phases[phase]}, cfg.model.block_size,
-                cfg.eval.eval_iters * cfg.batch.micro_batch_size, cfg.eval.eval_seed, self.rank, self.world)[0]
+                iters * cfg.batch.micro_batch_size, cfg.eval.eval_seed, self.rank, self.world)[0]
         return self._train_eval_cache[phase]
 
     def run_eval(self, lr: float) -> dict[str, Any]:
@@ -385,14 +402,20 @@ class Trainer:
             gold_path = str(self.gold_writer.submit(self.gold_dir, self.engine.module, cfg.model,
                                                     self._gold_metadata(losses, train_loss)))
         tokens = self.step * cfg.batch.global_batch_size * cfg.model.block_size
+        eval_seconds = time.perf_counter() - t0
+        self.eval_seconds_total += eval_seconds
+        eval_share = self.eval_seconds_total / max(1e-9, time.monotonic() - self.wall_clock0)
         record = {"step": self.step, "tokens": tokens, "phase": self.curriculum.names[phase], "lr": lr,
                   "losses": losses, "train_loss": train_loss, "gold": decision, "gold_saved": gold_path,
-                  "eval_seconds": time.perf_counter() - t0}
+                  # Seconds of this eval (losses of every set, probes, the GOLD decision) and the share of the run's
+                  # wall time spent in evals so far (this process's run, from its start or resume).
+                  "eval_seconds": eval_seconds, "eval_share": eval_share}
         if probe:
             record["probe"] = {k.removeprefix("probe/"): v for k, v in probe.items()}
         scalars = {f"eval/{k}": v for k, v in losses.items()}
         scalars.update(probe)  # TensorBoard: probe/induction_score, probe/retrieval_em_b0..7, ...
         scalars["eval/train"] = train_loss
+        scalars["eval/seconds"], scalars["eval/share_of_wall_time"] = eval_seconds, eval_share
         if decision["best_val_loss"] is not None:
             scalars["gold/best_val_loss"] = decision["best_val_loss"]
         scalars["gold/saved"] = 1.0 if gold_path else 0.0
@@ -556,8 +579,8 @@ class Trainer:
             # Rank 0's clock decides a time-based save (checkpoint.interval_minutes), so the ranks cannot disagree.
             clock_due = (self.rank == 0 and cfg.checkpoint.interval_minutes is not None
                          and time.monotonic() - self.save_clock >= 60.0 * cfg.checkpoint.interval_minutes)
-            host_values = torch.tensor([float(len(batch.micro_batches)), 1.0 if self.stop_signal else 0.0,
-                                        1.0 if clock_due else 0.0], device=self.device)
+            host_values = _to_device([float(len(batch.micro_batches)), 1.0 if self.stop_signal else 0.0,
+                                      1.0 if clock_due else 0.0], self.device)
             # One collective per step, built on the device: the global loss, the micro-step count, the NaN flag, the
             # stop flag and the save-by-the-clock flag (MAX via sum > 0). Its one host read, below, is the step's only
             # one: every rank must know now whether to stop, to save, and whether the update was skipped.

@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         g = r["gold"]
         if g["save"] or g["is_new_best"]:
             print(f"  step {r['step']:>6} [{r['phase']}]: {g['reason']}")
+    timed = [r for r in records if r.get("eval_seconds") is not None]
+    if timed:
+        share = timed[-1].get("eval_share")
+        print(f"evaluation: {sum(r['eval_seconds'] for r in timed) / len(timed):.1f} s per eval on average over "
+              f"{len(timed)} evals (last {timed[-1]['eval_seconds']:.1f} s)"
+              + (f"; {share:.1%} of the run's wall time so far" if share is not None else ""))
     print("\n".join(health_report(records, cfg)))
     return 0
 

@@ -296,3 +296,14 @@ def test_after_a_resume_the_history_is_the_eval_log_up_to_the_resumed_step(tmp_p
     finally:
         log.close()
     assert RunLog(str(tmp_path), str(tmp_path / "runs"), "r", is_writer=False, resume_step=500).eval_records() == []
+
+
+def test_train_summary_prints_what_evaluation_cost(tmp_path, capsys):
+    records = history()
+    for i, r in enumerate(records):
+        r["eval_seconds"], r["eval_share"] = 10.0 + i, 0.05 + 0.001 * i
+    assert train_summary.main([str(_write_log(tmp_path, records))]) == 0
+    n = len(records)
+    mean = sum(10.0 + i for i in range(n)) / n
+    assert (f"evaluation: {mean:.1f} s per eval on average over {n} evals (last {9.0 + n:.1f} s); "
+            f"{0.05 + 0.001 * (n - 1):.1%} of the run's wall time so far") in capsys.readouterr().out

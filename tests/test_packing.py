@@ -88,7 +88,7 @@ def test_padding_targets_are_masked_and_add_nothing_to_the_loss(tmp_path):
         # Evaluation: the token-weighted mean over both samples' real targets (7 + 19), padding left out.
         total, count = _sample_losses(model, FixedEvalSet("s", ds, block_size, 2, 0, 0, 1), 2, torch.device("cpu"))
     assert count == 7 + 19
-    assert total / count == pytest.approx((7 * float(unpadded) + 19 * float(other)) / 26, rel=1e-6)
+    assert float(total) / count == pytest.approx((7 * float(unpadded) + 19 * float(other)) / 26, rel=1e-6)
 
 
 def test_format_version_and_missing_index_errors_say_what_to_do(tmp_path):

@@ -573,7 +573,7 @@ def test_saves_by_the_clock_happen_on_every_rank_at_the_same_step(runs):
     root = runs["root"]
     cfg = _config(root, checkpoint__interval=None, checkpoint__interval_minutes=0.001, checkpoint__keep_last=100)
     out = _launch(2, cfg, "T")
-    assert "checkpoints: every 0.001 minutes of wall time (whichever comes first)" in out
+    assert "checkpoints: every 0.001 minutes of wall time, at the last step and on SIGTERM" in out
     saves = [r for r in _records(root, "T", "train") if r.get("event") == "checkpoint"]
     steps = [r["step"] for r in saves]
     assert len(steps) >= 3 and steps[-1] == 20 and steps == sorted(set(steps)), steps  # by the clock, then the end
@@ -583,6 +583,9 @@ def test_saves_by_the_clock_happen_on_every_rank_at_the_same_step(runs):
         assert {p.name for p in folder.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}, step
     assert all(r["bytes"] > 0 and r["seconds"] > 0 and 0 < r["save_share"] < 1 for r in saves)
     assert re.search(r"checkpoint step \d+ saved to \S+ in [0-9.]+s \([0-9.]+ GB\); saving has taken [0-9.]+% of", out)
+    # Every eval says what it cost: its seconds and the share of wall time spent in evals so far.
+    evals = _records(root, "T", "eval")
+    assert evals and all(r["eval_seconds"] > 0 and 0 < r["eval_share"] < 1 for r in evals)
 
 
 @pytest.mark.multirank
