@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from data.token_dataset import write_token_dir
@@ -79,3 +80,23 @@ def test_an_eval_reads_the_device_once_for_all_sets_and_gives_the_same_losses(tm
     assert set(losses) == set(expected)
     for name, value in losses.items():
         assert math.isclose(value, expected[name], rel_tol=1e-6), (name, value, expected[name])
+
+
+def test_step_flags_reach_the_device_with_their_values():
+    from launcher.trainer import _to_device
+
+    out = _to_device([3.0, 1.0, 0.0], torch.device("cpu"))
+    assert out.dtype == torch.float32 and out.tolist() == [3.0, 1.0, 0.0]
+
+
+@pytest.mark.gpu
+def test_step_flags_are_copied_from_pinned_memory_without_blocking():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from launcher.trainer import _to_device
+
+    busy = torch.randn(4096, 4096, device="cuda")
+    for _ in range(20):  # queue work, so that a blocking copy would have to wait for it
+        busy = busy @ busy / 64
+    out = _to_device([3.0, 1.0, 0.0], torch.device("cuda"))
+    assert out.device.type == "cuda" and out.tolist() == [3.0, 1.0, 0.0]
