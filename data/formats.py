@@ -201,17 +201,29 @@ def format_squad_v2(record: dict, unanswerable_share: float | None = None,
     return render_retrieval(context, question, answer)
 
 
+def _exact_case(candidate: str) -> bool:
+    """Whether `candidate` must match in its own case: a short one (3 characters or fewer) or an abbreviation (every
+    letter a capital, two or more letters). TriviaQA's aliases hold US, IN, OR, ME, ...: matched case-insensitively,
+    "IN" grounds an answer on the word "in" of "People in the state" (issue 24)."""
+    letters = [c for c in candidate if c.isalpha()]
+    return len(candidate) <= 3 or (len(letters) >= 2 and all(c.isupper() for c in letters))
+
+
 def _find_answer(passages: list[str], candidates: list[str]) -> tuple[int, int, int] | None:
-    """(passage index, start, end) of the first candidate found as a whole word in any passage, case-insensitive:
-    candidates in order (the answer value before its aliases), each searched across all passages before the next
-    is tried, so a short alias ("Aar") cannot ground an example on a fragment ("Aarhus") while the value itself is
-    in another passage. A match is the spec's `answer.lower() in passage.lower()` that also starts and ends at a
-    word boundary (a non-word character or the text's end on either side; `\b` would fail on "U.S.")."""
-    for cand in candidates:
-        cand = (cand or "").strip()
+    """(passage index, start, end) of the first candidate found as a whole word in any passage: the answer value
+    first, then the aliases longest first (a long alias is specific, a short one is the likeliest to hit a common
+    word), each searched across all passages before the next is tried, so a short alias ("Aar") cannot ground an
+    example on a fragment ("Aarhus") while the value itself is in another passage. A match is the spec's
+    `answer.lower() in passage.lower()` that also starts and ends at a word boundary (a non-word character or the
+    text's end on either side; `\b` would fail on "U.S."), and for short candidates and abbreviations
+    (`_exact_case`) in their own case only."""
+    value, *aliases = [(c or "").strip() for c in candidates]
+    ordered = [value, *sorted(aliases, key=len, reverse=True)]  # sorted() is stable: equal lengths keep card order
+    for cand in ordered:
         if not cand:
             continue
-        pattern = re.compile(rf"(?<!\w){re.escape(cand)}(?!\w)", re.IGNORECASE)
+        flags = 0 if _exact_case(cand) else re.IGNORECASE
+        pattern = re.compile(rf"(?<!\w){re.escape(cand)}(?!\w)", flags)
         for i, passage in enumerate(passages):
             m = pattern.search(passage)
             if m:
@@ -255,9 +267,10 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
     matched_wiki_entity_name, normalized_matched_wiki_entity_name, normalized_value, type, value}).
 
     Grounding filter (spec): keep the example only if `answer.lower() in passage.lower()` for one of its passages,
-    matched as a whole word: the answer value across all passages first, then each alias across all passages
-    (`_find_answer`); the passage it is found in, cut to `max_context_chars` with the answer at a per-question
-    position, is the context. Ungrounded examples are skipped ("ungrounded")."""
+    matched as a whole word, short candidates and abbreviations in their own case: the answer value across all
+    passages first, then each alias, longest first, across all passages (`_find_answer`); the passage it is found
+    in, cut to `max_context_chars` with the answer at a per-question position, is the context. Ungrounded examples
+    are skipped ("ungrounded")."""
     question, answer = _field(record, "question", str), _field(record, "answer", dict)
     if "value" not in answer or not isinstance(answer.get("aliases", []), list):
         raise SchemaError("answer", f"expected {{value, aliases: [...]}}, got keys {sorted(answer)}")
@@ -386,6 +399,12 @@ def holdback_group(record: dict, field: str) -> str | None:
         return f"{field}#{hashlib.sha256(value.encode()).hexdigest()[:32]}"
     return f"{field}={value}"
 
+
+# A formatter whose output changed for the same record gets a version here: the fetch stamp
+# (data/streaming.py `stage_configs`) carries it, so an existing work directory refetches that input alone (the
+# others' stamps are unchanged: the key is left out at version 1). triviaqa_rc 2: exact-case short aliases and
+# abbreviations, aliases longest first (issue 24).
+FORMATTER_VERSIONS: dict[str, int] = {"triviaqa_rc": 2}
 
 FORMATTERS: dict[str, Callable[..., str]] = {
     "text": format_text,

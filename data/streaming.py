@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data.formats import group_field
+from data.formats import FORMATTER_VERSIONS, group_field
 from data.tokenizer import tokenizer_info
 
 if TYPE_CHECKING:  # source_config imports check_shuffle from here
@@ -97,6 +97,8 @@ def stage_configs(inp: Input, src: Source) -> dict[str, dict]:
              "quality_filters": inp.filters.config(),
              # the fetched part carries each document's hold-back group: another group field rewrites the parts
              "holdback_group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)}
+    if FORMATTER_VERSIONS.get(inp.formatter, 1) > 1:  # absent at version 1: other inputs' stamps stay as they were
+        fetch["formatter_version"] = FORMATTER_VERSIONS[inp.formatter]
     holdback = {"fetch": _hash(fetch), "source": src.name, "eval": src.eval_share, "val": src.val_share}
     tokenize = {"holdback": _hash(holdback), "tokenizer": tokenizer_info()}
     return {"fetch": fetch, "holdback": holdback, "tokenize": tokenize}

@@ -217,3 +217,23 @@ def test_readme_audit_filters():
 def test_unknown_formatter():
     with pytest.raises(ValueError, match="unknown formatter 'nope'"):
         get_formatter("nope")
+
+
+def test_triviaqa_short_aliases_and_abbreviations_match_in_their_own_case_longest_first():
+    """Issue 24: an alias "IN" (TriviaQA holds US, IN, OR, ME, ...) matched case-insensitively grounded the answer on
+    the word "in"; short candidates and abbreviations now match only in their own case, and aliases longest first."""
+    passage = "People in the state voted early."
+    with pytest.raises(SkipRecord, match="ungrounded"):
+        format_triviaqa_rc(_trivia(passage, value="Indiana", aliases=("IN", "Hoosier State")))
+    # In its own case the abbreviation still grounds the example.
+    doc = format_triviaqa_rc(_trivia("Indianapolis, IN is the capital.", value="Indiana", aliases=("IN",)))
+    assert doc.endswith("Answer: IN")
+    # Longer aliases first: "Hoosier State" wins over "IN" although the card lists "IN" first.
+    doc = format_triviaqa_rc(_trivia("IN is also called the Hoosier State.", value="Indiana",
+                                     aliases=("IN", "Hoosier State")))
+    assert doc.endswith("Answer: Hoosier State")
+    # Abbreviations of any length: "U.S." is not "u.s."; long ordinary words keep the spec's case-insensitive test.
+    with pytest.raises(SkipRecord, match="ungrounded"):
+        format_triviaqa_rc(_trivia("the u.s. mail", value="United States", aliases=("U.S.",)))
+    assert format_triviaqa_rc(_trivia("the city of light", value="Paris", aliases=("City of Light",))).endswith(
+        "Answer: city of light")

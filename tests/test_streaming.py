@@ -178,3 +178,23 @@ def test_dedup_across_inputs_in_definitions_order(tmp_path, workers):
     fs = build.fetch_state(tmp_path / "w" / "b")
     assert fs["documents"] == 12 and fs["filtered"]["duplicate"]["documents"] == 5
     assert streaming.dedup_across([a, b], tmp_path / "w") == {}  # checked parts are not touched again
+
+
+def test_a_formatter_version_refetches_that_input_alone(tmp_path, monkeypatch):
+    """FORMATTER_VERSIONS (data/formats.py): a formatter whose output changed makes its inputs' fetch stale, and
+    leaves every other input's stamp hash as it was (the key is absent at version 1)."""
+    from data import formats
+
+    root = _corpus(tmp_path)
+    inp = _input(root)
+    src = _source(inp)
+    before = streaming.stamps(inp, src)
+    work = tmp_path / "w"
+    streaming.refresh_stamp(inp, src, work)
+    _fetch(inp, work, 10**9)
+    monkeypatch.setitem(formats.FORMATTER_VERSIONS, inp.formatter, 1)  # version 1: nothing changes
+    assert streaming.stamps(inp, src) == before and streaming.refresh_stamp(inp, src, work) == []
+    monkeypatch.setitem(formats.FORMATTER_VERSIONS, inp.formatter, 2)
+    lines = streaming.refresh_stamp(inp, src, work)
+    assert lines and "fetch config changed: formatter_version" in lines[0] and not list(work.glob("fetch-*"))
+    assert formats.FORMATTER_VERSIONS["triviaqa_rc"] == 2  # the grounding change of issue 24
