@@ -38,7 +38,16 @@ import numpy as np
 from tqdm import tqdm
 
 from data.demo_corpus import expand_path
-from data.formats import SchemaError, SkipRecord, get_formatter, group_field, holdback_group, record_id
+from data.formats import (
+    REPOSITORY_KEY,
+    SchemaError,
+    SkipRecord,
+    get_formatter,
+    group_field,
+    holdback_group,
+    record_id,
+    repository_key,
+)
 from data.lineage import build_node, root_node
 from data.quality import NearDuplicateIndex, check_removed_shares, content_hash, minhash_signatures
 from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
@@ -344,8 +353,11 @@ def _hf(loader: dict):
 
 def holdback_split(source: str, key: str, eval_share: float, val_share: float) -> str:
     """'eval', 'val' or 'train' from a hash of (source, key): stable across runs, machines and worker counts. The
-    key is the document's hold-back group ("title=Beyonce") or, without one, its text."""
-    u = int.from_bytes(hashlib.sha256(f"{source}\x00{key}".encode()).digest()[:8], "little") / 2**64
+    key is the document's hold-back group ("title=Beyonce") or, without one, its text. A repository key
+    ("repo=owner/name") is hashed without the source, so the repository's files land on one side in every input and
+    source that holds them (the sources holding repositories share their eval/val shares: data/source_config.py)."""
+    salt = "repository" if key.startswith(REPOSITORY_KEY) else source
+    u = int.from_bytes(hashlib.sha256(f"{salt}\x00{key}".encode()).digest()[:8], "little") / 2**64
     return "eval" if u < eval_share else "val" if u < eval_share + val_share else "train"
 
 
@@ -362,7 +374,8 @@ def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> lis
             with open(work / f"fetch-{part}.jsonl") as f:
                 for line in f:
                     doc = json.loads(line)
-                    key = doc.get("group") or doc["text"]
+                    # repository_key: parts fetched before repository keys carry "repo_name=Owner/Name"
+                    key = repository_key(doc.get("group")) or doc["text"]
                     buckets[holdback_split(inp.source, key, eval_share, val_share)].append(line)
             for s in SPLITS:
                 _atomic_write_text(work / f"split-{part}.{s}.jsonl", "".join(buckets[s]))
@@ -560,7 +573,9 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                          stamp={k: v["hash"] for k, v in (read_stamp(work) or {}).items()},
                          text_on_disk=[f["path"] for f in fs["files"] if (work / f["path"]).is_file()])
     return build_node("tokenized", inp.name, source=inp.source, category=src.category, tokenizer=tokenizer_info(),
-                      holdback={"method": "sha256(source \\0 group key, else text) / 2^64", "eval": src.eval_share,
+                      holdback={"method": "sha256(source \\0 group key, else text) / 2^64; a repository key "
+                                          "(repo=owner/name): sha256(repository \\0 key), the same in every source",
+                                "eval": src.eval_share,
                                 "val": src.val_share,
                                 "group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)},
                       splits={s: {"tokens": ts[s]["tokens"], "documents": ts[s]["documents"]} for s in SPLITS},

@@ -370,6 +370,22 @@ def format_reddit_thread(record: dict, text_field: str = "text", min_messages: i
 # https://huggingface.co/datasets/zhensuuu/starcoderdata_100star_py). A formatter not listed here groups by the
 # document text alone.
 GROUP_FIELDS = {"squad_v2": "title", "triviaqa_rc": "question_id", "stackexchange": "qid"}
+# The fields that name a GitHub repository ("owner/name") in the code datasets' schemas: CodeParrot's `repo_name`,
+# The Stack / StarCoder's `max_stars_repo_name` (and its issues/forks siblings). A repository is one hold-back group
+# whatever field, schema or source holds its files (DESIGN, "Hold-back before tokenization"; issue 24): its key is
+# `repo=<owner/name>` in lower case (GitHub names are case-insensitive), and its split is hashed without the source.
+REPOSITORY_FIELDS = ("repo_name", "max_stars_repo_name", "max_issues_repo_name", "max_forks_repo_name")
+REPOSITORY_KEY = "repo="
+
+
+def repository_key(group: str | None) -> str | None:
+    """`repo=<owner/name>` for a group read from a repository field (also one written by a fetch before this key
+    existed, "repo_name=Owner/Name"), else the group unchanged."""
+    if group:
+        field, sep, value = group.partition("=")
+        if sep and field in REPOSITORY_FIELDS:
+            return REPOSITORY_KEY + value.strip().lower()
+    return group
 TEXT_GROUP = "text"  # `holdback_group: "text"`: each document is its own group (the content hash)
 
 
@@ -395,6 +411,8 @@ def holdback_group(record: dict, field: str) -> str | None:
     if value is None or value == "":
         return None
     value = str(value)
+    if field in REPOSITORY_FIELDS:
+        return repository_key(f"{field}={value}")
     if len(value) > 200:
         return f"{field}#{hashlib.sha256(value.encode()).hexdigest()[:32]}"
     return f"{field}={value}"

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.demo_corpus import expand_path
-from data.formats import SQUAD_V2_TRAIN_UNANSWERABLE_SHARE, get_formatter, unanswerable_keep_share
+from data.formats import (
+    REPOSITORY_FIELDS,
+    SQUAD_V2_TRAIN_UNANSWERABLE_SHARE,
+    get_formatter,
+    group_field,
+    unanswerable_keep_share,
+)
 from data.quality import QualityFilters
 from data.streaming import check_shuffle
 
@@ -242,6 +248,15 @@ def load_definitions(*paths: str | os.PathLike) -> Definitions:
     names = {i.name for s in sources.values() for i in s.inputs}
     if len(names) != sum(len(s.inputs) for s in sources.values()):
         raise ValueError(f"{where0}: input names must be unique across sources")
+    # A repository is one hold-back group across sources, split by one hash (data/build.py `holdback_split`): the
+    # sources holding repositories must split at the same shares, or a repository could be eval in one and train in
+    # another.
+    repo_shares = {name: (s.eval_share, s.val_share) for name, s in sources.items()
+                   if any(group_field(i.formatter, i.formatter_options, i.holdback_group) in REPOSITORY_FIELDS
+                          for i in s.inputs)}
+    if len(set(repo_shares.values())) > 1:
+        raise ValueError(f"{where0}: the sources grouped by repository hold back different shares {repo_shares} "
+                         "(eval, val); a repository is one group across sources, so give them the same holdback")
     mixes: dict[str, Mix] = {}
     for name, raw in merged["mixes"].items():
         where = f"mix {name!r}"

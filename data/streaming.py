@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data.formats import FORMATTER_VERSIONS, group_field
+from data.formats import FORMATTER_VERSIONS, REPOSITORY_FIELDS, group_field
 from data.tokenizer import tokenizer_info
 
 if TYPE_CHECKING:  # source_config imports check_shuffle from here
@@ -100,6 +100,8 @@ def stage_configs(inp: Input, src: Source) -> dict[str, dict]:
     if FORMATTER_VERSIONS.get(inp.formatter, 1) > 1:  # absent at version 1: other inputs' stamps stay as they were
         fetch["formatter_version"] = FORMATTER_VERSIONS[inp.formatter]
     holdback = {"fetch": _hash(fetch), "source": src.name, "eval": src.eval_share, "val": src.val_share}
+    if fetch["holdback_group"] in REPOSITORY_FIELDS:  # only these inputs' splits changed: the others' stamps stay
+        holdback["group_key"] = "repository, across sources"
     tokenize = {"holdback": _hash(holdback), "tokenizer": tokenizer_info()}
     return {"fetch": fetch, "holdback": holdback, "tokenize": tokenize}
 

@@ -228,3 +228,72 @@ def test_index_matches_brute_force_banding():
         want.append(int(np.argmax(agree)) if agree.max() >= 0.8 else -1)
     got = index.matches(queries)
     assert got.tolist() == want and 40 < (got >= 0).sum() < 80
+
+
+# 120 repositories; every one has Python files in CodeParrot's schema and in StarCoder's, and JavaScript files in
+# StarCoder's (another source), with the repository name spelled in other cases across the inputs.
+REPOS = [f"Owner{r % 7}/project-{r}" for r in range(120)]
+
+
+def codeparrot_python_rows():
+    return [{"repo_name": repo, "path": f"pkg/m{f}.py", "copies": "1", "size": "40", "license": "mit",
+             "content": f"def f{f}():\n    return '{repo}', {f}\n"} for repo in REPOS for f in range(2)]
+
+
+def starcoder_python_rows():
+    return [{"max_stars_repo_name": repo.lower(), "max_stars_repo_path": f"src/s{f}.py", "max_stars_count": 3,
+             "id": f"{repo}-{f}", "content": f"def g{f}():\n    return '{repo}', {f * 7}\n"}
+            for repo in REPOS for f in range(2)]
+
+
+def starcoder_js_rows():
+    return [{"max_stars_repo_name": repo.upper(), "max_stars_repo_path": f"web/w{f}.js", "max_stars_count": 3,
+             "id": f"{repo}-js-{f}", "content": f"function w{f}() {{ return '{repo}' + {f}; }}\n"}
+            for repo in REPOS for f in range(2)]
+
+
+def test_a_repository_lands_on_one_side_across_schemas_inputs_and_sources(tmp_path):
+    """Issue 24: CodeParrot groups by `repo_name`, StarCoder by `max_stars_repo_name`, and the Python and JS/Java
+    inputs are different sources; before, each (field, source) hashed on its own and about half of the repositories
+    had files in the code eval set and in train. Now one key, one split decision per repository."""
+    inputs = [("python_code", "codeparrot_python", "codeparrot_python_rows", "repo_name", "path"),
+              ("python_code", "starcoder_python", "starcoder_python_rows", "max_stars_repo_name",
+               "max_stars_repo_path"),
+              ("js_java_code", "starcoder_javascript", "starcoder_js_rows", "max_stars_repo_name",
+               "max_stars_repo_path")]
+    sides: dict[str, set[str]] = {}
+    for source, name, rows, group, path_field in inputs:
+        inp = Input(source=source, name=name, share=1.0,
+                    loader={"type": "python", "callable": f"tests.test_data_holdback:{rows}"},
+                    formatter="code", holdback_group=group,
+                    formatter_options={"text_field": "content", "path_field": path_field},
+                    filters=QualityFilters(min_chars=0))
+        work = tmp_path / name
+        build.fetch(inp, work, 10**9, docs_per_part=100, seen=set())
+        build.holdback(inp, work, 0.2, 0.1)
+        for repo, where in _split_of_each(work, lambda d: d["group"]).items():
+            sides.setdefault(repo, set()).update(where)
+    assert set(sides) == {f"repo={r.lower()}" for r in REPOS}  # one key, whatever the field and its case
+    straddling = [r for r, where in sides.items() if len(where) > 1]
+    assert not straddling, f"{len(straddling)} of {len(sides)} repositories are on two sides: {straddling[:5]}"
+    assert {s for where in sides.values() for s in where} == set(build.SPLITS)
+
+
+def test_a_part_fetched_before_repository_keys_splits_with_the_new_key(tmp_path):
+    """An existing work directory's parts carry "repo_name=Owner/Name": the hold-back reads them as the repository
+    key (the stamp change re-splits them; data/streaming.py)."""
+    assert build.holdback_split("python_code", "repo=owner/x", 0.5, 0.2) == build.holdback_split(
+        "js_java_code", "repo=owner/x", 0.5, 0.2)
+    from data.formats import repository_key
+
+    assert repository_key("repo_name=Owner/X") == repository_key("max_stars_repo_name=owner/x") == "repo=owner/x"
+    assert repository_key("title=Beyonce") == "title=Beyonce" and repository_key(None) is None
+
+
+def test_sources_grouped_by_repository_must_share_their_holdback(tmp_path):
+    defs = json.loads((Path(__file__).resolve().parents[1] / "data/sources/unified_from_scratch.json").read_text())
+    defs["sources"]["js_java_code"]["holdback"] = {"eval": 0.01, "val": 0.003}
+    path = tmp_path / "defs.json"
+    path.write_text(json.dumps(defs))
+    with pytest.raises(ValueError, match=r"grouped by repository hold back different shares .*js_java_code"):
+        load_definitions(path)

@@ -146,9 +146,10 @@ def test_holdback_groups_come_from_the_cards_fields(tmp_path):
     assert groups["squad_v2"] == ["title=Beyonce"] * 3
     assert groups["triviaqa_rc"] == ["question_id=qb_1", "question_id=qb_2"]
     assert groups["stackexchange"] == ["qid=11227809"]
-    assert groups["codeparrot_python"] == ["repo_name=someone/tools"]
-    assert groups["starcoder_java"] == ["max_stars_repo_name=someone/walker", "max_stars_repo_name=someone/adder",
-                                        "max_stars_repo_name=someone/counter"]
+    # A repository is one key whatever the schema's field (issue 24): CodeParrot's repo_name, StarCoder's
+    # max_stars_repo_name.
+    assert groups["codeparrot_python"] == ["repo=someone/tools"]
+    assert groups["starcoder_java"] == ["repo=someone/walker", "repo=someone/adder", "repo=someone/counter"]
     assert groups["fineweb_edu"] == [None, None]
 
 

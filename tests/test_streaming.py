@@ -198,3 +198,18 @@ def test_a_formatter_version_refetches_that_input_alone(tmp_path, monkeypatch):
     lines = streaming.refresh_stamp(inp, src, work)
     assert lines and "fetch config changed: formatter_version" in lines[0] and not list(work.glob("fetch-*"))
     assert formats.FORMATTER_VERSIONS["triviaqa_rc"] == 2  # the grounding change of issue 24
+
+
+def test_repository_grouped_inputs_get_a_new_holdback_stamp_and_the_others_keep_theirs(tmp_path):
+    """Issue 24's cross-source repository key changes the split of code inputs grouped by a repository field only:
+    their holdback (and so tokenize) stamp changes, which re-splits them in an existing work directory; every other
+    input's stamps are what they were."""
+    root = _corpus(tmp_path)
+    plain = _input(root)
+    grouped = dataclasses.replace(plain, holdback_group="repo_name")
+    plain_cfg = streaming.stage_configs(plain, _source(plain))
+    grouped_cfg = streaming.stage_configs(grouped, _source(grouped))
+    assert "group_key" not in plain_cfg["holdback"]
+    assert grouped_cfg["holdback"]["group_key"] == "repository, across sources"
+    without = {k: v for k, v in grouped_cfg["holdback"].items() if k != "group_key"}
+    assert streaming._hash(without) != streaming._hash(grouped_cfg["holdback"])  # a changed stamp: re-split
