@@ -102,24 +102,34 @@ def launch(config: Path, name: str, num_gpus: int, extra: list[str], cwd: Path =
     env.setdefault("OMP_NUM_THREADS", "1" if num_gpus > 1 else env.get("OMP_NUM_THREADS", ""))
     if not env["OMP_NUM_THREADS"]:
         env.pop("OMP_NUM_THREADS")
-    # A session of its own: on a timeout the ranks go too, not only the runner (the deepspeed runner does not pass a
-    # signal on to `launch` and the ranks).
+    code, stdout, stderr = run_process_group(cmd, cwd, env, timeout)
+    if code is None:
+        raise LaunchError(f"{' '.join(cmd)} ran past its {timeout:.0f} s timeout and was killed:\n"
+                          f"{stdout[-3000:]}\n{stderr[-3000:]}")
+    if code != 0:
+        raise LaunchError(f"{' '.join(cmd)} failed (exit {code}):\n{stdout[-4000:]}\n{stderr[-4000:]}")
+    return stdout
+
+
+def run_process_group(cmd: list[str], cwd: Path, env: dict | None,
+                      timeout: float | None) -> tuple[int | None, str, str]:
+    """Run `cmd` in a session of its own: (exit status, stdout, stderr), the status None when it ran past `timeout`.
+    Then, or if the caller is interrupted, the whole process group is killed: a deepspeed launch's ranks too, not
+    only the runner (which passes no signal on to `launch` and the ranks), and nobody is left waiting on a
+    grandchild's end of the output pipe."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
+        return proc.returncode, stdout, stderr
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        raise LaunchError(f"{' '.join(cmd)} ran past its {timeout:.0f} s timeout and was killed:\n"
-                          f"{stdout[-3000:]}\n{stderr[-3000:]}") from None
+        return None, stdout, stderr
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    if proc.returncode != 0:
-        raise LaunchError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{stdout[-4000:]}\n{stderr[-4000:]}")
-    return stdout
 
 
 def records(out_dir: Path, name: str, kind: str) -> list[dict]:

@@ -41,8 +41,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +51,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from scripts.bench._run import REPO, bench_config, launch, records, synthesize_missing_data  # noqa: E402
+from scripts.bench._run import (  # noqa: E402
+    REPO,
+    bench_config,
+    launch,
+    records,
+    run_process_group,
+    synthesize_missing_data,
+)
 
 # In order of value: what a first look at a new GPU needs most comes first.
 SECTIONS = ("environment", "gpu_tests", "selfcheck", "kernels", "throughput_eager", "memory", "throughput_compiled")
@@ -86,16 +91,11 @@ class Budget:
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
     """Run a command from the repository root in a process group of its own; its exit status and its output (stdout
     then stderr). Past `timeout` the group is killed and RuntimeError says so (nothing escapes as SystemExit)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=None if env is None else {**os.environ, **env}, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+    code, out, err = run_process_group(cmd, REPO, None if env is None else {**os.environ, **env}, timeout)
+    if code is None:
         raise RuntimeError(f"`{' '.join(cmd[1:])}` ran past its {timeout:.0f} s (the budget left) and was killed:\n"
-                           f"{_fence(out + err)}") from None
-    return proc.returncode, out + err
+                           f"{_fence(out + err)}")
+    return code, out + err
 
 
 def _fence(text: str, limit: int = 6000) -> str:
