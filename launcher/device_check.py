@@ -157,6 +157,8 @@ def require_device(argv: list[str] | None = None) -> str:
     message; the other ranks of the node wait a moment before exiting, so that the launcher, which kills the job when
     the first rank exits, does not cut rank 0 off before its message is out."""
     device = requested_device(argv)
+    if any(a in ("-h", "--help") for a in (sys.argv[1:] if argv is None else argv)):
+        return device  # --help prints the flags and exits in argparse: nothing is trained, so nothing to check
     if device == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
         return device

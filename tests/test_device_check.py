@@ -93,6 +93,11 @@ def test_plain_launch_without_cuda_stops_before_reading_anything():
     print(f"refused in {seconds:.1f} s")
 
 
+def test_help_is_shown_without_a_gpu():
+    proc = run([PYTHON, "launcher/train.py", "--help"], cwd=REPO, env=_env_without_cuda(), timeout=120)
+    assert proc.returncode == 0 and "--device" in proc.stdout and "CUDA is unusable" not in proc.stderr
+
+
 def test_cpu_on_purpose_passes_the_check_and_reaches_the_inputs():
     for extra, env in ((["--device", "cpu"], {}), ([], {"DS_ACCELERATOR": "cpu"})):
         proc = run([PYTHON, *_train_args(*extra)], cwd=REPO, env=_env_without_cuda(**env), timeout=180)
