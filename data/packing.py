@@ -10,9 +10,13 @@ Improve Language Modeling", best-fit decreasing):
    file start: a mix's last file of a source may be cut mid-document, and the next file starts a new one);
 2. a document of at most `S = block_size + 1` tokens is *short*: short documents are packed whole into samples of
    capacity S by best-fit decreasing (longest first, each into the sample whose free room fits it most tightly);
-3. a *long* document is cut into full S-token chunks from its start (one sample each); its tail (< S tokens) joins
-   the filler stream, which fills the free room left in the packed samples, in sample order, and then further
-   full samples. Only tails are cut further, so short documents are never split;
+3. a *long* document is cut into S-token chunks every `block_size` tokens from its start (one sample each):
+   consecutive chunks share one token, the last target of one chunk being the first input of the next (as fixed
+   windows had). Its rest (from the shared token on, at most `block_size` tokens) joins the filler stream, which
+   fills the free room left in the packed samples, in sample order, and then further samples; where the stream is
+   cut at the end of one sample's room, the next room begins with the token it was cut after. So every token of a
+   long document but its first is a target exactly once (best-fit-decreasing-v1 shared no token: about 1 target in
+   S of long documents was never trained). Only chunks and rests are cut, so short documents are never split;
 4. what is left is padding at the end of a sample: the reader returns -1 there, the loader turns a -1 input into
    EOT and keeps -1 as the target, which the loss ignores (`F.cross_entropy(..., ignore_index=-1)`).
 
@@ -36,7 +40,7 @@ import sys
 
 import numpy as np
 
-METHOD = "best-fit-decreasing-v1"
+METHOD = "best-fit-decreasing-v2"
 """Changing the packing (order, tie-breaks, what counts as a document) must change this string: it is part of a
 token directory's sample fingerprint, so a checkpoint never resumes onto differently packed samples."""
 METHOD_FIXED = "fixed-windows"
@@ -139,22 +143,31 @@ def _best_fit_decreasing(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray
 
 
 def _fill(gap_bins: np.ndarray, gap_sizes: np.ndarray, piece_starts: np.ndarray, piece_lens: np.ndarray):
-    """Lay the pieces, in order, into the gaps, in order, cutting pieces where a gap ends.
+    """Lay the pieces, in order, into the gaps, in order, each gap beginning with the last token of the gap before.
 
-    Returns (bin, stream start, length) of every resulting segment. Both sequences are intervals of one virtual
-    line; the segments are the pieces of that line between consecutive breakpoints of either."""
-    gap_end = np.cumsum(gap_sizes)
-    piece_end = np.cumsum(piece_lens)
-    total = min(int(gap_end[-1]) if gap_end.size else 0, int(piece_end[-1]) if piece_end.size else 0)
-    if total == 0:
-        empty = np.zeros(0, np.int64)
+    The pieces are one virtual line; gap i holds its stretch [v_i, v_i + g_i) with v_i = sum_{j<i} (g_j - 1), so a
+    piece cut at the end of one gap continues in the next from the token it was cut after: that token is the last
+    target of one sample and the first input of the next, and every filler token but the line's first is a target
+    exactly once. A gap that would hold one token only (no new target) is left empty. Returns (bin, stream start,
+    length) of every segment: a gap's stretch cut at the piece ends inside it."""
+    empty = np.zeros(0, np.int64)
+    if not gap_sizes.size or not piece_lens.size:
         return empty, empty, empty
-    cuts = np.unique(np.concatenate([[0], gap_end[gap_end < total], piece_end[piece_end < total], [total]]))
-    lo, hi = cuts[:-1], cuts[1:]
-    g = np.searchsorted(gap_end, lo, side="right")
-    p = np.searchsorted(piece_end, lo, side="right")
+    piece_end = np.cumsum(piece_lens)
     piece_begin = piece_end - piece_lens
-    return gap_bins[g], piece_starts[p] + (lo - piece_begin[p]), hi - lo
+    total = int(piece_end[-1])
+    lo = np.concatenate([[0], np.cumsum(gap_sizes - 1)[:-1]])
+    hi = np.minimum(lo + gap_sizes, total)
+    live = np.flatnonzero(hi - lo >= 2)
+    gaps, lo, hi = gap_bins[live], lo[live], hi[live]
+    first = np.searchsorted(piece_end, lo, side="right")  # the piece holding each stretch's first token
+    last = np.searchsorted(piece_end, hi - 1, side="right")  # ... and its last
+    count = last - first + 1
+    gap_of = np.repeat(np.arange(live.size), count)
+    piece = first[gap_of] + np.arange(gap_of.size) - np.repeat(np.cumsum(count) - count, count)
+    seg_lo = np.maximum(piece_begin[piece], lo[gap_of])
+    seg_hi = np.minimum(piece_end[piece], hi[gap_of])
+    return gaps[gap_of], piece_starts[piece] + (seg_lo - piece_begin[piece]), seg_hi - seg_lo
 
 
 def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = None) -> Packing:
@@ -177,22 +190,25 @@ def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = 
     short_bin, n_bins = _best_fit_decreasing(s_len, S)
     used = np.bincount(short_bin, weights=s_len, minlength=n_bins).astype(np.int64)
 
-    # Long documents: full chunks from the start, one sample each; tails fill the room left, then new samples.
-    n_full = l_len // S
+    # Long documents: chunks of S tokens every `block_size` tokens from the start (one sample each), so consecutive
+    # chunks share one token: the last target of a chunk is the first input of the next, as fixed windows had.
+    n_full = (l_len - 1) // block_size
     chunk_doc = np.repeat(np.arange(l_len.size), n_full)
     chunk_idx = np.arange(chunk_doc.size) - np.repeat(np.cumsum(n_full) - n_full, n_full)
-    chunk_start = l_start[chunk_doc] + chunk_idx * S
+    chunk_start = l_start[chunk_doc] + chunk_idx * block_size
     chunk_bin = n_bins + np.arange(chunk_start.size)
     n_bins += chunk_start.size
-    tail_len = l_len - n_full * S
-    tail_start = (l_start + n_full * S)[tail_len > 0]
-    tail_len = tail_len[tail_len > 0]
+    # The rest (from the shared token; one token alone is already a target) fills the room left, then new samples.
+    tail_len = l_len - n_full * block_size
+    tail_start = (l_start + n_full * block_size)[tail_len > 1]
+    tail_len = tail_len[tail_len > 1]
 
     gap_bins = np.flatnonzero(used < S)
     gap_sizes = S - used[gap_bins]
-    # The filler beyond the existing room goes into new samples of S (the last one padded).
-    overflow = max(0, int(tail_len.sum()) - int(gap_sizes.sum()))
-    n_new = -(-overflow // S)
+    # Each gap after the first re-reads one token of the filler (see _fill), so the room holds sum(g - 1) + 1.
+    room = int((gap_sizes - 1).sum()) + 1 if gap_sizes.size else 0
+    overflow = max(0, int(tail_len.sum()) - room)
+    n_new = -(-overflow // block_size) + (overflow > 0 and room == 0)
     gap_bins = np.concatenate([gap_bins, n_bins + np.arange(n_new)])
     gap_sizes = np.concatenate([gap_sizes, np.full(n_new, S)])
     n_bins += n_new

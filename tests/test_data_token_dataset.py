@@ -44,12 +44,13 @@ def test_round_trip_spanning_shards(tmp_path):
         ds = TokenDataset(d, verify=verify)
         assert ds.num_tokens == 1000
         bs = 100
-        # One long document: 9 full samples of 101 tokens from its start, the 91-token tail padded in a tenth.
+        # One long document: 9 chunks of 101 tokens every 100 (each shares its first token with the previous
+        # chunk's last), then the 100-token rest from token 900, padded in a tenth.
         assert ds.num_samples(bs) == 10
         for i in range(9):  # samples 1 and 2 span shard boundaries at 128 and 256
-            np.testing.assert_array_equal(ds.sample(i, bs), tokens[i * 101 : i * 101 + 101])
+            np.testing.assert_array_equal(ds.sample(i, bs), tokens[i * 100 : i * 100 + 101])
             assert ds.sample(i, bs).dtype == np.int64
-        np.testing.assert_array_equal(ds.sample(9, bs), np.concatenate([tokens[909:], np.full(10, -1)]))
+        np.testing.assert_array_equal(ds.sample(9, bs), np.concatenate([tokens[900:], np.full(1, -1)]))
     with pytest.raises(IndexError):
         ds.sample(10, 100)
     # pickles without copying the data (DataLoader workers) and still reads the same tokens
