@@ -19,6 +19,7 @@ from data.formats import SkipRecord, get_formatter
 from data.quality import (
     LANGUAGES,
     NearDuplicateIndex,
+    NgramSet,
     QualityFilters,
     content_hash,
     copyable_stats,
@@ -109,7 +110,8 @@ def _rolling_ngrams(tokens: np.ndarray, n: int) -> np.ndarray:
 
 
 def eval_contamination(mix_dir: str | Path, eval_dirs: list[str | Path], n: int = 500, seed: int = 0,
-                       ngram: int = CONTAMINATION_N, threshold: float = 0.8, boilerplate: int = 10) -> dict:
+                       ngram: int = CONTAMINATION_N, threshold: float = 0.8, boilerplate: int = 10,
+                       min_run: int = 32) -> dict:
     """How much of each eval set the training mix contains, on a seeded sample of `n` whole eval documents per set:
 
     - `near_duplicate_documents`: share of sampled eval documents with a training document at MinHash Jaccard
@@ -118,7 +120,10 @@ def eval_contamination(mix_dir: str | Path, eval_dirs: list[str | Path], n: int 
       that occur anywhere in the training mix (exact, by 64-bit hash); shared boilerplate (licence headers, import
       blocks, a generator's template sentences) is what a clean split leaves;
     - `ngram_windows_in_train_beyond_boilerplate`: the same, counting only n-grams that occur fewer than
-      `boilerplate` times in the mix (a passage copied into training, not a phrase every document has).
+      `boilerplate` times in the mix (a passage copied into training, not a phrase every document has);
+    - `ngram_windows_in_train_passages`: of those, the windows in runs of consecutive ones that cover at least
+      `min_run` tokens of the eval document (a passage, not a shared phrase or a template sentence with a common
+      fill: what the build's containment step cuts, `data.build.CONTAINMENT`; ~0 after it).
 
     One pass over the mix's token files (an upsampled source's repeated passes, `-r1-` and up, are copies and
     skipped): every 13-gram is hashed and looked up (binary search) among the eval n-grams; only training documents
@@ -129,13 +134,9 @@ def eval_contamination(mix_dir: str | Path, eval_dirs: list[str | Path], n: int 
         docs, info = token_dir_documents(d, n, seed)
         grams = ngram_hashes(docs, ngram)
         evals[Path(d).name] = {"docs": docs, "grams": grams, "total_documents": info["documents"]}
-    all_grams = np.concatenate([g for e in evals.values() for g in e["grams"]] or [np.zeros(0, np.uint64)])
-    uniq = np.unique(all_grams)
+    grams = NgramSet(np.concatenate([g for e in evals.values() for g in e["grams"]] or [np.zeros(0, np.uint64)]))
+    uniq = grams.hashes
     seen = np.zeros(uniq.size, dtype=np.int64)  # occurrences of each eval n-gram in the mix
-    # a 2^24-entry presence table on the top hash bits sends only ~1 in 10 windows (at 2M eval n-grams) on to the
-    # binary search, whose cache misses dominate otherwise (3x faster, scripts/bench/minhash_throughput.py)
-    present = np.zeros(1 << 24, dtype=bool)
-    present[uniq >> np.uint64(40)] = True
     ds = TokenDataset(mix_dir)
     candidates, scanned = [], 0
     for entry in ds.manifest["files"]:
@@ -145,15 +146,13 @@ def eval_contamination(mix_dir: str | Path, eval_dirs: list[str | Path], n: int 
         scanned += tokens.size
         if not uniq.size:
             continue
-        h = _rolling_ngrams(tokens, ngram)
-        maybe = np.flatnonzero(present[h >> np.uint64(40)])
-        pos = np.minimum(np.searchsorted(uniq, h[maybe]), uniq.size - 1)
-        hit = uniq[pos] == h[maybe]
-        np.add.at(seen, pos[hit], 1)
-        if hit.any():  # the documents holding a hit are the only possible near duplicates
+        found = grams.find(_rolling_ngrams(tokens, ngram))
+        hit = np.flatnonzero(found >= 0)
+        np.add.at(seen, found[hit], 1)
+        if hit.size:  # the documents holding a hit are the only possible near duplicates
             ends = np.flatnonzero(tokens == EOT)
             starts = np.concatenate([[0], ends[:-1] + 1])
-            docs_hit = np.unique(np.searchsorted(ends, maybe[hit]))
+            docs_hit = np.unique(np.searchsorted(ends, hit))
             candidates += [np.asarray(tokens[starts[i] : ends[i]], dtype=np.int64) for i in docs_hit
                            if i < ends.size]
     index = NearDuplicateIndex(candidates, threshold)
@@ -162,15 +161,28 @@ def eval_contamination(mix_dir: str | Path, eval_dirs: list[str | Path], n: int 
         windows = sum(g.size for g in e["grams"])
         counts = [seen[np.searchsorted(uniq, g)] for g in e["grams"] if g.size]
         in_train = sum(int((c > 0).sum()) for c in counts)
-        rare = sum(int(((c > 0) & (c < boilerplate)).sum()) for c in counts)
+        rare_masks = [(c > 0) & (c < boilerplate) for c in counts]
+        rare = sum(int(m.sum()) for m in rare_masks)
+        passages = sum(int(_windows_in_runs(m, ngram, min_run).sum()) for m in rare_masks)
         near = index.matches_signatures(minhash_signatures(e["docs"])) >= 0 if e["docs"] else np.zeros(0, bool)
         out[name] = {"documents": len(e["docs"]), "total_documents": e["total_documents"],
                      "near_duplicate_documents": _share(int(near.sum()), len(e["docs"])),
                      "ngram_windows": windows, "ngram_windows_in_train": _share(in_train, windows),
-                     "ngram_windows_in_train_beyond_boilerplate": _share(rare, windows)}
-    return {"eval_sets": out, "ngram": ngram, "threshold": threshold, "boilerplate": boilerplate,
+                     "ngram_windows_in_train_beyond_boilerplate": _share(rare, windows),
+                     "ngram_windows_in_train_passages": _share(passages, windows)}
+    return {"eval_sets": out, "ngram": ngram, "threshold": threshold, "boilerplate": boilerplate, "min_run": min_run,
             "train_tokens_scanned": int(scanned),
             "train_documents_checked": len(candidates)}
+
+
+def _windows_in_runs(hit: np.ndarray, ngram: int, min_run: int) -> np.ndarray:
+    """bool per window: in a run of consecutive `hit` windows covering at least `min_run` tokens."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
+    out = np.zeros(hit.size, dtype=bool)
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        if b - 1 + ngram - a >= min_run:
+            out[a:b] = True
+    return out
 
 
 def _share(num: float, den: float) -> float | None:

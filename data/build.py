@@ -10,9 +10,10 @@
              tokenization, so a group never spans two splits and a rebuild gives the same split;
 3. tokenize  tokenize the split parts in parallel (multiprocessing, tiktoken `encode_ordinary_batch`, EOT after
              every document) into uint16 `tok-NNNNN.<split>.bin` files;
-   decontaminate  remove from every train part the documents that are near duplicates (MinHash, Jaccard of token
-             5-shingles >= 0.8) of a held-out (eval or val) document of ANY input of the build, so an eval
-             passage under another group (a forked repository, a re-asked question) is not trained on;
+   decontaminate  remove from every train part what it shares with a held-out (eval or val) document of ANY
+             input of the build: documents that are near duplicates (MinHash, Jaccard of token 5-shingles >= 0.8;
+             a forked repository's copy, a re-asked question), and passages of held-out documents inside longer
+             ones (13-gram containment: the span cut out, or the document removed; `CONTAINMENT`);
 4. mix       assemble each mix (exactly its token budget per source, val split inside) and each eval set as
              self-contained token directories; full shards are hard-linked, not copied.
 
@@ -49,7 +50,14 @@ from data.formats import (
     repository_key,
 )
 from data.lineage import build_node, root_node
-from data.quality import NearDuplicateIndex, check_removed_shares, content_hash, minhash_signatures
+from data.quality import (
+    NearDuplicateIndex,
+    NgramSet,
+    check_removed_shares,
+    content_hash,
+    minhash_signatures,
+    ngram_hashes,
+)
 from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
 from data.streaming import read_stamp, resumable, shuffled
 from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
@@ -459,9 +467,27 @@ def _read_split(work: Path, meta: dict, split: str) -> np.ndarray:
     return np.fromfile(work / entry["file"], dtype=DTYPE) if entry["tokens"] else np.zeros(0, DTYPE)
 
 
-def held_out_index(works: list[Path], threshold: float = 0.8) -> tuple[NearDuplicateIndex, str]:
-    """MinHash index of every eval and val document of the given inputs, and a fingerprint of what it holds (the
-    held-out token files' hashes): a train part checked against this fingerprint needs no second check."""
+CONTAINMENT_REASON = "contains_held_out_ngrams"
+CONTAINMENT = {"method": "ngram-containment-v1", "ngram": 13, "boilerplate_count": 10, "min_run_tokens": 32,
+               "margin_tokens": 50, "min_piece_tokens": 50, "max_pieces": 10}
+"""Containment decontamination, after GPT-3's (Brown et al. 2020, appendix C; the parameters as EleutherAI's
+lm-evaluation-harness `scripts/clean_training_data/README.md` records them: 13-grams, 200 characters removed each
+side, pieces under 200 characters dropped, a document cut into more than 10 pieces removed), in tokens at ~4
+characters per token. Two rules keep boilerplate out of it:
+- a held-out 13-gram found `boilerplate_count` or more times in the build's training documents (a licence header, a
+  template sentence) is not contamination: the rule `data.audit.eval_contamination` reports "beyond boilerplate" by;
+- a match counts where consecutive matching 13-grams of one training document cover at least `min_run_tokens`
+  tokens: a copied passage, not a shared phrase. Measured on the demo work files (stdlib code and docstrings, the
+  generated QA corpus): single 13-gram matches seen < 10 times cover 13% of the code's and the QA corpus's training
+  tokens (idioms; the generator's template sentences, whose fills come from small pools), runs of >= 32 tokens
+  0.8% and 0.0%; GPT-3's rule as it stands (every such 13-gram, 50 tokens either side) would have removed 49% of
+  the code and 69% of the QA corpus.
+Changing any value changes the fingerprint the parts record, so every part is checked again."""
+
+
+def held_out_documents(works: list[Path]) -> tuple[list[np.ndarray], list]:
+    """Every eval and val document (without its EOT) of the given inputs, and ids of the files they came from (the
+    held-out token files' hashes) for the fingerprint: a train part checked against it needs no second check."""
     docs, ids = [], []
     for work in sorted(works, key=lambda w: w.name):
         for meta_path in sorted(work.glob("tok-*.meta.json")):
@@ -469,77 +495,190 @@ def held_out_index(works: list[Path], threshold: float = 0.8) -> tuple[NearDupli
             for s in HELD_OUT:
                 docs += [d[:-1] for d in split_documents(_read_split(work, meta, s))]
                 ids.append([work.name, meta_path.name, s, meta[s]["sha256"]])
-    return NearDuplicateIndex(docs, threshold), _plan_hash([ids, threshold])
+    return docs, ids
 
 
-def _train_signatures(job: tuple[str, str]) -> tuple[str, str, np.ndarray]:
-    work, meta_name = Path(job[0]), job[1]
-    docs = split_documents(_read_split(work, _read_json(work / meta_name), "train"))
-    return job[0], meta_name, minhash_signatures([d[:-1] for d in docs])
+def _save_ngrams(path: Path, hashes: np.ndarray) -> str:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+    np.save(tmp, hashes)
+    os.replace(tmp, path)
+    return str(path)
 
 
-def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, bar: tqdm | None = None) -> dict:
-    """Remove from each train part the near duplicates of held-out documents (all `works` together); returns the
-    totals {documents, tokens} removed by this call.
+def _scan_train(job: tuple[str, str, str, bool]) -> tuple[str, str, np.ndarray | None, np.ndarray, np.ndarray]:
+    """One train part: MinHash signatures of its documents (when asked) and how often it holds each held-out n-gram
+    (indices into the saved sorted n-gram set, with counts)."""
+    work, meta_name, ngram_path, signatures = Path(job[0]), job[1], job[2], job[3]
+    tokens = _read_split(work, _read_json(work / meta_name), "train")
+    sigs = minhash_signatures([d[:-1] for d in split_documents(tokens)]) if signatures else None
+    found = NgramSet(np.load(ngram_path), presorted=True).find(ngram_hashes([tokens], CONTAINMENT["ngram"])[0])
+    idx, counts = np.unique(found[found >= 0], return_counts=True)
+    return job[0], meta_name, sigs, idx, counts
 
-    Each checked part records the index fingerprint it was checked against; a part whose fingerprint is current is
+
+def contaminated_spans(tokens: np.ndarray, contaminating: NgramSet) -> np.ndarray:
+    """bool per token of a train stream: inside a run of consecutive contaminating n-grams that covers at least
+    `min_run_tokens` tokens, or within `margin_tokens` of one, never past the document that holds it (a window that
+    crosses an EOT holds an EOT, which no held-out n-gram does, so a run never crosses one either)."""
+    n, margin = CONTAINMENT["ngram"], CONTAINMENT["margin_tokens"]
+    covered = np.zeros(tokens.size + 1, dtype=np.int64)
+    hit = contaminating.find(ngram_hashes([tokens], n)[0]) >= 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
+    first, end = edges[::2], edges[1::2] - 1 + n  # a run of windows first..last covers tokens [first, last + n)
+    keep = end - first >= CONTAINMENT["min_run_tokens"]
+    first, end = first[keep], end[keep]
+    if first.size:
+        eots = np.flatnonzero(tokens == EOT)
+        eots = np.append(eots, tokens.size) if not eots.size or eots[-1] != tokens.size - 1 else eots
+        starts = np.concatenate([[0], eots[:-1] + 1])
+        doc = np.searchsorted(eots, first)
+        np.add.at(covered, np.maximum(first - margin, starts[doc]), 1)
+        np.add.at(covered, np.minimum(end + margin, eots[doc]), -1)
+    return np.cumsum(covered[:-1]) > 0
+
+
+def cut_document(body: np.ndarray, covered: np.ndarray) -> list[np.ndarray]:
+    """The pieces of a document (without its EOT) left after its covered tokens are removed: runs of at least
+    `min_piece_tokens`, none if more than `max_pieces` would be left (GPT-3's "too dirty": removed whole)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[True], covered, [True]]).astype(np.int8)))
+    pieces = [body[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True)
+              if b - a >= CONTAINMENT["min_piece_tokens"]]
+    return [] if len(pieces) > CONTAINMENT["max_pieces"] else pieces
+
+
+def _clean_train(job: tuple) -> tuple[str, str, dict | None, dict, dict]:
+    """Write one train part without its near duplicates of held-out documents (`near`: per document) and without
+    the spans holding contaminating n-grams (a `whole` input's contaminated documents are removed whole: a QA
+    document without its passage teaches an answer without evidence). Returns the new train entry (None: nothing
+    changed) and the counts of both removals."""
+    work, meta_name, near, ngram_path, whole, fp = Path(job[0]), job[1], job[2], job[3], job[4], job[5]
+    meta = _read_json(work / meta_name)
+    tokens = _read_split(work, meta, "train")
+    docs = split_documents(tokens)
+    covered = contaminated_spans(tokens, NgramSet(np.load(ngram_path), presorted=True))
+    near_counts = {"documents": 0, "tokens": 0}
+    contained = {"documents": 0, "documents_cut": 0, "tokens": 0}
+    kept, start = [], 0
+    for d, is_near in zip(docs, near, strict=True):
+        span = covered[start : start + d.size - 1]
+        start += d.size
+        if is_near:
+            near_counts["documents"] += 1
+            near_counts["tokens"] += int(d.size)
+        elif span.any():
+            pieces = [] if whole else cut_document(d[:-1], span)
+            left = [np.append(p, np.asarray(EOT, DTYPE)) for p in pieces]
+            contained["documents" if not left else "documents_cut"] += 1
+            contained["tokens"] += int(d.size) - sum(int(p.size) for p in left)
+            kept += left
+        else:
+            kept.append(d)
+    if not near_counts["documents"] and not contained["tokens"]:
+        return job[0], meta_name, None, near_counts, contained
+    out_tokens = np.concatenate(kept) if kept else np.zeros(0, DTYPE)
+    part = meta_name[len("tok-") : -len(".meta.json")]
+    out = work / f"tok-{part}.train.{fp[:8]}.bin"
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    out_tokens.tofile(tmp)
+    os.replace(tmp, out)
+    entry = {"file": out.name, "documents": len(kept), "tokens": int(out_tokens.size),
+             "sha256": hashlib.sha256(out_tokens.tobytes()).hexdigest()}
+    return job[0], meta_name, entry, near_counts, contained
+
+
+def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, bar: tqdm | None = None,
+                  whole_document_inputs: frozenset[str] = frozenset()) -> dict:
+    """Remove from every train part what it shares with a held-out (eval or val) document of any of `works`; returns
+    the totals removed by this call, per reason: {NEAR_DUPLICATE_REASON: {documents, tokens}, CONTAINMENT_REASON:
+    {documents (removed whole), documents_cut, tokens}}.
+
+    1. near duplicates: documents whose MinHash estimate of Jaccard with a held-out document passes `threshold`
+       (`data.quality.NearDuplicateIndex`), removed whole;
+    2. containment (`CONTAINMENT`): held-out 13-grams found in a train document (unless found `boilerplate_count`
+       or more times in all train parts together) whose consecutive windows cover `min_run_tokens` or more are cut
+       out with `margin_tokens` either side;
+       the document's pieces of at least `min_piece_tokens` stay as documents of their own (EOT after each), or it
+       is removed whole when it would fall into more than `max_pieces`, or when its input is one of
+       `whole_document_inputs` (the build passes its retrieval inputs).
+
+    Each checked part records the fingerprint it was checked against; a part whose fingerprint is current is
     skipped, and a later fetch round that adds held-out documents makes every part be checked again (removal only
     grows). The cleaned part is written under a new name (`tok-NNNNN.train.<fp>.bin`) and its meta, rewritten
-    atomically, is the commit point; counts accumulate in the meta's `near_duplicates`. Signatures of train parts
-    are computed in `workers` processes (the cost: ~`num_perm` array passes per token, see
-    scripts/bench/minhash_throughput.py)."""
-    index, fp = held_out_index(works, threshold)
-    jobs, to_check = [], 0
+    atomically, is the commit point; counts accumulate in the meta's `near_duplicates` and `held_out_ngrams`. Parts
+    are read twice, in `workers` processes: signatures and n-gram counts, then the cut (cost: MinHash ~`num_perm`
+    array passes per token, the n-gram look-ups ~10; scripts/bench/minhash_throughput.py)."""
+    docs, ids = held_out_documents(works)
+    index, fp = NearDuplicateIndex(docs, threshold), _plan_hash([ids, threshold, CONTAINMENT])
+    held = NgramSet(np.concatenate(ngram_hashes(docs, CONTAINMENT["ngram"]) or [np.zeros(0, np.uint64)]))
+    del docs
+    parts, to_check, total_tokens = [], set(), 0
     for work in works:
         for meta_path in sorted(work.glob("tok-*.meta.json")):
             meta = _read_json(meta_path)
+            parts.append((str(work), meta_path.name))
+            total_tokens += meta["train"]["tokens"]
             if meta.get("decontaminated", {}).get("against") != fp:
-                jobs.append((str(work), meta_path.name))
-                to_check += meta["train"]["tokens"]
-    total = {"documents": 0, "tokens": 0}
-    if not jobs:
+                to_check.add((str(work), meta_path.name))
+    total = {NEAR_DUPLICATE_REASON: {"documents": 0, "tokens": 0},
+             CONTAINMENT_REASON: {"documents": 0, "documents_cut": 0, "tokens": 0}}
+    if not to_check:
         return total
     # below ~50M tokens one process is done (at ~5M tokens/s) before a spawned pool has imported numpy
-    parallel = workers > 1 and len(jobs) > 1 and to_check >= PARALLEL_MIN_TOKENS
-    with _job_results(_train_signatures, jobs, workers if parallel else 1) as results:
-        for work_s, meta_name, sigs in results:
-            work = Path(work_s)
-            meta = _read_json(work / meta_name)
-            docs = split_documents(_read_split(work, meta, "train"))
-            removed = index.matches_signatures(sigs) >= 0 if len(docs) else np.zeros(0, dtype=bool)
-            counts = dict(meta.get("near_duplicates", {"documents": 0, "tokens": 0}))
-            old = meta["train"]["file"]
-            if removed.any():
-                kept = [d for d, r in zip(docs, removed, strict=True) if not r]
-                tokens = np.concatenate(kept) if kept else np.zeros(0, DTYPE)
-                part = meta_name[len("tok-") : -len(".meta.json")]
-                out = work / f"tok-{part}.train.{fp[:8]}.bin"
-                tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-                tokens.tofile(tmp)
-                os.replace(tmp, out)
-                n_removed = int(removed.sum())
-                t_removed = sum(int(d.size) for d, r in zip(docs, removed, strict=True) if r)
-                counts = {"documents": counts["documents"] + n_removed, "tokens": counts["tokens"] + t_removed}
-                total["documents"] += n_removed
-                total["tokens"] += t_removed
-                meta["train"] = {"file": out.name, "documents": len(kept), "tokens": int(tokens.size),
-                                 "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
-            meta["near_duplicates"] = counts
-            meta["decontaminated"] = {"against": fp, "held_out_documents": len(index), "threshold": threshold}
-            _atomic_write_text(work / meta_name, json.dumps(meta))  # the cleaned part counts from here on
-            if meta["train"]["file"] != old:
-                (work / old).unlink(missing_ok=True)
-            if bar is not None:
-                bar.update(1)
+    pool = workers if workers > 1 and len(parts) > 1 and total_tokens >= PARALLEL_MIN_TOKENS else 1
+    scratch = works[0].parent
+    held_path = scratch / f".held_out_ngrams-{fp[:8]}.npy"
+    bad_path = scratch / f".contaminating_ngrams-{fp[:8]}.npy"
+    try:
+        # Pass 1 (every part: the boilerplate counts are over all training documents): signatures where unchecked.
+        _save_ngrams(held_path, held.hashes)
+        counts = np.zeros(len(held), dtype=np.int64)
+        near: dict[tuple[str, str], np.ndarray] = {}
+        jobs = [(w, m, str(held_path), (w, m) in to_check) for w, m in parts]
+        with _job_results(_scan_train, jobs, pool) as results:
+            for work_s, meta_name, sigs, idx, n in results:
+                counts[idx] += n
+                if sigs is not None:
+                    near[(work_s, meta_name)] = (index.matches_signatures(sigs) >= 0 if len(sigs)
+                                                 else np.zeros(0, dtype=bool))
+        contaminating = held.hashes[counts[: len(held)] < CONTAINMENT["boilerplate_count"]]
+        # Pass 2 (unchecked parts): the cut.
+        _save_ngrams(bad_path, contaminating)
+        jobs = [(w, m, near[(w, m)], str(bad_path), Path(w).name in whole_document_inputs, fp)
+                for w, m in parts if (w, m) in to_check]
+        with _job_results(_clean_train, jobs, pool) as results:
+            for work_s, meta_name, entry, near_n, contained in results:
+                work = Path(work_s)
+                meta = _read_json(work / meta_name)
+                old = meta["train"]["file"]
+                if entry is not None:
+                    meta["train"] = entry
+                for key, reason, n in (("near_duplicates", NEAR_DUPLICATE_REASON, near_n),
+                                       ("held_out_ngrams", CONTAINMENT_REASON, contained)):
+                    meta[key] = {k: meta.get(key, {}).get(k, 0) + v for k, v in n.items()}
+                    total[reason] = {k: total[reason][k] + v for k, v in n.items()}
+                meta["decontaminated"] = {"against": fp, "held_out_documents": len(index), "threshold": threshold,
+                                          "held_out_ngrams": len(held), "contaminating_ngrams": int(contaminating.size),
+                                          **CONTAINMENT}
+                _atomic_write_text(work / meta_name, json.dumps(meta))  # the cleaned part counts from here on
+                if meta["train"]["file"] != old:
+                    (work / old).unlink(missing_ok=True)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        held_path.unlink(missing_ok=True)
+        bad_path.unlink(missing_ok=True)
     return total
 
 
-def near_duplicate_state(work: Path) -> dict:
-    """{documents, tokens} removed from one input's train split as near duplicates of held-out documents."""
-    out = {"documents": 0, "tokens": 0}
+def decontamination_state(work: Path) -> dict:
+    """What the decontaminate step removed from one input's train split, per reason (as `decontaminate` returns)."""
+    out = {NEAR_DUPLICATE_REASON: {"documents": 0, "tokens": 0},
+           CONTAINMENT_REASON: {"documents": 0, "documents_cut": 0, "tokens": 0}}
     for meta_path in sorted(work.glob("tok-*.meta.json")):
-        for k, v in _read_json(meta_path).get("near_duplicates", {}).items():
-            out[k] += v
+        meta = _read_json(meta_path)
+        for key, reason in (("near_duplicates", NEAR_DUPLICATE_REASON), ("held_out_ngrams", CONTAINMENT_REASON)):
+            for k, v in meta.get(key, {}).items():
+                out[reason][k] += v
     return out
 
 
@@ -579,7 +718,7 @@ def input_lineage(inp: Input, work: Path, defs: Definitions) -> dict:
                                 "val": src.val_share,
                                 "group": group_field(inp.formatter, inp.formatter_options, inp.holdback_group)},
                       splits={s: {"tokens": ts[s]["tokens"], "documents": ts[s]["documents"]} for s in SPLITS},
-                      near_duplicates_of_held_out=near_duplicate_state(work), inputs=[fetched])
+                      decontaminated=decontamination_state(work), inputs=[fetched])
 
 
 # -------------------------------------------------------------------------------------------------- 4. mix
@@ -664,9 +803,8 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
             # what the filters removed from everything fetched for this source (not only the part taken here)
             fs = fetch_state(work_dir / inp.name)
             _add_counts(s.setdefault("filtered", {}), fs["filtered"])
-            nd = near_duplicate_state(work_dir / inp.name)
-            if nd["documents"]:
-                _add_counts(s["filtered"], {NEAR_DUPLICATE_REASON: nd})
+            removed = decontamination_state(work_dir / inp.name)
+            _add_counts(s["filtered"], {r: c for r, c in removed.items() if c["tokens"]})
             _add_counts(s.setdefault("modified", {}), fs["modified"])
             s.setdefault("skipped", Counter()).update(fs["skipped"])
             node = input_lineage(inp, work_dir / inp.name, defs)

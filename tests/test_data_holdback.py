@@ -11,7 +11,7 @@ import pytest
 
 from data import build
 from data.audit import eval_contamination
-from data.quality import NearDuplicateIndex, QualityFilters, minhash_signatures, ngram_hashes
+from data.quality import NearDuplicateIndex, QualityFilters, estimate_cut, minhash_signatures, ngram_hashes
 from data.source_config import Input, load_definitions
 from data.token_dataset import write_manifest
 from data.tokenizer import EOT, get_tokenizer
@@ -97,15 +97,19 @@ def test_near_duplicate_of_an_eval_document_is_removed_and_a_different_one_kept(
     _write_part(train_dir, "00000", {"train": [unrelated, near]})  # another input: removal crosses inputs
     removed = build.decontaminate([eval_dir, train_dir])
     enc = get_tokenizer()
-    assert removed == {"documents": 2, "tokens": 2 * (len(enc.encode_ordinary(near)) + 1)}
+    assert removed[build.NEAR_DUPLICATE_REASON] == {"documents": 2, "tokens": 2 * (len(enc.encode_ordinary(near)) + 1)}
     kept = {w.name: [enc.decode(d[:-1].tolist()) for d in build.split_documents(
         build._read_split(w, json.loads((w / "tok-00000.meta.json").read_text()), "train"))]
         for w in (eval_dir, train_dir)}
+    # `other` shares the template's sentences with the eval document (runs of up to ~30 tokens between the facts):
+    # template boilerplate, not a copied passage, so containment keeps it too
     assert kept == {"qa": [other], "code": [unrelated]}
+    assert removed[build.CONTAINMENT_REASON] == {"documents": 0, "documents_cut": 0, "tokens": 0}
     state = build.token_state(eval_dir)["train"]
     assert state["documents"] == 1 and state["tokens"] == len(enc.encode_ordinary(other)) + 1
-    assert build.near_duplicate_state(train_dir)["documents"] == 1
-    assert build.decontaminate([eval_dir, train_dir]) == {"documents": 0, "tokens": 0}  # checked: nothing redone
+    assert build.decontamination_state(train_dir)[build.NEAR_DUPLICATE_REASON]["documents"] == 1
+    again = build.decontaminate([eval_dir, train_dir])  # checked: nothing redone
+    assert all(not any(v.values()) for v in again.values())
     assert not (eval_dir / "tok-00000.train.bin").exists()  # replaced by the cleaned file the meta names
 
 
@@ -208,7 +212,7 @@ def test_bad_group_or_share_stops_at_the_definitions(tmp_path, change, message):
 
 def test_index_matches_brute_force_banding():
     """The vectorised LSH look-up finds exactly what the definition says: an indexed document sharing a whole band
-    (4 signature rows) with the query, with full-signature agreement >= 0.8; the best-agreeing one."""
+    (4 signature rows) with the query, with full-signature agreement >= the cut (0.70); the best-agreeing one."""
     rng = np.random.default_rng(5)
     held = [rng.integers(0, 50257, rng.integers(5, 300)) for _ in range(100)]
     queries = []
@@ -225,7 +229,7 @@ def test_index_matches_brute_force_banding():
     for sig in minhash_signatures(queries):
         shares_band = (index.sigs == sig).reshape(len(held), 16, 4).all(axis=2).any(axis=1)
         agree = np.where(shares_band, (index.sigs == sig).mean(axis=1), -1)
-        want.append(int(np.argmax(agree)) if agree.max() >= 0.8 else -1)
+        want.append(int(np.argmax(agree)) if agree.max() >= index.cut else -1)
     got = index.matches(queries)
     assert got.tolist() == want and 40 < (got >= 0).sum() < 80
 
@@ -297,3 +301,120 @@ def test_sources_grouped_by_repository_must_share_their_holdback(tmp_path):
     path.write_text(json.dumps(defs))
     with pytest.raises(ValueError, match=r"grouped by repository hold back different shares .*js_java_code"):
         load_definitions(path)
+
+
+def _words(rng, n):
+    """`n` random made-up words: text whose 13-grams no other call shares."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return " ".join("".join(rng.choice(letters, int(rng.integers(3, 9)))) for _ in range(n))
+
+
+def _train_texts(work):
+    enc = get_tokenizer()
+    out = []
+    for m in sorted(work.glob("tok-*.meta.json")):
+        out += [enc.decode(d[:-1].tolist()) for d in build.split_documents(
+            build._read_split(work, json.loads(m.read_text()), "train"))]
+    return out
+
+
+def test_containment_cuts_held_out_passages_out_of_longer_training_documents(tmp_path):
+    """An eval passage inside a much longer training article (Jaccard far below the near-duplicate cut) is cut out
+    with its margin, the article's other text kept as pieces; a retrieval input's document holding it is removed
+    whole; a boilerplate sentence that 12 training documents share with the eval passage is left; afterwards no
+    held-out 13-gram beyond boilerplate is in training."""
+    rng = np.random.default_rng(0)
+    boiler = "This article is licensed under the terms of the Creative Commons Attribution Share Alike licence."
+    passage = _words(rng, 120)
+    held = f"{passage} {boiler}"  # (after the passage: no 13-gram joins the boilerplate to the text after it)
+    before, after = _words(rng, 600), _words(rng, 600)
+    article = f"{before} {passage} {after}"  # the eval passage inside a long training article
+    quoted = " ".join(passage.split()[40:80])  # a third of the passage, inside a longer QA context
+    qa = f"Context:\n{_words(rng, 150)} {quoted} {_words(rng, 150)}\n\nQuestion: What comes first?\nAnswer: {quoted}"
+    boiler_docs = [f"{boiler} {_words(rng, 80)}" for _ in range(12)]
+    clean = _words(rng, 300)
+    wiki, web, squad = tmp_path / "wiki", tmp_path / "web", tmp_path / "squad"
+    for d in (wiki, web, squad):
+        d.mkdir()
+    _write_part(wiki, "00000", {"eval": [held]})
+    _write_part(web, "00000", {"train": [article, clean, *boiler_docs]})
+    _write_part(squad, "00000", {"train": [qa, clean.upper()]})
+    removed = build.decontaminate([wiki, web, squad], whole_document_inputs=frozenset({"squad"}))
+    enc = get_tokenizer()
+    got = removed[build.CONTAINMENT_REASON]
+    assert got["documents"] == 1 and got["documents_cut"] == 1  # the QA document whole; the article cut
+    assert removed[build.NEAR_DUPLICATE_REASON]["documents"] == 0  # Jaccard ~0.1: MinHash alone kept both
+    web_docs, squad_docs = _train_texts(web), _train_texts(squad)
+    assert squad_docs == [clean.upper()]
+    assert web_docs[2:] == [clean, *boiler_docs]  # untouched, boilerplate included
+    head, tail = web_docs[:2]  # the article's text before and after the passage, each its own document
+    assert before.startswith(head) and len(head) > 0.8 * len(before)
+    assert after.endswith(tail) and len(tail) > 0.8 * len(after)
+    # the margin: about 50 tokens of the article on each side of the passage went with it
+    cut = len(enc.encode_ordinary(article)) + 1 - sum(len(enc.encode_ordinary(t)) + 1 for t in web_docs[:2])
+    assert 2 * 50 + len(enc.encode_ordinary(passage)) - 4 <= cut <= 2 * 50 + len(enc.encode_ordinary(passage)) + 6
+    assert got["tokens"] == cut + len(enc.encode_ordinary(qa)) + 1
+    # no held-out 13-gram is left in training except the boilerplate's, which 12 documents hold
+    held_grams = set(ngram_hashes([np.array(enc.encode_ordinary(held))])[0].tolist())
+    train_grams = Counter(g for w in (web, squad) for t in _train_texts(w)
+                          for g in ngram_hashes([np.array(enc.encode_ordinary(t))])[0].tolist())
+    left = [g for g in held_grams if train_grams[g]]
+    assert left and all(train_grams[g] >= 12 for g in left)
+    state = build.decontamination_state(web)[build.CONTAINMENT_REASON]
+    assert state == {"documents": 0, "documents_cut": 1, "tokens": cut}
+    meta = json.loads((web / "tok-00000.meta.json").read_text())
+    assert meta["train"]["documents"] == 2 + 1 + 12 and meta["decontaminated"]["ngram"] == 13
+
+
+def test_containment_removes_a_document_cut_into_too_many_pieces(tmp_path):
+    """GPT-3's "too dirty": a document that would fall into more than 10 pieces is removed whole."""
+    rng = np.random.default_rng(1)
+    quotes = [_words(rng, 30) for _ in range(12)]
+    held = " ".join(quotes)
+    dirty = " ".join(f"{_words(rng, 90)} {q}" for q in quotes) + " " + _words(rng, 90)
+    ev, tr = tmp_path / "ev", tmp_path / "tr"
+    ev.mkdir()
+    tr.mkdir()
+    _write_part(ev, "00000", {"val": [held]})
+    _write_part(tr, "00000", {"train": [dirty]})
+    removed = build.decontaminate([ev, tr])[build.CONTAINMENT_REASON]
+    assert removed["documents"] == 1 and removed["documents_cut"] == 0 and _train_texts(tr) == []
+
+
+def test_near_duplicates_at_true_jaccard_0_8_are_caught():
+    """Pairs whose 5-shingle Jaccard is 0.80 are caught ~98% of the time (the cut on the estimate sits two standard
+    errors below the threshold; at the threshold itself about half were missed), pairs at 0.5 almost never."""
+    rng = np.random.default_rng(0)
+
+    def pair(shared):  # 500 shingles each, `shared` of them in common: Jaccard shared / (1000 - shared)
+        a = rng.permutation(50000)[:504]
+        b = np.concatenate([a[: shared + 4], rng.integers(50000, 50257, 500 - shared)])
+        return a, b
+
+    for shared, lo, hi in ((445, 0.93, 1.0), (334, 0.0, 0.02)):  # true Jaccard 0.802 and 0.501
+        pairs = [pair(shared) for _ in range(300)]
+        assert abs(_jaccard(*pairs[0]) - shared / (1000 - shared)) < 0.01
+        index = NearDuplicateIndex([a for a, _ in pairs])
+        caught = np.mean(index.matches([b for _, b in pairs]) == np.arange(len(pairs)))
+        assert lo <= caught <= hi, (shared, caught)
+    assert estimate_cut(0.8) == pytest.approx(0.7)
+
+
+def test_contaminated_spans_are_copied_passages_with_their_margin_inside_one_document():
+    """A 20-token quote of a held-out document is a shared phrase (left); a 40-token one is a passage: it is
+    covered with 50 tokens either side, clipped to its own document (the neighbours are untouched)."""
+    rng = np.random.default_rng(2)
+    held = rng.integers(0, 1000, 400)
+    grams = build.NgramSet(ngram_hashes([held], 13)[0])
+
+    def doc(quote, before=100, after=100):
+        return np.concatenate([rng.integers(1000, 2000, before), quote, rng.integers(1000, 2000, after), [EOT]])
+
+    docs = [doc(held[10:30]), doc(held[100:140], before=20), doc(held[300:340], after=0), doc([])]
+    stream = np.concatenate(docs).astype(np.uint16)
+    covered = build.contaminated_spans(stream, grams)
+    starts = np.cumsum([0] + [d.size for d in docs])
+    want = np.zeros(stream.size, bool)
+    want[starts[1] : starts[1] + 20 + 40 + 50] = True  # the margin before is cut at the document's start
+    want[starts[2] + 100 - 50 : starts[2] + 140] = True  # the quote ends the document (before its EOT)
+    assert np.array_equal(covered, want)

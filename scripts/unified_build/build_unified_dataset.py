@@ -146,7 +146,8 @@ def print_plan(defs, tg, problems) -> None:
         print(f"  {s.name:22s} eval {s.eval_share:6.3f} -> {s.eval_set or '-':28s} val {s.val_share:6.3f}  "
               f"groups {groups}")
     print("then training documents that are near duplicates (MinHash Jaccard >= 0.8) of any held-out document are "
-          "removed (step decontaminate)")
+          "removed, and the spans of training documents holding a held-out 13-gram (not boilerplate) are cut out "
+          "(retrieval documents: removed whole) (step decontaminate)")
     print("\neval sets: " + ", ".join(f"{e.name} ({'+'.join(e.sources)}, min {e.min_tokens:,})"
                                       for e in defs.eval_sets.values()))
     print("\nper input: tokens to fetch (train after upsampling / val / eval minimum):")
@@ -272,10 +273,17 @@ def main(argv=None) -> int:
             # against the held-out documents of every input: a fetch round adds some, so every round rechecks
             works = [work_dir / i.name for i in inputs if (work_dir / i.name).exists()]
             with tqdm(unit="part", desc=f"decontaminate ({args.workers} workers)", disable=args.quiet) as bar:
-                removed = build.decontaminate(works, args.workers, bar=bar)
-            if removed["documents"] and not args.quiet:
-                print(f"removed {removed['documents']:,} training documents ({removed['tokens']:,} tokens) that are "
+                # a retrieval document without its passage would teach an answer without evidence: removed whole
+                whole = frozenset(i.name for i in inputs if defs.sources[i.source].category == "retrieval")
+                removed = build.decontaminate(works, args.workers, bar=bar, whole_document_inputs=whole)
+            near, contained = removed[build.NEAR_DUPLICATE_REASON], removed[build.CONTAINMENT_REASON]
+            if near["documents"] and not args.quiet:
+                print(f"removed {near['documents']:,} training documents ({near['tokens']:,} tokens) that are "
                       f"near duplicates of held-out documents", file=sys.stderr)
+            if contained["tokens"] and not args.quiet:
+                print(f"removed {contained['tokens']:,} training tokens holding held-out 13-grams: "
+                      f"{contained['documents']:,} documents whole, {contained['documents_cut']:,} cut "
+                      f"(per source: the mixes' manifests, filtered.{build.CONTAINMENT_REASON})", file=sys.stderr)
         if not short:
             break
     if "mix" in args.steps and "decontaminate" not in args.steps:

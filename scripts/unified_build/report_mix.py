@@ -10,8 +10,9 @@ of unanswerable questions among their QA documents, per input (SQuAD v2: the spe
 
 Eval contamination: for each mix and each eval set (default: every `*_eval_tokenized` directory next to the
 mixes), the share of sampled eval documents with a near duplicate in the mix (MinHash Jaccard >= 0.8) and the share
-of their token 13-gram windows found anywhere in the mix, all and beyond boilerplate (13-grams seen fewer than 10
-times in the mix), in one pass over the mix's tokens. Details: docs/DATASET.md.
+of their token 13-gram windows found anywhere in the mix, all, beyond boilerplate (13-grams seen fewer than 10
+times in the mix), and of those the ones in copied passages (runs covering >= 32 tokens: what the build's
+containment step cuts), in one pass over the mix's tokens. Details: docs/DATASET.md.
 Packing, per indexed block size: the padding share of the samples, and the share of retrieval documents whose
 passage, question and answer lie inside one training sample, under the old fixed windows and under the packing
 (docs/DATASET.md, "Packing").
@@ -181,10 +182,12 @@ def format_report(rep: dict) -> str:
     c = rep.get("contamination")
     if c:
         lines += ["", f"| eval set | sampled docs | near duplicate in train | {c['ngram']}-gram windows in train | "
-                      f"of them seen < {c['boilerplate']} times (beyond boilerplate) |", "| --- |" + " ---: |" * 4]
+                      f"of them seen < {c['boilerplate']} times (beyond boilerplate) | of those, in passages of >= "
+                      f"{c['min_run']} tokens |", "| --- |" + " ---: |" * 5]
         lines += [f"| {name} | {e['documents']:,} of {e['total_documents']:,} | "
                   f"{_pct(e['near_duplicate_documents'])} | {_pct(e['ngram_windows_in_train'])} | "
-                  f"{_pct(e['ngram_windows_in_train_beyond_boilerplate'])} |" for name, e in c["eval_sets"].items()]
+                  f"{_pct(e['ngram_windows_in_train_beyond_boilerplate'])} | "
+                  f"{_pct(e['ngram_windows_in_train_passages'])} |" for name, e in c["eval_sets"].items()]
         lines += [f"(scanned {c['train_tokens_scanned']:,} training tokens, MinHash on "
                   f"{c['train_documents_checked']:,} documents sharing an eval {c['ngram']}-gram, in "
                   f"{c['seconds']:.1f} s)"]
