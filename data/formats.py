@@ -175,7 +175,8 @@ def unanswerable_keep_share(target: float, split_share: float) -> float:
 
 
 def format_squad_v2(record: dict, unanswerable_share: float | None = None,
-                    split_unanswerable_share: float = SQUAD_V2_TRAIN_UNANSWERABLE_SHARE) -> str:
+                    split_unanswerable_share: float = SQUAD_V2_TRAIN_UNANSWERABLE_SHARE,
+                    max_tokens: int | None = None) -> str:
     """SQuAD v2 (https://huggingface.co/datasets/rajpurkar/squad_v2, config squad_v2: id, title, context, question,
     answers {text: [str], answer_start: [int]}: a dict of lists, empty lists for an unanswerable question).
     Unanswerable questions get the explicit NOT_IN_CONTEXT answer.
@@ -183,7 +184,9 @@ def format_squad_v2(record: dict, unanswerable_share: float | None = None,
     With `unanswerable_share` (the spec's ~0.2) unanswerable questions are kept at the share that brings them to that
     share of the kept questions, given that they are `split_unanswerable_share` of the split (train: ~1/3); each
     question's draw comes from a hash of its `id`, so a rebuild keeps the same ones. Dropped ones are counted as
-    "unanswerable_over_share"; the built share is in the audit ("QA unanswerable docs") and the mix report."""
+    "unanswerable_over_share"; the built share is in the audit ("QA unanswerable docs") and the mix report.
+
+    `max_tokens`: the rendered document fits that many tokens with its EOT (`fit_retrieval`)."""
     context, question = _field(record, "context", str), _field(record, "question", str)
     answers = _field(record, "answers", dict)
     texts = answers.get("text", None)
@@ -194,11 +197,17 @@ def format_squad_v2(record: dict, unanswerable_share: float | None = None,
             keep = unanswerable_keep_share(unanswerable_share, split_unanswerable_share)
             if _stable_unit("squad_v2_unanswerable", str(_field(record, "id"))) >= keep:
                 raise SkipRecord("unanswerable_over_share")
-        return render_retrieval(context, question, NOT_IN_CONTEXT)
+        at = int(_stable_unit("squad_v2_window", str(record.get("id", question))) * len(context))
+        return fit_retrieval(context, question, NOT_IN_CONTEXT, at, at, max_tokens, 0.5)
     answer = texts[0]
-    if answer.lower() not in context.lower():
+    start = context.lower().find(answer.lower())
+    if start < 0:
         raise SkipRecord("answer_not_in_context")
-    return render_retrieval(context, question, answer)
+    starts = answers.get("answer_start") or []
+    if starts and isinstance(starts[0], int) and context[starts[0] : starts[0] + len(answer)] == answer:
+        start = starts[0]  # the card's span (the same words may occur earlier in the passage)
+    return fit_retrieval(context, question, answer, start, start + len(answer), max_tokens,
+                         _stable_unit(str(record.get("id", question))))
 
 
 def _exact_case(candidate: str) -> bool:
@@ -249,6 +258,39 @@ def cut_window(passage: str, start: int, end: int, max_chars: int, unit: float) 
     return passage[lo:hi].strip()
 
 
+RETRIEVAL_FORMATTERS = ("squad_v2", "triviaqa_rc")
+"""Formatters that render `RETRIEVAL_TEMPLATE` documents, sized in tokens by `max_tokens` (the build sets it to the
+largest block size it packs for + 1 unless the definitions do: a document that fits one sample is packed whole)."""
+
+
+def _num_tokens(text: str) -> int:
+    from data.tokenizer import get_tokenizer  # here: the schema checks and tests import this module without tiktoken
+
+    return len(get_tokenizer().encode_ordinary(text))
+
+
+def fit_retrieval(context: str, question: str, answer: str, start: int, end: int, max_tokens: int | None,
+                  unit: float) -> str:
+    """`render_retrieval(context, question, answer)`, with the context cut (`cut_window`, the span [start, end) inside
+    it at relative position `unit`) to the longest window whose document fits `max_tokens` tokens including its EOT,
+    found by bisection on the window's characters (documents that fit are tokenized once). Raises SkipRecord
+    ("too_long_for_block") when even the span alone does not fit (a question longer than the block)."""
+    text = render_retrieval(context, question, answer)
+    if max_tokens is None or _num_tokens(text) + 1 <= max_tokens:
+        return text
+    best, lo, hi = None, end - start, len(context) - 1  # window lengths in characters: lo fits or nothing does
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = render_retrieval(cut_window(context, start, end, mid, unit), question, answer)
+        if _num_tokens(candidate) + 1 <= max_tokens:
+            best, lo = candidate, mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        raise SkipRecord("too_long_for_block")
+    return best
+
+
 def _column(record: dict, name: str, column: str) -> list:
     """`record[name][column]` of a datasets `Sequence` of structs, which the card declares and the library delivers
     as a dict of lists (`entity_pages: {wiki_context: [...], title: [...], ...}`), not a list of dicts."""
@@ -260,7 +302,7 @@ def _column(record: dict, name: str, column: str) -> list:
     return value[column]
 
 
-def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
+def format_triviaqa_rc(record: dict, max_context_chars: int = 3000, max_tokens: int | None = None) -> str:
     """TriviaQA rc (https://huggingface.co/datasets/mandarjoshi/trivia_qa, config rc: question, question_id,
     question_source, entity_pages {doc_source, filename, title, wiki_context} and search_results {description,
     filename, rank, title, url, search_context} as dicts of lists, answer {aliases, normalized_aliases,
@@ -270,7 +312,8 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
     matched as a whole word, short candidates and abbreviations in their own case: the answer value across all
     passages first, then each alias, longest first, across all passages (`_find_answer`); the passage it is found
     in, cut to `max_context_chars` with the answer at a per-question position, is the context. Ungrounded examples
-    are skipped ("ungrounded")."""
+    are skipped ("ungrounded"). `max_tokens`: the rendered document fits that many tokens with its EOT, the window
+    shrunk further where 3,000 characters of tables, numbers or non-Latin text are more tokens (`fit_retrieval`)."""
     question, answer = _field(record, "question", str), _field(record, "answer", dict)
     if "value" not in answer or not isinstance(answer.get("aliases", []), list):
         raise SchemaError("answer", f"expected {{value, aliases: [...]}}, got keys {sorted(answer)}")
@@ -285,7 +328,8 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000) -> str:
     i, start, end = found
     unit = _stable_unit(str(record.get("question_id", question)))
     context = cut_window(passages[i], start, end, max_context_chars, unit)
-    return render_retrieval(context, question, passages[i][start:end])
+    lo = context.find(passages[i][start:end]) if context != passages[i] else start
+    return fit_retrieval(context, question, passages[i][start:end], lo, lo + end - start, max_tokens, unit)
 
 
 # ---------------------------------------------------------------------------------------- conversational threads

@@ -302,3 +302,38 @@ def test_filter_removing_too_much_stops_before_tokenizing(tmp_path):
     proc = run_build("--sources", path, "--out-root", tmp_path / "out", check=False)
     assert proc.returncode and "filter 'answer_not_in_context' removed 300 of 300 documents (100.0%)" in proc.stderr
     assert not list((tmp_path / "out" / "unified_work").rglob("tok-*"))  # stopped before any tokenization
+
+
+def test_retrieval_documents_are_sized_by_the_largest_block_size_built(tmp_path):
+    """The build gives retrieval-template inputs max_tokens = largest --block-size + 1 (a definition may set less,
+    never more); it is in their fetch stamp only, so building for another block size refetches them alone."""
+    import importlib.util
+
+    from data import streaming
+    from data.formats import RETRIEVAL_FORMATTERS
+
+    spec = importlib.util.spec_from_file_location("build_unified_dataset", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prod = ROOT / "data" / "sources" / "unified_from_scratch.json"
+
+    def sized(block_sizes, path=prod):
+        defs = load_definitions(str(path))
+        script.size_retrieval_documents(defs, block_sizes)
+        return defs, {i.name: i.formatter_options.get("max_tokens") for i in defs.inputs()}
+
+    defs, got = sized([256, 1024])
+    retrieval = {i.name for i in defs.inputs() if i.formatter in RETRIEVAL_FORMATTERS}
+    assert retrieval >= {"squad_v2", "triviaqa_rc"} and all(got[n] == 1025 for n in retrieval)
+    assert all(v is None for n, v in got.items() if n not in retrieval)
+    small, _ = sized([256])
+    changed = {i.name for i, j in zip(defs.inputs(), small.inputs(), strict=True)
+               if streaming.stamps(i, defs.sources[i.source])["fetch"]["hash"]
+               != streaming.stamps(j, small.sources[j.source])["fetch"]["hash"]}
+    assert changed == retrieval
+    raw = json.loads((ROOT / "data" / "sources" / "demo.json").read_text())
+    raw["sources"]["demo_qa"]["inputs"][0]["formatter_options"] = {"max_tokens": 2000}
+    (tmp_path / "demo.json").write_text(json.dumps(raw))
+    with pytest.raises(SystemExit, match=r"input 'demo_qa' formatter_options.max_tokens 2000 must be an integer in "
+                                         r"\[2, 257\]"):
+        sized([256], tmp_path / "demo.json")

@@ -237,3 +237,37 @@ def test_triviaqa_short_aliases_and_abbreviations_match_in_their_own_case_longes
         format_triviaqa_rc(_trivia("the u.s. mail", value="United States", aliases=("U.S.",)))
     assert format_triviaqa_rc(_trivia("the city of light", value="Paris", aliases=("City of Light",))).endswith(
         "Answer: city of light")
+
+
+def _tokens(text):
+    from data.tokenizer import get_tokenizer
+
+    return len(get_tokenizer().encode_ordinary(text)) + 1  # with its EOT
+
+
+def test_retrieval_documents_fit_the_block_in_tokens():
+    """3,000 characters of a numeric table are ~2,000 tokens: a character cap alone leaves the document longer than a
+    1,025-token sample, and packing would split it (passage in one sample, question and answer in the next). With
+    `max_tokens` the window shrinks around the answer until the whole document fits; a question longer than the
+    block is skipped and counted."""
+    rng = __import__("random").Random(0)
+    table = " ".join(f"{rng.randint(0, 99999)}|{rng.randint(0, 999)}" for _ in range(600))
+    passage = f"{table[:1500]} The capital is Paris. {table[1500:]}"
+    unlimited = format_triviaqa_rc(_trivia(passage))
+    assert _tokens(unlimited) > 1025  # the character cap (3,000) does not bound the tokens
+    for q in range(10):
+        doc = format_triviaqa_rc(_trivia(passage, qid=f"q{q}"), max_tokens=1025)
+        assert _tokens(doc) <= 1025 and doc.endswith("Answer: Paris") and "The capital is Paris" in doc
+        assert _tokens(doc) > 900  # the longest window that fits, not a much shorter one
+    with pytest.raises(SkipRecord, match="too_long_for_block"):
+        format_triviaqa_rc(_trivia(passage), max_tokens=8)
+    # SQuAD v2: the card's answer span is kept in the window, answerable or not; short documents are untouched
+    context = f"{table[:2000]} Paris was founded in 250 BC. {table[2000:]}"
+    rec = {"id": "s1", "title": "T", "context": context, "question": "When?",
+           "answers": {"text": ["250 BC"], "answer_start": [context.index("250 BC")]}}
+    doc = format_squad_v2(rec, max_tokens=257)
+    assert _tokens(doc) <= 257 and "founded in 250 BC" in doc and doc.endswith("Answer: 250 BC")
+    doc = format_squad_v2({**rec, "answers": {"text": [], "answer_start": []}}, max_tokens=257)
+    assert _tokens(doc) <= 257 and doc.endswith(NOT_IN_CONTEXT)
+    short = {**rec, "context": "Paris was founded in 250 BC.", "answers": {"text": ["250 BC"], "answer_start": [21]}}
+    assert format_squad_v2(short, max_tokens=257) == format_squad_v2(short)

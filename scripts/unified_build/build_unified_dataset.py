@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tqdm import tqdm  # noqa: E402
 
 from data import build, preflight, streaming  # noqa: E402
-from data.formats import group_field  # noqa: E402
+from data.formats import RETRIEVAL_FORMATTERS, group_field  # noqa: E402
 from data.paths import resolve  # noqa: E402
 from data.source_config import (  # noqa: E402
     budget_problems,
@@ -180,12 +180,32 @@ def run_preflight(defs, args, problems: list[str]) -> list[str]:
     return problems + found
 
 
+def size_retrieval_documents(defs, block_sizes: list[int]) -> None:
+    """Give every retrieval-template input (`RETRIEVAL_FORMATTERS`) `formatter_options.max_tokens` = the largest
+    block size packed + 1 unless its definition sets one, so each passage, question and answer fits one sample and
+    is packed whole (DESIGN, "The demo exercises grounding"). The option is part of the fetch stamp: building for a
+    larger block size later refetches these inputs, and only these. A definition's larger value is an error."""
+    cap = max(block_sizes) + 1
+    for inp in defs.inputs():
+        if inp.formatter not in RETRIEVAL_FORMATTERS:
+            continue
+        have = inp.formatter_options.get("max_tokens")
+        if have is None:
+            inp.formatter_options = {**inp.formatter_options, "max_tokens": cap}
+        elif not isinstance(have, int) or not 2 <= have <= cap:
+            raise SystemExit(f"error in source definitions: input {inp.name!r} formatter_options.max_tokens {have!r} "
+                             f"must be an integer in [2, {cap}] (the largest --block-size {cap - 1} + 1): a longer "
+                             f"retrieval document is split across samples; remove it to size documents by "
+                             f"--block-size")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         defs = load_definitions(*args.sources)
     except ValueError as e:
         raise SystemExit(f"error in source definitions: {e}") from None
+    size_retrieval_documents(defs, args.block_size)
     tg = build.targets(defs)
     infeasible = budget_problems(defs)
     problems = missing_local_paths(defs) + infeasible
