@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tqdm import tqdm  # noqa: E402
 
-from data import build, preflight, streaming  # noqa: E402
+from data import build, input_lock, preflight, streaming  # noqa: E402
 from data.formats import RETRIEVAL_FORMATTERS, group_field  # noqa: E402
 from data.paths import resolve  # noqa: E402
 from data.source_config import (  # noqa: E402
@@ -199,6 +199,28 @@ def size_retrieval_documents(defs, block_sizes: list[int]) -> None:
                              f"--block-size")
 
 
+def lock_hub_inputs(defs, out_root: Path, resolve_now: bool, offline_ok: bool) -> list[str]:
+    """Pin the unpinned hub inputs to the commits in `<out_root>/inputs.lock.json`, resolving the missing ones when
+    `resolve_now` (data/input_lock.py); prints what it resolved, returns problem lines. An unreachable hub is left to
+    the preflight's one-line report when one runs (`offline_ok`), else it stops the build here."""
+    try:
+        lines, problems = input_lock.lock_inputs(defs, out_root / input_lock.LOCK_NAME,
+                                                 preflight.hub_status if resolve_now else None)
+    except ValueError as e:  # an unreadable lock file
+        raise SystemExit(f"cannot build: {e}") from None
+    except Exception as e:
+        if not preflight.is_offline_error(e):
+            raise
+        if offline_ok:
+            return []
+        raise SystemExit(f"cannot build: the Hugging Face hub ({preflight.HUB}) cannot be reached, so the unpinned "
+                         f"hub inputs cannot be locked to a commit ({type(e).__name__}); run where it is "
+                         f"reachable") from None
+    for line in lines:
+        print(line)
+    return problems
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -212,6 +234,12 @@ def main(argv=None) -> int:
     if args.dry_run:
         print_plan(defs, tg, problems)
         return 1 if infeasible else 0
+    out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
+    if args.preflight or any(s in args.steps for s in ("fetch", "holdback", "tokenize")):
+        # the preflight and the fetch resolve unpinned hub inputs (the preflight reports an unreachable hub itself);
+        # the other steps apply the lock as it is, so their stamps see the loaders the fetch used
+        problems += lock_hub_inputs(defs, out_root, resolve_now=args.preflight or "fetch" in args.steps,
+                                    offline_ok=args.preflight or not args.skip_preflight)
     if args.preflight:
         found = run_preflight(defs, args, problems)
         if found:
@@ -234,7 +262,6 @@ def main(argv=None) -> int:
         if found:
             raise SystemExit(f"preflight failed, nothing was fetched ({len(found)} problem(s); --skip-preflight "
                              f"skips this check at its risk):\n" + "\n".join("  " + p for p in found))
-    out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
     work_dir = resolve(args.work_dir) if args.work_dir else out_root / "unified_work"
     definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
     command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
