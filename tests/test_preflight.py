@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import huggingface_hub.constants
+import numpy as np
 import pytest
 
 from data import build, preflight
@@ -79,19 +80,44 @@ def test_projection_from_row_counts_meets_or_misses_the_budget(tmp_path):
     assert len(per_doc) == 1
     t = per_doc.pop() + 1  # + EOT
     inp = _local(tmp_path, texts, rows=1_000_000)
-    ok = preflight.check_input(inp, need=1_000_000 * 4 // 6 * t, sample=6, open_records=build.iter_records)
+    # 4 of 6 kept, equal lengths: the projection's standard error is the kept share's alone, sqrt((1/3) / (2/3 x 6))
+    projected = int(1_000_000 * 4 / 6 * t)
+    low = int(projected * (1 - 2 * (1 / 12) ** 0.5))
+    ok = preflight.check_input(inp, need=low, sample=6, open_records=build.iter_records)
     assert (ok.records, ok.kept, ok.exhausted, ok.kept_tokens) == (6, 4, False, 4 * t) and not ok.problems
-    assert ok.projected == int(1_000_000 * 4 / 6 * t) and ok.rows_from == "declared"
-    short = preflight.check_input(inp, need=ok.projected + 1, sample=6, open_records=build.iter_records)
-    assert short.problems == [f"source 'corpus' input 'corpus': can supply about {ok.projected:,} tokens "
-                              f"(1,000,000 rows (declared) x 4/6 kept x {t:,} tokens per kept record) but needs "
-                              f"{ok.projected + 1:,} before hold-back; lower its percentage, raise upsample, or add "
-                              "data"]
+    assert ok.projected == projected and ok.rows_from == "declared" and ok.projected_low == low
+    assert ok.relative_error == pytest.approx((1 / 12) ** 0.5)
+    # inside the sample's noise: a problem, with the larger sample that narrows it
+    noisy = preflight.check_input(inp, need=low + 1, sample=6, open_records=build.iter_records)
+    assert noisy.problems == [f"source 'corpus' input 'corpus': can supply about {projected:,} tokens (-2 standard "
+                              f"errors of the 6-record sample: {low:,}) (1,000,000 rows (declared) x 4/6 kept x "
+                              f"{t:,} tokens per kept record) but needs {low + 1:,} before hold-back; within the "
+                              f"sample's noise: --preflight-records 24 narrows it; lower its percentage, raise "
+                              f"upsample, or add data"]
+    short = preflight.check_input(inp, need=projected + 1, sample=6, open_records=build.iter_records)
+    assert len(short.problems) == 1 and "narrows" not in short.problems[0]
     whole = preflight.check_input(inp, need=1, sample=50, open_records=build.iter_records)  # stream read whole
     assert whole.exhausted and whole.projected == 6 * t and whole.projected_from.startswith("the whole stream")
-    unknown = preflight.check_input(dataclasses.replace(inp, available_rows=None), need=10**12, sample=6,
-                                    open_records=build.iter_records)
-    assert unknown.projected is None and not unknown.problems  # not judged: no row count, no estimate
+    assert whole.relative_error == 0 and not whole.problems
+    # no row count anywhere: projected from the data file (the jsonl file read whole: its 8 rows) ...
+    undeclared = dataclasses.replace(inp, available_rows=None)
+    files = preflight.check_input(undeclared, need=1, sample=6, open_records=build.iter_records)
+    assert files.rows == 8 and files.projected == int(8 * 4 / 6 * t) and not files.problems
+    assert files.rows_from == "1 data files, 0.00 GB x 8 rows per 0.0 MB measured in 1 of them"
+    # ... and where nothing can project it, a problem unless the user names it
+    def no_files(loader, inp):
+        return None, "a 'python' loader has no data files to measure"
+
+    unknown = preflight.check_input(undeclared, need=10**12, sample=6, open_records=build.iter_records,
+                                    files=no_files)
+    assert unknown.projected is None and unknown.problems == [
+        "source 'corpus' input 'corpus': cannot project: no row count on the card or in the definitions, a 'python' "
+        "loader has no data files to measure; the preflight cannot judge it. Declare its rows "
+        "(available_tokens_estimate.rows), or build anyway with --accept-unprojected corpus"]
+    accepted = preflight.check_input(undeclared, need=10**12, sample=6, open_records=build.iter_records,
+                                     files=no_files, accepted=True)
+    assert accepted.accepted and not accepted.problems
+    assert "accepted unprojected" in preflight.report([accepted], 6)
 
 
 def refusing_loader(**_):
@@ -169,3 +195,50 @@ def test_offline_preflight_and_build_stop_before_any_fetch(tmp_path, monkeypatch
         script.main(["--quiet", "--sources", str(defs), "--out-root", str(out_root)])
     assert str(stop.value).startswith("preflight failed, nothing was fetched") and "offline:" in str(stop.value)
     assert not list(out_root.glob("unified_work/*/fetch-*"))
+
+
+def test_data_dir_inputs_are_projected_from_their_files(tmp_path, monkeypatch):
+    """A `data_dir` subset has no row count on the card: its rows come from the data files datasets resolves for
+    it, their sizes, and the rows per byte of a few of them (parquet footers; the head of a gzipped json-lines file).
+    A local folder stands in for the hub repository (the same `load_dataset_builder` resolution, local paths)."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+
+    def text():
+        return " ".join(f"w{int(x)}" for x in rng.integers(0, 10**6, int(rng.integers(20, 60))))
+
+    repo = tmp_path / "repo"
+    (repo / "python").mkdir(parents=True)
+    (repo / "java").mkdir()
+    for i, n in enumerate((400, 700, 500, 650, 300)):  # 2,550 rows in five parquet files under python/
+        pq.write_table(pa.table({"text": [text() for _ in range(n)]}), repo / "python" / f"train-{i:05d}.parquet")
+    pq.write_table(pa.table({"text": ["other"] * 9000}), repo / "java" / "train-00000.parquet")  # not read
+    inp = Input(source="code", name="starcoder_like", share=1.0,
+                loader={"type": "hf", "path": str(repo), "data_dir": "python", "split": "train", "streaming": True},
+                formatter="text")
+    c = preflight.check_input(inp, need=1, sample=40, hub=None)
+    assert not c.exhausted and not c.problems and c.rows_from.startswith("5 data files")
+    assert abs(c.rows - 2550) / 2550 < 0.05, c.rows  # rows per byte from 3 of the 5 files
+    assert c.projected == int(c.rows * c.kept / c.records * c.tokens_per_kept)
+
+    # gzipped json lines, a file larger than the head read: complete lines per compressed byte of the head
+    (repo / "jsonl").mkdir()
+    for i in range(2):
+        with gzip.open(repo / "jsonl" / f"part-{i}.jsonl.gz", "wt") as f:
+            f.writelines(json.dumps({"text": text()}) + "\n" for _ in range(12000))
+    monkeypatch.setattr(preflight, "HEAD_BYTES", 256 << 10)  # a quarter of each file (16 MB on the hub)
+    rows, how = preflight.file_rows({**inp.loader, "data_dir": "jsonl"})
+    assert abs(rows - 24000) / 24000 < 0.03, (rows, how)
+    with pytest.raises(ValueError, match="has no data files to measure"):
+        preflight.file_rows({"type": "python", "callable": "x:y"})
+
+
+def test_accept_unprojected_names_a_real_input(tmp_path):
+    with pytest.raises(SystemExit, match=r"--accept-unprojected nope: no such input in the definitions; inputs: "
+                                         r"demo_python, demo_qa"):
+        _script().main(["--sources", str(ROOT / "data/sources/demo.json"), "--out-root", str(tmp_path),
+                        "--preflight", "--accept-unprojected", "nope"])

@@ -107,6 +107,9 @@ def parse_args(argv=None):
                          "finding a source that cannot load or meet its budget only when its fetch starts, hours in")
     ap.add_argument("--preflight-records", type=int, default=preflight.SAMPLE_RECORDS,
                     help=f"records the preflight reads per input (default {preflight.SAMPLE_RECORDS})")
+    ap.add_argument("--accept-unprojected", action="append", default=[], metavar="INPUT",
+                    help="let the preflight pass this input although it cannot project its tokens (no row count on "
+                         "the card or in the definitions, no data files it can measure); repeatable, one input each")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
@@ -175,7 +178,12 @@ def run_preflight(defs, args, problems: list[str]) -> list[str]:
     report, and return all problem lines."""
     missing = {p.split("'")[3] for p in problems if "local path" in p}  # "source 'x' input 'y': local path ..."
     names = [i.name for i in defs.inputs() if i.name not in missing]
-    checks, found = preflight.run(defs, sample=args.preflight_records, names=names)
+    unknown = sorted(set(args.accept_unprojected) - {i.name for i in defs.inputs()})
+    if unknown:
+        raise SystemExit(f"--accept-unprojected {', '.join(unknown)}: no such input in the definitions; inputs: "
+                         f"{', '.join(i.name for i in defs.inputs())}")
+    checks, found = preflight.run(defs, sample=args.preflight_records, names=names,
+                                  accept=frozenset(args.accept_unprojected))
     print(preflight.report(checks, args.preflight_records, total=len(defs.inputs())))
     return problems + found
 
