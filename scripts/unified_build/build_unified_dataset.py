@@ -14,7 +14,10 @@ the budget; minutes, nothing fetched; exit 1 with one line per problem, or when 
     python scripts/unified_build/build_unified_dataset.py --preflight
 A build whose definitions read from the hub runs the same preflight before its first fetch and stops on any
 problem; --skip-preflight skips it (then a source that cannot load or meet its budget is found only when the fetch
-reaches it, possibly hours into the build).
+reaches it, possibly hours into the build). An input it cannot project (no row count, no data files it can
+measure) is a problem too, unless named: --accept-unprojected INPUT (repeatable).
+The preflight (or the first fetch) locks every hub input that pins no commit to the hub's sha in
+<out-root>/inputs.lock.json; later runs and resumes read those commits (delete an entry to move it forward).
 
 Gated inputs (StarCoderData, The Stack): accept the terms on each dataset page, then `hf auth login` once.
 
@@ -29,7 +32,8 @@ One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps mix,pack
 
 The pack step writes each output's grounding-safe packing index for the training block size (default 1024, the
-spec's; the CPU demo trains at 256): `--block-size 256`, or several, `--block-size 256 1024`. Another block size
+spec's; the CPU demo trains at 256): `--block-size 256`, or several, `--block-size 256 1024`. Retrieval documents
+are sized to fit the largest of them (their fetch refetches when it grows). Another block size
 later: `python -m data.packing DIR --block-size N` (docs/DATASET.md, "Packing").
 
 Inputs are fetched in parallel, one process each (the result does not depend on the count):
