@@ -277,8 +277,10 @@ def check_input(inp: Input, need: int, sample: int = SAMPLE_RECORDS,
 
 def _data_files(loader: dict) -> list[str]:
     """The files a hub (or local-folder) loader reads, resolved by `datasets` itself: `load_dataset_builder` lists
-    the repository at the revision and applies the config's / data_dir's / data_files' patterns (no data is read).
-    A `builder` loader names its files: `build.hub_data_files`."""
+    the repository at the revision and applies the config's / data_dir's / data_files' patterns, no data read
+    (datasets 5.2.0 `builder.py` `_create_builder_config` calls `builder_config._resolve_data_files`, which turns the
+    patterns into a `DataFilesDict` of `hf://datasets/<repo>@<sha>/...` files). A `builder` loader names its files:
+    `build.hub_data_files`."""
     if loader.get("builder"):
         return build.hub_data_files(loader)
     if loader["type"] in ("jsonl", "parquet"):  # a local file or folder, listed as the loader lists it
