@@ -51,18 +51,25 @@ class DataReadError(RuntimeError):
     turns it into a one-line stop of the whole job, on every rank, without a traceback."""
 
 
-def read_micro_batch(dataset: TokenDataset, ids: np.ndarray, block_size: int,
-                     pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def read_micro_batch(dataset: TokenDataset, ids: np.ndarray, block_size: int, pin_memory: bool = False, *,
+                     document_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack samples `ids` (each block_size + 1 tokens) into inputs and next-token targets.
 
     Padding (PAD = -1, at the end of a packed sample) stays -1 in the targets, which the loss ignores
-    (`ignore_index=-1` in model/transformer.py, a mask in launcher/evaluation.py), and is EOT in the inputs: an
-    embedding row must exist for it, and with causal attention no real position sees a later pad."""
+    (`ignore_index=-1` in model/loss.py), and is EOT in the inputs: an embedding row must exist for it, and with
+    causal attention no real position sees a later pad.
+
+    `document_targets` (a model with `model.attention` "document"): the target after every EOT is -1 too. It is the
+    next document's first token, which only another document (or nothing) precedes; and where a filler piece continues
+    a long document after another document's EOT (data/packing.py), that token is already the target of its true
+    predecessor in the sample before. So every target is predicted from its own document, and each once."""
     try:
         tokens = torch.from_numpy(np.stack([dataset.sample(int(i), block_size) for i in ids]))  # (B, T + 1)
     except (ValueError, IndexError, OSError) as e:  # the reader's message names the shard and the sample
         raise DataReadError(str(e)) from e
     y = tokens[:, 1:].contiguous()
+    if document_targets:
+        y.masked_fill_(tokens[:, :-1] == EOT, PAD)
     x = tokens[:, :-1].masked_fill(tokens[:, :-1] == PAD, EOT).contiguous()
     if pin_memory:
         # Pinned host memory lets the host-to-device copy run asynchronously (non_blocking=True).

@@ -17,7 +17,12 @@ Improve Language Modeling", best-fit decreasing):
    cut at the end of one sample's room, the next room begins with the token it was cut after. So every token of a
    long document but its first is a target exactly once (best-fit-decreasing-v1 shared no token: about 1 target in
    S of long documents was never trained). Only chunks and rests are cut, so short documents are never split;
-4. what is left is padding at the end of a sample: the reader returns -1 there, the loader turns a -1 input into
+4. a document that does not end with EOT (a file the mix cut mid-document, or the end of a stream) is never
+   followed by another document in a sample: it and the rest of it get samples of their own. The model finds
+   document boundaries from EOT ids alone (model/attention.py), so a document packed after it would read it, and
+   its last token would be trained to predict the next document's first (best-fit-decreasing-v2 packed it like any
+   other; at most one such document per input file of a mix);
+5. what is left is padding at the end of a sample: the reader returns -1 there, the loader turns a -1 input into
    EOT and keeps -1 as the target, which the loss ignores (`F.cross_entropy(..., ignore_index=-1)`).
 
 The result is an index per block size, two `.npy` files next to the shards: `offsets` (num_samples + 1, int64) and
@@ -40,7 +45,7 @@ import sys
 
 import numpy as np
 
-METHOD = "best-fit-decreasing-v2"
+METHOD = "best-fit-decreasing-v3"
 """Changing the packing (order, tie-breaks, what counts as a document) must change this string: it is part of a
 token directory's sample fingerprint, so a checkpoint never resumes onto differently packed samples."""
 METHOD_FIXED = "fixed-windows"
@@ -170,21 +175,27 @@ def _fill(gap_bins: np.ndarray, gap_sizes: np.ndarray, piece_starts: np.ndarray,
     return gaps[gap_of], piece_starts[piece] + (seg_lo - piece_begin[piece]), seg_hi - seg_lo
 
 
-def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = None) -> Packing:
+def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = None,
+         ends_with_eot: np.ndarray | None = None) -> Packing:
     """The packing index of a stream whose documents start at `bounds[:-1]` (bounds[-1] = number of tokens).
 
     `shard_starts` (stream offset of each shard file, plus the total at the end): segments are cut there, so the
-    reader copies each segment from one file."""
+    reader copies each segment from one file. `ends_with_eot` (one bool per document; None: all do): a document
+    that does not gets samples of its own (step 4 of the module doc)."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     S = block_size + 1
     bounds = np.asarray(bounds, np.int64)
     starts, lengths = bounds[:-1], np.diff(bounds)
+    closed = np.ones(starts.size, bool) if ends_with_eot is None else np.asarray(ends_with_eot, bool)
+    if closed.shape != starts.shape:
+        raise ValueError(f"ends_with_eot has {closed.size} entries for {starts.size} documents")
     keep = lengths > 0
-    starts, lengths = starts[keep], lengths[keep]
+    starts, lengths, closed = starts[keep], lengths[keep], closed[keep]
     short = lengths <= S
-    s_start, s_len = starts[short], lengths[short]
-    l_start, l_len = starts[~short], lengths[~short]
+    s_start, s_len = starts[short & closed], lengths[short & closed]
+    o_start, o_len = starts[short & ~closed], lengths[short & ~closed]  # open-ended: a sample each
+    l_start, l_len, l_closed = starts[~short], lengths[~short], closed[~short]
 
     # Short documents: best-fit decreasing into bins of S tokens.
     short_bin, n_bins = _best_fit_decreasing(s_len, S)
@@ -200,10 +211,16 @@ def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = 
     n_bins += chunk_start.size
     # The rest (from the shared token; one token alone is already a target) fills the room left, then new samples.
     tail_len = l_len - n_full * block_size
-    tail_start = (l_start + n_full * block_size)[tail_len > 1]
-    tail_len = tail_len[tail_len > 1]
+    tail_start = l_start + n_full * block_size
+    has_tail = tail_len > 1
+    # An open-ended document's rest is a sample of its own, like a short open-ended document.
+    o_start = np.concatenate([o_start, tail_start[has_tail & ~l_closed]])
+    o_len = np.concatenate([o_len, tail_len[has_tail & ~l_closed]])
+    tail_start, tail_len = tail_start[has_tail & l_closed], tail_len[has_tail & l_closed]
+    own_bin = n_bins + np.arange(o_start.size)
+    n_bins += o_start.size
 
-    gap_bins = np.flatnonzero(used < S)
+    gap_bins = np.flatnonzero(used < S)  # best-fit bins only: no filler follows an open-ended document
     gap_sizes = S - used[gap_bins]
     # Each gap after the first re-reads one token of the filler (see _fill), so the room holds sum(g - 1) + 1.
     room = int((gap_sizes - 1).sum()) + 1 if gap_sizes.size else 0
@@ -215,10 +232,11 @@ def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = 
     fill_bin, fill_start, fill_len = _fill(gap_bins, gap_sizes, tail_start, tail_len)
 
     # Segments: whole short documents first (stream order), then filler pieces, then each sample's padding.
-    seg_bin = np.concatenate([short_bin, chunk_bin, fill_bin])
-    seg_start = np.concatenate([s_start, chunk_start, fill_start])
-    seg_len = np.concatenate([s_len, np.full(chunk_start.size, S), fill_len])
-    kind = np.concatenate([np.zeros(s_len.size), np.ones(chunk_start.size), np.full(fill_len.size, 2)])
+    seg_bin = np.concatenate([short_bin, chunk_bin, own_bin, fill_bin])
+    seg_start = np.concatenate([s_start, chunk_start, o_start, fill_start])
+    seg_len = np.concatenate([s_len, np.full(chunk_start.size, S), o_len, fill_len])
+    kind = np.concatenate([np.zeros(s_len.size), np.ones(chunk_start.size), np.zeros(o_len.size),
+                           np.full(fill_len.size, 2)])
     per_bin = np.bincount(seg_bin, weights=seg_len, minlength=n_bins).astype(np.int64)
     # A sample of one token has no target (its only token is an input); drop it rather than train on nothing.
     dropped = per_bin < 2
@@ -241,7 +259,8 @@ def pack(bounds: np.ndarray, block_size: int, shard_starts: np.ndarray | None = 
     num_samples = int(bin_order.size)
     stats = {"block_size": block_size, "num_samples": num_samples, "num_segments": int(segments.shape[0]),
              "documents": int(lengths.size), "short_documents": int(s_len.size),
-             "long_documents": int(l_len.size), "tokens": tokens, "pad_tokens": num_samples * S - tokens,
+             "long_documents": int(l_len.size), "open_ended_documents": int((~closed).sum()), "tokens": tokens,
+             "pad_tokens": num_samples * S - tokens,
              "padding_share": (num_samples * S - tokens) / (num_samples * S) if num_samples else 0.0,
              "dropped_tokens": int(per_bin[dropped].sum())}
     return Packing(offsets, segments, stats)

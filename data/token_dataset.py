@@ -385,8 +385,9 @@ def sample_fingerprint(stream_fingerprint: str, packing: dict) -> str:
 
 
 def _documents(ds: TokenDataset, boundaries: str, file_range: tuple[int, int] | None = None,
-               chunk_tokens: int = 1 << 24) -> np.ndarray:
-    """Document bounds (starts + end) of the stream, or of files [a, b) of it, read shard by shard in chunks."""
+               chunk_tokens: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Document bounds (starts + end) of the stream, or of files [a, b) of it, read shard by shard in chunks, and
+    whether each document ends with EOT (one that does not is a file the mix cut, or the stream's end)."""
     a, b = file_range or (0, len(ds._paths))
     eots = []
     for i in range(a, b):
@@ -396,8 +397,11 @@ def _documents(ds: TokenDataset, boundaries: str, file_range: tuple[int, int] | 
     eot = np.concatenate(eots) if eots else np.zeros(0, np.int64)
     lo, hi = int(ds._starts[a]), int(ds._starts[b])
     files = ds._starts[a:b] if boundaries == packing_mod.BOUNDARIES_EOT_FILES else None
-    bounds = packing_mod.document_bounds(eot - lo, hi - lo, None if files is None else files - lo)
-    return bounds + lo
+    bounds = packing_mod.document_bounds(eot - lo, hi - lo, None if files is None else files - lo) + lo
+    last = bounds[1:] - 1
+    closed = eot[np.minimum(np.searchsorted(eot, last), max(eot.size - 1, 0))] == last if eot.size else \
+        np.zeros(last.size, bool)
+    return bounds, closed
 
 
 def _default_boundaries(manifest: dict) -> str:
@@ -443,7 +447,8 @@ def add_packing(directory: str | os.PathLike, block_size: int, *, boundaries: st
     if method == packing_mod.METHOD_FIXED:
         packed = packing_mod.fixed_windows(ds.num_tokens, block_size, shard_starts=ds._starts)
     else:
-        packed = packing_mod.pack(_documents(ds, boundaries), block_size, shard_starts=ds._starts)
+        bounds, closed = _documents(ds, boundaries)
+        packed = packing_mod.pack(bounds, block_size, shard_starts=ds._starts, ends_with_eot=closed)
     sub = directory / "packing"
     sub.mkdir(exist_ok=True)
     entry = {"stream_fingerprint": ds.stream_fingerprint, **packed.stats}
@@ -486,7 +491,7 @@ def grounding_report(directory: str | os.PathLike, block_size: int, categories: 
         starts, lengths = [], []
         # runs of consecutive files, so a document is never taken across files of another category
         for run in np.split(np.asarray(idx), np.flatnonzero(np.diff(idx) != 1) + 1):
-            b = _documents(ds, boundaries, (int(run[0]), int(run[-1]) + 1))
+            b, _ = _documents(ds, boundaries, (int(run[0]), int(run[-1]) + 1))
             starts.append(b[:-1])
             lengths.append(np.diff(b))
         s, n = np.concatenate(starts), np.concatenate(lengths)

@@ -398,15 +398,19 @@ class TrainConfig:
 
         Left out, so that they may change on a resume: where files go and how often they are written or logged
         (`checkpoint`, `logging`), the run-health thresholds, how the same numbers are computed or fed
-        (`model.fused_kernels`, `model.compile`, the kernel self-check's own advice; `data.prefetch_batches`,
-        `data.verify`), the NaN patience (`optim.max_nonfinite_steps`), the ds_config's path (its ZeRO stage and
-        precision are recorded and checked on their own), and dataset paths (a pod mounts the same data elsewhere;
-        the data's identity is checked by the datasets' own fingerprints, eval sets included)."""
+        (`model.fused_kernels`, `model.compile`, `model.attention_backend`, the kernel self-check's own advice;
+        `data.prefetch_batches`, `data.verify`), the NaN patience (`optim.max_nonfinite_steps`), the ds_config's
+        path (its ZeRO stage and precision are recorded and checked on their own), and dataset paths (a pod mounts
+        the same data elsewhere; the data's identity is checked by the datasets' own fingerprints, eval sets
+        included)."""
         values = self.to_dict()
         for volatile in ("checkpoint", "logging", "health", "deepspeed_config"):
             values.pop(volatile)
         values["model"].pop("fused_kernels")
         values["model"].pop("compile")
+        values["model"].pop("attention_backend")
+        if values["model"]["attention"] == "causal":  # the only attention before the field existed: old hashes hold
+            values["model"].pop("attention")
         values["data"].pop("prefetch_batches")
         values["data"].pop("verify")
         values["optim"].pop("max_nonfinite_steps")

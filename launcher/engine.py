@@ -149,7 +149,7 @@ def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
     micro-step's reduced gradient into this rank's fp32 partition. Verified on a 2-rank CPU engine
     (scripts/bench/zero2_accum_dtype.py, docs/TRAINING.md): the buffer is float32, the same tensor across
     micro-steps, and after micro-step 2 holds values bf16 cannot represent. Each micro-step's own gradient is still
-    computed and reduced in bf16; only the sum over micro-steps is fp32.
+    computed in bf16 (and summed across ranks in `reduce_dtype`); only the sum over micro-steps is fp32.
     """
     bf16 = _bf16_enabled(ds_config)
     stage = zero_stage(ds_config)
@@ -168,7 +168,23 @@ def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
     elif bf16 and dtype == "fp32" and stage == 2:
         note = "ZeRO-2 fp32 partition buffer: each micro-step's gradient is bf16, their sum fp32"
     return {"steps": int(ds_config["gradient_accumulation_steps"]), "dtype": dtype, "param_dtype": param_dtype,
-            "zero_stage": stage, "note": note}
+            "zero_stage": stage, "note": note, "reduce_dtype": reduce_dtype(ds_config)}
+
+
+def reduce_dtype(ds_config: dict[str, Any]) -> str:
+    """The dtype gradients are summed across ranks in: `communication_data_type`, else the parameters' dtype.
+
+    DeepSpeed 0.19.8, runtime/engine.py `communication_data_type` (the config's value, else bf16 for bf16 training);
+    runtime/zero/stage_1_and_2.py `allreduce_bucket` casts each gradient bucket to it before the collective and
+    copies the sum back. Verified on 2 CPU ranks (tests/test_precision.py records the collectives' dtypes). The
+    shipped bf16 configs set fp32, as Megatron (bf16 requires fp32 gradient reduction) and torchtitan (FSDP
+    `reduce_dtype` fp32) do: a bf16 sum rounds at every hop of the reduction, fp32 sends twice the bytes
+    (docs/TRAINING.md, "Gradient reduction precision")."""
+    value = ds_config.get("communication_data_type")
+    if value is None:
+        return "bf16" if _bf16_enabled(ds_config) else "fp32"
+    return {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
+            "float16": "fp16"}.get(str(value).lower(), str(value))
 
 
 def cpu_has_native_bf16() -> bool:

@@ -24,8 +24,9 @@ class FixedEvalSet:
     """One eval set: a dataset and this rank's share of its fixed sample ids."""
 
     def __init__(self, name: str, dataset: TokenDataset, block_size: int, count: int, seed: int, rank: int,
-                 world_size: int):
+                 world_size: int, document_targets: bool = False):
         self.name = name
+        self.document_targets = document_targets  # the targets training has (data.loader.read_micro_batch)
         self.dataset = dataset
         self.block_size = block_size
         self.all_ids = eval_sample_ids(dataset.num_samples(block_size), count, seed)
@@ -41,7 +42,8 @@ def _sample_losses(model: torch.nn.Module, eval_set: FixedEvalSet, micro_batch_s
     count = 0
     for start in range(0, len(eval_set.ids), micro_batch_size):
         ids = eval_set.ids[start : start + micro_batch_size]
-        x, y = read_micro_batch(eval_set.dataset, ids, eval_set.block_size)
+        x, y = read_micro_batch(eval_set.dataset, ids, eval_set.block_size,
+                                document_targets=eval_set.document_targets)
         real = int((y != -1).sum())  # host tensor: no device read
         if not real:  # an all-padding micro-batch has a NaN mean and nothing to add
             continue
@@ -79,8 +81,9 @@ def evaluate(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size:
 
 
 def fixed_sets(named: dict[str, TokenDataset], block_size: int, count: int, seed: int, rank: int,
-               world_size: int) -> list[FixedEvalSet]:
-    return [FixedEvalSet(name, ds, block_size, count, seed, rank, world_size) for name, ds in named.items()]
+               world_size: int, document_targets: bool = False) -> list[FixedEvalSet]:
+    return [FixedEvalSet(name, ds, block_size, count, seed, rank, world_size, document_targets)
+            for name, ds in named.items()]
 
 
 def ids_digest(sets: list[FixedEvalSet]) -> dict[str, int]:

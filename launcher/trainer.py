@@ -97,6 +97,12 @@ def open_token_dir(path: str, what: str, verify: str, block_size: int) -> TokenD
     return ds
 
 
+def _trained_causal(meta: dict[str, Any]) -> bool:
+    """A checkpoint whose config predates `model.attention` (or sets it "causal") read the whole packed row."""
+    model = (meta.get("train_config") or {}).get("model") or {}
+    return model.get("attention", "causal") == "causal"
+
+
 # What a resume compares with the checkpoint: `--resume_ignore` kind -> (trainer_meta key, what it covers).
 RESUME_CHECKS = {
     "config": ("config_fingerprint", "the training settings (model shape, optimizer, schedule, batch, data seed, "
@@ -193,6 +199,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
                 dist.print0(f"resume: {what} differ from the checkpoint's, ignored as asked (--resume_ignore {kind})")
             else:
                 problems.append(f"{what} differ ({theirs} != {ours[key]}; --resume_ignore {kind})")
+                if kind == "config" and _trained_causal(resume_meta) and cfg.model.attention != "causal":
+                    problems[-1] += (" - the checkpoint was trained before model.attention existed, with attention "
+                                     "over the whole packed row: set \"attention\": \"causal\" in the config's model "
+                                     "section to continue it")
         if problems:
             raise ValueError(f"resume checkpoint {resume_path} is from another run: " + "; ".join(problems) +
                              ". Use the config and data it was trained with, or pass the --resume_ignore flag of "
@@ -273,7 +283,10 @@ class Trainer:
                                      cfg.data.seed, ds.fingerprint) for ds in plan.phases]
         count = cfg.eval.eval_iters * cfg.batch.micro_batch_size
         named = {VAL_SET: plan.val, **plan.eval_sets}
-        self.eval_sets = fixed_sets(named, cfg.model.block_size, count, cfg.eval.eval_seed, self.rank, self.world)
+        # A document model trains no target after an EOT (data.loader.read_micro_batch); its evals score the same.
+        self.document_targets = cfg.model.attention == "document"
+        self.eval_sets = fixed_sets(named, cfg.model.block_size, count, cfg.eval.eval_seed, self.rank, self.world,
+                                    self.document_targets)
         self.probes = probes_for_block_size(cfg.model.block_size)  # induction + retrieval probes (docs/PROBES.md)
         self._train_eval_cache: dict[int, Any] = {}
         self.gold = GoldTracker(cfg.gold, baseline_step=cfg.gold_baseline_step)
@@ -348,7 +361,8 @@ class Trainer:
             raise OSError(f"injected read error ({FAULT_DATA_ERROR}) in {ds.directory}")
         batch = StepBatch(step=step, phase=phase, step_in_phase=offset)
         for ids in self.samplers[phase].micro_batches(offset, self.rank, self.world, self.cfg.batch.micro_batch_size):
-            x, y = read_micro_batch(ds, ids, self.cfg.model.block_size, self.pin_memory)
+            x, y = read_micro_batch(ds, ids, self.cfg.model.block_size, self.pin_memory,
+                                    document_targets=self.document_targets)
             batch.micro_batches.append((x, y, ids))
         return batch
 
@@ -373,7 +387,8 @@ class Trainer:
             iters = max(1, cfg.eval.eval_iters // TRAIN_SAMPLE_DIVISOR)
             self._train_eval_cache[phase] = fixed_sets(
                 {TRAIN_SET: self.plan.phases[phase]}, cfg.model.block_size,
-                iters * cfg.batch.micro_batch_size, cfg.eval.eval_seed, self.rank, self.world)[0]
+                iters * cfg.batch.micro_batch_size, cfg.eval.eval_seed, self.rank, self.world,
+                self.document_targets)[0]
         return self._train_eval_cache[phase]
 
     def run_eval(self, lr: float) -> dict[str, Any]:
@@ -514,8 +529,8 @@ class Trainer:
         hint = "" if acc["dtype"] == "fp32" or acc["steps"] == 1 else (
             f"; for fp32 accumulation use --deepspeed_config {ZERO2_FP32_ACCUM} (docs/TRAINING.md)")
         dist.print0(f"gradient accumulation: {acc['steps']} micro-steps, accumulated in {acc['dtype']} "
-                    f"(params {acc['param_dtype']}, ZeRO stage {acc['zero_stage']}){hint}"
-                    + (f" [{acc['note']}]" if acc["note"] else ""))
+                    f"(params {acc['param_dtype']}, ZeRO stage {acc['zero_stage']}), reduced across ranks in "
+                    f"{acc['reduce_dtype']}{hint}" + (f" [{acc['note']}]" if acc["note"] else ""))
         ck = cfg.checkpoint
         cadence = " and ".join(([f"every {ck.interval} steps"] if ck.interval else [])
                                + ([f"every {ck.interval_minutes:g} minutes of wall time"] if ck.interval_minutes

@@ -18,8 +18,15 @@ from typing import Any
 # multiple of 64 for tensor-core friendly shapes) but never smaller, or some token ids would index past the
 # embedding table.
 GPT2_TOKENIZER_VOCAB = 50257
+# GPT-2's <|endoftext|>, the last of its ids: every document ends with it, so document-isolated attention finds the
+# boundaries of a packed row from the ids alone (model/attention.py). data/tokenizer.py's EOT, read from tiktoken, is
+# the same id (tests/test_attention.py).
+EOT_ID = GPT2_TOKENIZER_VOCAB - 1
 # The architectures `Transformer` builds: the spec's LLaMA-2-style model and the GPT-2 model it replaces.
 ARCHS = ("llama", "gpt2")
+# What a query may read (model/attention.py): its own document, or the whole packed row.
+ATTENTION_KINDS = ("document", "causal")
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
 
 
 def dataclass_from_dict(cls, values: dict[str, Any], where: str):
@@ -80,6 +87,15 @@ class ModelConfig:
     whether it pays (scripts/bench/gpu_report.py). DeepSpeed's own ds_config `compile` section is refused."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init; residual output projections get init_std/sqrt(2*n_layer)."""
+    attention: str = "document"
+    """"document": a token attends only to earlier tokens of its own document, the boundaries read from the EOT ids
+    of the input (model/attention.py; docs/TRAINING.md, "Document-isolated attention"). "causal": every earlier token
+    of the packed row, across documents (the model before document isolation; for ablations and for checkpoints
+    trained that way)."""
+    attention_backend: str = "auto"
+    """The attention kernel for "document": "auto" (SDPA with a mask on the CPU and wherever dropout > 0,
+    FlexAttention on CUDA at dropout 0), "sdpa" or "flex" to force one. Computes the same numbers either way, so it
+    is not part of the run's fingerprint. "causal" always runs SDPA's causal flash path."""
     arch: str = "llama"
     """"llama" (RoPE, SwiGLU, RMSNorm) or "gpt2", the spec's old architecture kept as an ablation: learned absolute
     positions, GELU MLP of 4 * n_embd, LayerNorm (with biases when `bias`); no fused kernels."""
@@ -103,6 +119,14 @@ class ModelConfig:
                 f"model.vocab_size ({self.vocab_size}) is smaller than the GPT-2 tokenizer's {GPT2_TOKENIZER_VOCAB} "
                 "ids; use 50304 (50257 padded to a multiple of 64)"
             )
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"model.attention must be one of {list(ATTENTION_KINDS)}, got {self.attention!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention_backend must be one of {list(ATTENTION_BACKENDS)}, got "
+                             f"{self.attention_backend!r}")
+        if self.attention_backend == "flex" and self.dropout > 0:
+            raise ValueError(f"model.attention_backend 'flex': FlexAttention takes no dropout, and model.dropout is "
+                             f"{self.dropout}; set model.dropout to 0, or model.attention_backend to 'sdpa' or 'auto'")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.compile, bool):
@@ -161,4 +185,5 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-__all__ = ["ModelConfig", "ARCHS", "GPT2_TOKENIZER_VOCAB", "dataclass_from_dict"]
+__all__ = ["ModelConfig", "ARCHS", "ATTENTION_BACKENDS", "ATTENTION_KINDS", "EOT_ID", "GPT2_TOKENIZER_VOCAB",
+           "dataclass_from_dict"]

@@ -72,7 +72,11 @@ def load_model_checkpoint(
             f"{directory} is not a model checkpoint: missing {missing}. Pass a GOLD checkpoint directory "
             "(checkpoints/<model_name>/gold) or one written by model.io.save_model_checkpoint."
         )
-    config = ModelConfig.from_json(directory / CONFIG_FILE)
+    values = json.loads((directory / CONFIG_FILE).read_text())
+    # Written before document-isolated attention existed: such a model was trained with the causal mask over the
+    # whole row, and computes what it learned only under that mask.
+    values.setdefault("attention", "causal")
+    config = ModelConfig.from_dict(values)
     metadata_path = directory / METADATA_FILE
     metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
     state_dict = load_file(str(directory / WEIGHTS_FILE), device=str(device))

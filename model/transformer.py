@@ -1,4 +1,5 @@
-"""The LLaMA-2-style decoder: RMSNorm, RoPE, causal attention, SwiGLU, pre-norm blocks, tied embeddings.
+"""The LLaMA-2-style decoder: RMSNorm, RoPE, document-isolated causal attention, SwiGLU, pre-norm blocks, tied
+embeddings.
 
 `ModelConfig.arch = "gpt2"` builds the spec's old architecture from the same blocks for the ablation
 (`scripts/experiments/ablation_tiny.py`): learned absolute positions (`pos_embeddings`), LayerNorm and a GELU MLP
@@ -11,6 +12,10 @@ and `feed_forward.w13` is w1 (gate) and w3 (up) stacked row-wise (one GEMM inste
 one mapping, used by the export and by `model.io` to load checkpoints written before the fusion. RoPE uses Hugging
 Face's "rotate half" layout (not the interleaved complex one) for the same reason: exported weights need no
 permutation.
+
+Attention reads only earlier tokens of the query's own document, the boundaries taken from the EOT ids of `idx`
+(`model.attention`, "document"; "causal" reads the whole packed row): `model/attention.py` builds the mask once per
+forward and picks the kernel.
 
 Every residual add is fused into the norm that reads its sum (`add_and_norm`, the kernel `rms_norm_residual`): a
 block takes and returns `(delta, residual)` instead of one tensor, and computes exactly what `x = x + sublayer(norm(x))`
@@ -28,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.config import ModelConfig
+from model.attention import AttentionMask, attend, build_attention_mask
+from model.config import EOT_ID, ModelConfig
 from model.kernels import rms_norm, rms_norm_residual, swiglu
 from model.loss import chunked_linear_cross_entropy
 
@@ -121,7 +127,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(d, d, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                mask: AttentionMask) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, n_head, head_dim)
         if cos is None:  # gpt2 has no RoPE: its positions were added to the input embedding
@@ -130,9 +137,7 @@ class Attention(nn.Module):
             q, k = apply_rotary(qkv[:, :, :2].transpose(1, 2), cos, sin).transpose(1, 2).unbind(2)
             v = qkv[:, :, 2]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_dim)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attend(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)  # (B, n_head, T, head_dim)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, n_embd)
         return self.resid_dropout(self.wo(y))
 
@@ -181,7 +186,7 @@ class TransformerBlock(nn.Module):
         self.feed_forward = GeluFeedForward(config) if config.arch == "gpt2" else FeedForward(config)
 
     def forward(self, delta: torch.Tensor | None, residual: torch.Tensor, cos: torch.Tensor | None,
-                sin: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                sin: torch.Tensor | None, mask: AttentionMask) -> tuple[torch.Tensor, torch.Tensor]:
         """One pre-norm block, `x = x + attention(norm(x)); x = x + feed_forward(norm(x))`, written in the
         (delta, residual) form of FlashAttention's `Block` (Dao-AILab/flash-attention, flash_attn/modules/block.py,
         `prenorm=True`): the block takes the previous sublayer's output `delta` not yet added to the residual stream
@@ -189,7 +194,7 @@ class TransformerBlock(nn.Module):
         stream after this block is `residual + delta` of the returned pair; `delta` is None before the first block.
         """
         normed, residual = add_and_norm(self.attention_norm, delta, residual)
-        delta = self.attention(normed, cos, sin)
+        delta = self.attention(normed, cos, sin, mask)
         normed, residual = add_and_norm(self.ffn_norm, delta, residual)
         return self.feed_forward(normed), residual
 
@@ -231,6 +236,12 @@ class Transformer(nn.Module):
         """Parameters counted once each (the tied embedding/lm_head is one tensor)."""
         return sum(p.numel() for p in self.parameters())
 
+    def attention_mask(self, idx: torch.Tensor, dtype: torch.dtype) -> AttentionMask:
+        """What every layer attends with for the rows `idx` (model/attention.py): the document boundaries are read
+        from the EOT ids, so training, eval, probes and generation all see the same attention."""
+        c = self.config
+        return build_attention_mask(idx, c.attention, c.attention_backend, c.dropout, dtype, EOT_ID)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -249,9 +260,10 @@ class Transformer(nn.Module):
         else:
             x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
             cos, sin = self.rotary(T, idx.device, x.dtype)  # (T, head_dim / 2) each, in the activation dtype
+        mask = self.attention_mask(idx, x.dtype)  # once per forward, shared by every layer
         delta = None  # each block's last sublayer output, added to the stream by the next norm (see TransformerBlock)
         for layer in self.layers:
-            delta, x = layer(delta, x, cos, sin)
+            delta, x = layer(delta, x, cos, sin, mask)
         if targets is not None:
             if logits_index is not None:
                 raise ValueError("pass either targets (training loss) or logits_index (a few positions' logits)")

@@ -13,6 +13,15 @@ row split of the two fused projections (`attention.wqkv` -> q/k/v, `feed_forward
 `model.transformer.split_fused`) and a rename table (our parameter names follow Meta's LLaMA code; RoPE already uses
 Hugging Face's rotate-half layout), so no weight is permuted or recomputed. The GPT-2 tokenizer is not written;
 load it with tiktoken (`data.tokenizer`).
+
+Attention: a model trained with `model.attention` "document" reads only its own document. One document per row
+(the usual prompt) needs nothing more: Hugging Face's causal mask is then the same mask. A packed row of several
+documents needs `position_ids` that restart after every EOT (`model.attention.document_positions`) and
+`use_cache=False`: transformers then masks each document off the others (it looks for packed sequences only when no
+attention mask and no KV cache is given, masking_utils.py `_preprocess_mask_arguments`), and RoPE makes the
+restarted positions compute the same logits
+(tests/test_model.py checks both; docs/TRAINING.md, "Document-isolated attention"). `export_metadata.json` records
+which attention the model was trained with.
 """
 
 from __future__ import annotations
@@ -114,7 +123,8 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = tor
         json.dumps({"bos_token_id": EOT_TOKEN_ID, "eos_token_id": EOT_TOKEN_ID}, indent=2) + "\n"
     )
     (tmp / "export_metadata.json").write_text(
-        json.dumps({"source_checkpoint": str(checkpoint), "source_metadata": metadata}, indent=2, default=str) + "\n"
+        json.dumps({"source_checkpoint": str(checkpoint), "source_metadata": metadata, "attention": config.attention},
+                   indent=2, default=str) + "\n"
     )
     if out_dir.exists():
         shutil.rmtree(out_dir)

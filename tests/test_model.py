@@ -38,12 +38,25 @@ def test_smoke_test_catches_a_non_causal_model(monkeypatch):
     # Attention without the causal mask: the causality check must fail.
     real_sdpa = F.scaled_dot_product_attention
 
-    def leaky_sdpa(q, k, v, is_causal=False, dropout_p=0.0):
+    def leaky_sdpa(q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0):
         return real_sdpa(q, k, v, is_causal=False, dropout_p=dropout_p)
 
-    monkeypatch.setattr("model.transformer.F.scaled_dot_product_attention", leaky_sdpa)
+    monkeypatch.setattr("model.attention.F.scaled_dot_product_attention", leaky_sdpa)
+    for attention in ("document", "causal"):
+        checks = smoke_test_arch.run_checks(ModelConfig(**TINY, attention=attention), full=True)
+        results = {name: (ok, detail) for name, ok, detail in checks}
+        assert results["causal"][0] is False, results["causal"]
+        assert "Error" not in results["causal"][1]  # failed on the numbers, not on a crash
+
+
+def test_smoke_test_catches_attention_across_documents(monkeypatch):
+    # Document ids all zero: the mask is plain causal, so document B reads A.
+    monkeypatch.setattr("model.attention.document_ids", lambda idx, eot: torch.zeros_like(idx, dtype=torch.int32))
     results = {name: ok for name, ok, _ in smoke_test_arch.run_checks(ModelConfig(**TINY), full=True)}
-    assert results["causal"] is False
+    assert results["document"] is False and results["causal"] is True
+    skipped = {name: detail for name, _, detail in smoke_test_arch.run_checks(ModelConfig(**TINY, attention="causal"),
+                                                                            full=True)}
+    assert skipped["document"].startswith("skipped")
 
 
 def test_smoke_test_catches_absolute_position_rope(monkeypatch):
@@ -97,6 +110,27 @@ def test_hf_export_gives_the_same_logits(tmp_path):
     assert (ours - theirs).abs().max().item() <= 1e-4
     assert sum(p.numel() for p in hf.parameters()) == model.num_params()
     assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+
+
+def test_hf_export_computes_document_attention_one_document_per_row_or_with_packed_position_ids(tmp_path):
+    from model.attention import document_positions
+    from model.config import EOT_ID
+
+    model, hf = _export_and_load(tmp_path, ModelConfig(**TINY))
+    assert json.loads((tmp_path / "hf" / "export_metadata.json").read_text())["attention"] == "document"
+    gen = torch.Generator().manual_seed(4)
+    docs = [torch.randint(0, EOT_ID, (n,), generator=gen) for n in (20, 25, 16)]
+    eot = torch.tensor([EOT_ID])
+    single = torch.cat([docs[0], eot])[None]
+    row = torch.cat([torch.cat([d, eot]) for d in docs])[None]  # 3 documents packed, 64 tokens
+    positions = document_positions(row, EOT_ID)
+    assert positions[0, :21].tolist() == list(range(21)) and positions[0, 21:47].tolist() == list(range(26))
+    with torch.no_grad():
+        assert (model(single)[0] - hf(single).logits).abs().max().item() <= 1e-4
+        ours = model(row)[0]
+        assert (ours - hf(row, position_ids=positions, use_cache=False).logits).abs().max().item() <= 1e-4
+        # The control: without the position ids, Hugging Face reads across documents and the later ones differ.
+        assert (ours[:, 21:] - hf(row).logits[:, 21:]).abs().max().item() > 1e-2
 
 
 def test_hf_equivalence_check_detects_swapped_gate_and_up(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data.loader import read_micro_batch
-from data.packing import METHOD_FIXED
+from data.packing import METHOD_FIXED, document_bounds, pack
 from data.sampler import StepSampler
 from data.token_dataset import TokenDataset, add_packing, grounding_report, write_token_dir
 from data.tokenizer import EOT
@@ -150,3 +150,81 @@ def test_packing_is_deterministic_and_the_sample_order_a_function_of_the_step(tm
     c = write_token_dir(tmp_path / "c", docs, shard_tokens=500, pack_block_sizes=[32], pack_method=METHOD_FIXED)
     assert TokenDataset(c).fingerprint != da.fingerprint
     assert TokenDataset(c).stream_fingerprint == da.stream_fingerprint
+
+
+def _stream_positions(ds: TokenDataset, index: int, block_size: int) -> np.ndarray:
+    """The stream position of every token of sample `index` (-1 for padding), from its packing segments."""
+    offsets, segments = ds._packing_index(block_size)
+    pos = [np.arange(start, start + length) for start, length in segments[offsets[index] : offsets[index + 1]]]
+    out = np.concatenate(pos) if pos else np.zeros(0, np.int64)
+    return np.concatenate([out, np.full(block_size + 1 - out.size, -1)])
+
+
+@pytest.mark.parametrize("document_targets, doubled", [(True, False), (False, True)], ids=["document", "causal"])
+def test_every_in_document_target_is_trained_once_from_its_own_document(tmp_path, document_targets, doubled):
+    """120 documents of 2-40 tokens at block 16, through the real writer, packing index and read_micro_batch: map
+    every (input, target) pair the loss sees back to stream positions. With document targets, each in-document
+    token but the first is a target exactly once, from its stream predecessor in the same document, and nothing
+    else is a target; without them (model.attention "causal"), filler pieces make some targets twice, once from
+    another document's EOT."""
+    rng = np.random.default_rng(0)
+    docs = [np.concatenate([rng.integers(0, EOT, size=int(rng.integers(1, 40))), [EOT]]) for _ in range(120)]
+    block = 16
+    d = write_token_dir(tmp_path / "ds", docs, shard_tokens=300, pack_block_sizes=[block])
+    ds = TokenDataset(d)
+    stream = np.concatenate(docs)
+    doc_of = np.cumsum(stream == EOT) - (stream == EOT)  # the EOT belongs to the document it ends
+    n = ds.num_samples(block)
+    x, y = read_micro_batch(ds, np.arange(n), block, document_targets=document_targets)
+    trained = Counter()
+    foreign = 0
+    for i in range(n):
+        pos = _stream_positions(ds, i, block)
+        for t in np.flatnonzero(y[i].numpy() != -1):
+            src, dst = pos[t], pos[t + 1]
+            assert stream[src] == x[i, t] and stream[dst] == y[i, t]
+            trained[dst] += 1
+            foreign += dst != src + 1 or doc_of[src] != doc_of[dst]
+    expected = {p for p in range(1, stream.size) if doc_of[p - 1] == doc_of[p]}  # every token but a first
+    assert set(trained) >= expected
+    extra = sum(c - 1 for c in trained.values()) + len(set(trained) - expected)
+    if doubled:
+        assert foreign > 0 and extra > 0  # the double target document targets remove
+    else:
+        assert foreign == 0 and extra == 0 and set(trained) == expected
+        assert sum(trained.values()) == len(expected) > 2000
+
+
+def _joins(packed, stream: np.ndarray, doc_of: np.ndarray) -> int:
+    """Adjacent tokens of a sample that are neither the stream's next token of the same document nor after an EOT."""
+    joins = 0
+    for i in range(packed.offsets.size - 1):
+        segs = packed.segments[packed.offsets[i] : packed.offsets[i + 1]]
+        pos = np.concatenate([np.arange(start, start + n) for start, n in segs])
+        joins += sum(not ((b == a + 1 and doc_of[a] == doc_of[b]) or stream[a] == EOT)
+                     for a, b in zip(pos[:-1], pos[1:], strict=True))
+    return joins
+
+
+@pytest.mark.parametrize("block_size", [16, 24])
+def test_a_document_without_an_eot_is_never_followed_by_another_in_a_sample(tmp_path, block_size):
+    """Three files end mid-document (a mix cut them; the last is the stream's end): such a document gets samples of
+    its own, so the document mask, which reads boundaries from EOTs, never lets a later document read it."""
+    rng = np.random.default_rng(1)
+    docs = [np.concatenate([rng.integers(0, EOT, size=int(rng.integers(1, 30))), [EOT]]) for _ in range(80)]
+    for cut in (10, 40, 79):
+        docs[cut] = docs[cut][: -1 - int(rng.integers(0, 5))]
+    stream = np.concatenate(docs)
+    file_starts = np.cumsum([0] + [sum(len(doc) for doc in docs[a:b]) for a, b in ((0, 11), (11, 41))])
+    bounds = document_bounds(np.flatnonzero(stream == EOT), stream.size, file_starts)
+    closed = stream[bounds[1:] - 1] == EOT
+    doc_of = np.searchsorted(bounds, np.arange(stream.size), side="right") - 1
+    packed = pack(bounds, block_size, ends_with_eot=closed)
+    assert packed.stats["open_ended_documents"] == 3
+    assert _joins(packed, stream, doc_of) == 0
+    assert _joins(pack(bounds, block_size), stream, doc_of) > 0  # the packing before: an open document joined
+    # A token directory finds which documents end with EOT itself: written as one file, the two cut documents run
+    # on into the next, and only the stream's end is open.
+    d = write_token_dir(tmp_path / "ds", docs, pack_block_sizes=[block_size])
+    entry = TokenDataset(d).packing["block_sizes"][str(block_size)]
+    assert entry["open_ended_documents"] == 1 and entry["documents"] == len(docs) - 2

@@ -300,7 +300,8 @@ def test_forced_bf16_trains_in_bf16_and_tracks_the_reference_run(runs):
     runs.need('A', 'F')
     root, console = runs["root"], runs["F"]
     assert _precision(console) == "bf16" and "(--precision bf16;" in console
-    assert "gradient accumulation: 2 micro-steps, accumulated in bf16 (params bf16, ZeRO stage 2)" in console
+    assert ("gradient accumulation: 2 micro-steps, accumulated in bf16 (params bf16, ZeRO stage 2), reduced across "
+            "ranks in fp32") in console
     a, f = _steps(root, "A"), _steps(root, "F")
     assert sorted(f) == [1, 2, 3, 4, 5]
     for step in f:
@@ -816,6 +817,25 @@ def test_bad_input_resume_from_another_config(runs, monkeypatch):
                                     str(root / "checkpoints" / "A" / "step_20")])
     assert "from another run" in msg and "the training settings" in msg and "--resume_ignore config" in msg
     assert "datasets differ" not in msg and "eval sets" not in msg  # only what differs is named
+
+
+def test_resume_of_a_run_from_before_document_attention_names_the_setting(runs, monkeypatch, tmp_path):
+    runs.need('A')
+    import shutil
+
+    root = runs["root"]
+    old = tmp_path / "step_20"
+    shutil.copytree(root / "checkpoints" / "A" / "step_20", old)
+    meta = json.loads((old / "trainer_meta.json").read_text())
+    del meta["train_config"]["model"]["attention"]  # as written before the field existed
+    meta["config_fingerprint"] = "0123456789abcdef"
+    (old / "trainer_meta.json").write_text(json.dumps(meta))
+    msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "X", "--resume", str(old)])
+    assert '"attention": "causal"' in msg and "before model.attention existed" in msg
+    meta["train_config"]["model"]["attention"] = "document"  # a document run with other settings: no such hint
+    (old / "trainer_meta.json").write_text(json.dumps(meta))
+    msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "X", "--resume", str(old)])
+    assert "from another run" in msg and "model.attention" not in msg
 
 
 def test_resume_checks_eval_sets_and_allows_harmless_changes(runs, monkeypatch, tmp_path):

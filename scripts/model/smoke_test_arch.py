@@ -10,6 +10,7 @@ Checks, printed as a table; the exit code is 1 if any fails:
   tied          embedding and lm_head are one tensor (when tie_weights)
   shapes        logits are (batch, seq, vocab_size)
   causal        changing token t changes no logit before t (and does change logits at t)
+  document      in a row [A, EOT, B], replacing A changes none of B's logits; skipped for model.attention "causal"
   rope          a query/key score depends only on their distance (and does depend on it); skipped for arch gpt2
   init_loss     loss at init within 0.1 of ln(vocab_size)
   fwd_bwd_fp32  one forward/backward in fp32 with finite gradients on every parameter
@@ -29,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from model.config import ModelConfig  # noqa: E402
+from model.config import EOT_ID, ModelConfig  # noqa: E402
 from model.transformer import Transformer, apply_rotary  # noqa: E402
 
 FULL_CHECK_LIMIT = 200_000_000
@@ -67,6 +68,20 @@ def check_causal(model: Transformer, tokens: torch.Tensor) -> tuple[bool, str]:
     leak = (before[:, :t] - after[:, :t]).abs().max().item()
     effect = (before[:, t:] - after[:, t:]).abs().max().item()
     return leak == 0.0 and effect > 0.0, f"max change before t={t}: {leak:.1e}; at/after t: {effect:.1e}"
+
+
+@torch.no_grad()
+def check_document(model: Transformer, tokens: torch.Tensor) -> tuple[bool, str]:
+    """Document B, after A's EOT, must read nothing of A: its logits stay the same when A is replaced."""
+    tokens = tokens.masked_fill(tokens == EOT_ID, 0)  # exactly one EOT: the end of A
+    t = tokens.shape[1] // 2
+    tokens[:, t] = EOT_ID
+    other = tokens.clone()
+    other[:, :t] = (other[:, :t] + 1) % EOT_ID
+    before, _ = model(tokens)
+    after, _ = model(other)
+    leak = (before[:, t + 1 :] - after[:, t + 1 :]).abs().max().item()
+    return leak < 1e-5, f"max change of B's logits when A (positions < {t}) is replaced: {leak:.1e}"
 
 
 @torch.no_grad()
@@ -136,6 +151,10 @@ def run_checks(config: ModelConfig, full: bool, batch: int = 2, seq: int | None 
     tokens = torch.randint(0, 50257, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
     record("shapes", lambda: check_shapes(model, tokens[:, :-1]))
     record("causal", lambda: check_causal(model, tokens[:, :-1]))
+    if config.attention == "document":
+        record("document", lambda: check_document(model, tokens[:, :-1]))
+    else:
+        results.append(("document", True, "skipped: model.attention 'causal' reads the whole row"))
     if config.arch == "llama":
         record("rope", lambda: check_rope(model))
     else:  # learned absolute positions: there is no rotation to check, and no relative-position property to expect
