@@ -105,3 +105,38 @@ def test_fp32_accumulation_is_reported_at_zero_stage_2_as_at_stage_1():
         summary = accumulation_summary(build_ds_config(cfg, REPO / path, world_size=1, on_cuda=False))
         assert summary["dtype"] == dtype and summary["param_dtype"] == "bf16", path
         assert "not used" not in summary["note"], path
+
+
+def test_the_shipped_bf16_configs_reduce_gradients_in_fp32_and_say_so():
+    from launcher.config import TrainConfig
+    from launcher.engine import ZERO1_FP32_ACCUM, ZERO2_FP32_ACCUM, accumulation_summary, build_ds_config
+
+    cfg = TrainConfig.from_json(REPO / "configs/tiny/test_cpu.json")
+    for path in (BF16, ZERO2_FP32_ACCUM, ZERO1_FP32_ACCUM):
+        merged = build_ds_config(cfg, REPO / path, world_size=2, on_cuda=False)
+        assert accumulation_summary(merged)["reduce_dtype"] == "fp32", path
+    without = {k: v for k, v in _load(BF16).items() if k != "communication_data_type"}
+    assert accumulation_summary({**without, "gradient_accumulation_steps": 1})["reduce_dtype"] == "bf16"
+
+
+@pytest.mark.multirank
+def test_deepspeed_reduces_gradients_in_the_dtype_the_config_names(tmp_path):
+    """On 2 CPU ranks, bf16 engines: every gradient-sized collective of an optimizer step is fp32 under the shipped
+    configs, and bf16 under the default config without `communication_data_type` (the control)."""
+    import sys
+
+    from tests.process_group import run
+
+    without = tmp_path / "without_communication_data_type.json"
+    without.write_text(json.dumps({k: v for k, v in _load(BF16).items() if k != "communication_data_type"}))
+    configs = [BF16, "ds_configs/zero2_bf16_fp32accum.json", "ds_configs/zero1_bf16_fp32accum.json", str(without)]
+    deepspeed = str(Path(sys.executable).with_name("deepspeed"))
+    result = run([deepspeed, "--num_gpus", "2", "tests/ds_reduce_dtype.py", "--out", str(tmp_path / "out"),
+                  *configs], timeout=240, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / "out" / f"rank{rank}.json").read_text())
+        for path in configs:
+            # Gradient buckets hold thousands of elements; the one-element reductions are DeepSpeed's overflow checks.
+            dtypes = {dtype for op, dtype, numel in seen[path] if numel > 1000}
+            assert dtypes == ({"bfloat16"} if path == str(without) else {"float32"}), (rank, path, seen[path])
