@@ -76,7 +76,7 @@ def test_sections_that_do_not_fit_the_budget_are_skipped_in_order_of_value(cheap
     assert "memory body" in text and "throughput_compiled body" in text  # what fits still runs
     assert "skipped for the budget: ['throughput_eager']" in text
     out = capsys.readouterr().out
-    assert "[5/7] throughput_eager: skipped" in out and "[6/7] memory: estimate 1 s" in out
+    assert "[5/9] throughput_eager: skipped" in out and "[6/9] attention: estimate 1 s" in out
 
 
 def _wait_gone(pid: int, seconds: float = 10) -> bool:

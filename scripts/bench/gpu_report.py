@@ -24,9 +24,15 @@ section (an exception or a SystemExit) is reported and the next one runs; the ex
    skipped as warm-up: tokens/s/GPU, MFU, peak memory per GPU, data wait, and the seconds of the checkpoint save at
    the last step. Token directories that do not exist are synthesised (random ids, packed), so it runs on a bare pod;
    the report says which;
-6. memory: scripts/bench/model_memory.py at the full 750M model, micro-batch 12 x 1024, bf16 (chunked loss vs full
+6. attention: scripts/bench/attention.py --model-step at the 750M config, micro-batch 12 x 1024, bf16: forward +
+   backward of the whole model with causal vs document-isolated attention, at dropout 0 (document: FlexAttention)
+   and at the spec's 0.1 (document: SDPA with a mask), side by side in one process;
+7. reduce_dtype: with 2 or more GPUs, two short throughput runs that differ only in the ds_config's
+   `communication_data_type`, fp32 (the shipped default) vs bf16: what reducing gradients in fp32 costs per step
+   (one GPU reduces nothing: the section says so and measures nothing);
+8. memory: scripts/bench/model_memory.py at the full 750M model, micro-batch 12 x 1024, bf16 (chunked loss vs full
    logits);
-7. throughput_compiled: the same run with `model.compile` (compile time included in its wall time).
+9. throughput_compiled: the same run with `model.compile` (compile time included in its wall time).
 
 --dry_run runs the same code on CPU at tiny sizes: the reference functions stand in for the Triton kernels, the
 kernel and memory benchmarks run their CPU paths (the kernel tuning table's code under TRITON_INTERPRET=1 at
@@ -61,12 +67,14 @@ from scripts.bench._run import (  # noqa: E402
 )
 
 # In order of value: what a first look at a new GPU needs most comes first.
-SECTIONS = ("environment", "gpu_tests", "selfcheck", "kernels", "throughput_eager", "memory", "throughput_compiled")
+SECTIONS = ("environment", "gpu_tests", "selfcheck", "kernels", "throughput_eager", "attention", "reduce_dtype",
+            "memory", "throughput_compiled")
 # Seconds each section is expected to take on one H100/H200 (GPU) and on the 2-core CPU VM (--dry_run). The GPU
 # figures are estimates until a report replaces them (docs/PERFORMANCE.md, "First contact with a GPU").
 ESTIMATE_S = {
     "environment": (15, 10), "gpu_tests": (150, 40), "selfcheck": (30, 10), "kernels": (180, 60),
-    "throughput_eager": (180, 90), "memory": (60, 30), "throughput_compiled": (300, 150),
+    "throughput_eager": (180, 90), "attention": (90, 40), "reduce_dtype": (150, 5), "memory": (60, 30),
+    "throughput_compiled": (300, 150),
 }
 DEFAULT_BUDGET_S = 720  # 12 minutes of one GPU: a first look on a rented GPU, start-up aside
 BASE_CONFIG = "configs/base/750M_unified_v1.json"
@@ -246,6 +254,44 @@ def section_kernels(args) -> str:
     return f"`{' '.join(cmd[1:])}`:\n\n{out.strip()}\n\nLiger-Kernel, same shapes:\n\n{liger_table(args)}"
 
 
+def section_attention(args) -> str:
+    cmd = [sys.executable, "scripts/bench/attention.py", "--model-step", BASE_CONFIG, "--batch", "12", "--reps", "5"]
+    if args.dry_run:
+        cmd = [sys.executable, "scripts/bench/attention.py", "--model-step", DRY_CONFIG, "--batch", "1", "--reps", "1"]
+    code, out = _run(cmd, timeout=args.budget.timeout())
+    if code != 0:
+        raise RuntimeError(f"`{' '.join(cmd[1:])}` exited {code}:\n{_fence(out)}")
+    table = "\n".join(line for line in out.splitlines() if line.startswith("|"))
+    return f"`{' '.join(cmd[1:])}`:\n\n{table}"
+
+
+def section_reduce_dtype(args) -> str:
+    if args.num_gpus < 2 and not args.dry_run:
+        return (f"skipped: {args.num_gpus} GPU reduces no gradients across ranks; the bf16 vs fp32 reduction needs "
+                "2 or more (rerun on a multi-GPU pod)")
+    if args.dry_run:  # one CPU process reduces nothing either
+        return ("dry run: one process has no gradient reduction to time; on 2 or more GPUs this section trains "
+                "twice, communication_data_type fp32 and bf16")
+    import json
+
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        ds = json.loads((REPO / "ds_configs/zero2_bf16.json").read_text())
+        ds["communication_data_type"] = dtype
+        path = Path(tempfile.mkdtemp(prefix=".gpu_report_ds_", dir=args.out)) / f"zero2_bf16_reduce_{dtype}.json"
+        path.write_text(json.dumps(ds))
+        try:
+            r = throughput_run(args, compile_blocks=False, extra=["--deepspeed_config", str(path)],
+                               steps=max(2 * args.log_interval, args.steps // 2))
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        rows.append(f"| {dtype} | {r['num_gpus']} | {r['tokens_per_s_per_gpu']:,.0f} | {r['step_seconds']:.3f} | "
+                    f"{r['mfu']:.1%} |")
+    return ("`configs/base/750M_unified_v1.json`, ds_config `zero2_bf16.json` with `communication_data_type` set as "
+            "below, the first interval skipped\n\n| gradient reduction | GPUs | tokens/s/GPU | step s | MFU |\n"
+            "| --- | --- | --- | --- | --- |\n" + "\n".join(rows))
+
+
 def section_memory(args) -> str:
     cmd = [sys.executable, "scripts/bench/model_memory.py", "--device", "cuda", "--dtype", "bfloat16",
            "--layers", "32", "--batch", "12", "--seq", "1024"]
@@ -257,9 +303,10 @@ def section_memory(args) -> str:
     return f"`{' '.join(cmd[1:])}`:\n\n{out.strip()}"
 
 
-def throughput_run(args, compile_blocks: bool) -> dict:
-    """One short training run; tokens/s/GPU, MFU, peak memory and save seconds from its logs and console."""
-    config, steps, interval, num_gpus = BASE_CONFIG, args.steps, args.log_interval, args.num_gpus
+def throughput_run(args, compile_blocks: bool, extra: list[str] | None = None, steps: int | None = None) -> dict:
+    """One short training run; tokens/s/GPU, MFU, peak memory and save seconds from its logs and console. `extra`:
+    more launcher/train.py arguments (another --deepspeed_config)."""
+    config, steps, interval, num_gpus = BASE_CONFIG, steps or args.steps, args.log_interval, args.num_gpus
     device = "cuda"
     if args.dry_run:
         config, steps, interval, num_gpus, device = DRY_CONFIG, 4, 2, 1, "cpu"
@@ -271,7 +318,7 @@ def throughput_run(args, compile_blocks: bool) -> dict:
             "logging.log_interval": interval, "eval.eval_interval": steps, "eval.eval_iters": 2,
             "model.compile": compile_blocks, "gold.enabled": False})
         synthetic = synthesize_missing_data(cfg, out / "synthetic")
-        console = launch(cfg, "report", num_gpus, [], device=device, timeout=args.budget.timeout())
+        console = launch(cfg, "report", num_gpus, extra or [], device=device, timeout=args.budget.timeout())
         rows = [r for r in records(out, "report", "train") if "loss" in r][1:]  # the first interval is warm-up
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -357,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [name for name in SECTIONS if name not in args.skip]
     for i, name in enumerate(todo, 1):
         estimate = ESTIMATE_S[name][1 if args.dry_run else 0]
+        if name == "reduce_dtype" and args.num_gpus < 2:
+            estimate = 1  # one GPU has no reduction: the section only says so
         left = args.budget.left()
         if estimate > left:
             skipped.append(name)
