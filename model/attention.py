@@ -24,7 +24,7 @@ Kernels (`model.attention_backend`, "auto" picks per device and dropout):
 | `sdpa` | additive (B, 1, Tq, Tk), activation dtype | yes | CPU; CUDA with dropout > 0 (memory-efficient kernel) |
 | `flex` | FlexAttention `BlockMask`, compiled | no | CUDA with dropout 0 |
 
-On the CPU FlexAttention has no backward and its eager path is ~60x slower than SDPA with a mask
+On the CPU FlexAttention has no backward and its eager forward is 7-33x slower than SDPA with a mask
 (`scripts/bench/attention.py`, docs/PERFORMANCE.md), so the CPU always runs SDPA. On CUDA, FlexAttention skips the
 blocks the mask empties (torchtitan's default for document masks), but it takes no dropout, so the spec's dropout 0.1
 runs SDPA's memory-efficient kernel, which takes a mask and dropout. `varlen_attn` (flash varlen) is not offered: it
@@ -54,8 +54,8 @@ def document_ids(idx: torch.Tensor, eot: int) -> torch.Tensor:
 def document_positions(idx: torch.Tensor, eot: int) -> torch.Tensor:
     """(B, T) int64: each position's offset from the start of its document. Fed to a Hugging Face export as
     `position_ids` (with `use_cache=False`), it makes transformers mask each document of a packed row off the others
-    (its packed-sequence detection, masking_utils.find_packed_sequence_indices), which computes what "document" computes here: RoPE
-    scores depend only on distances, so restarting positions changes nothing within a document."""
+    (its packed-sequence detection, masking_utils.find_packed_sequence_indices), which computes what "document"
+    computes here: RoPE scores depend only on distances, so restarting positions changes nothing within a document."""
     doc = document_ids(idx, eot)
     pos = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
     first = torch.ones_like(idx, dtype=torch.bool)
