@@ -98,9 +98,9 @@ def open_token_dir(path: str, what: str, verify: str, block_size: int) -> TokenD
 
 
 def _trained_causal(meta: dict[str, Any]) -> bool:
-    """A checkpoint whose config predates `model.attention` (or sets it "causal") read the whole packed row."""
-    model = (meta.get("train_config") or {}).get("model") or {}
-    return model.get("attention", "causal") == "causal"
+    """A checkpoint written before `model.attention` existed (no "attention" in its trainer_meta.json), or with it
+    "causal", read the whole packed row."""
+    return meta.get("attention", "causal") == "causal"
 
 
 # What a resume compares with the checkpoint: `--resume_ignore` kind -> (trainer_meta key, what it covers).
@@ -498,6 +498,7 @@ class Trainer:
         meta = {**resume_identity(self.cfg, self.plan.phases, self.plan.val, self.plan.eval_sets),
                 "world_size": self.world, "model_name": self.model_name,
                 "precision": precision_of(self.plan.ds_config), "zero_stage": zero_stage(self.plan.ds_config),
+                "attention": self.cfg.model.attention,  # absent: written before model.attention, so causal
                 # Lineage: which run wrote it and where that run started from (null: a fresh start).
                 "run_started": self.run_started,
                 "parent": str(self.plan.resume_path) if self.plan.resume_path is not None else None}

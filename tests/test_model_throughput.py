@@ -97,8 +97,9 @@ def _unfused_forward(model, idx):
     """The block loop as written before the residual adds were fused into the norms: `x = x + sublayer(norm(x))`."""
     x = model.tok_embeddings(idx)
     cos, sin = model.rotary(idx.shape[1], idx.device, x.dtype)
+    mask = model.attention_mask(idx, x.dtype)
     for layer in model.layers:
-        x = x + layer.attention(layer.attention_norm(x), cos, sin)
+        x = x + layer.attention(layer.attention_norm(x), cos, sin, mask)
         x = x + layer.feed_forward(layer.ffn_norm(x))
     return model.norm(x)
 

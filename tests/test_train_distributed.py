@@ -827,12 +827,12 @@ def test_resume_of_a_run_from_before_document_attention_names_the_setting(runs, 
     old = tmp_path / "step_20"
     shutil.copytree(root / "checkpoints" / "A" / "step_20", old)
     meta = json.loads((old / "trainer_meta.json").read_text())
-    del meta["train_config"]["model"]["attention"]  # as written before the field existed
+    assert meta.pop("attention") == "document"  # as written before the field existed
     meta["config_fingerprint"] = "0123456789abcdef"
     (old / "trainer_meta.json").write_text(json.dumps(meta))
     msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "X", "--resume", str(old)])
     assert '"attention": "causal"' in msg and "before model.attention existed" in msg
-    meta["train_config"]["model"]["attention"] = "document"  # a document run with other settings: no such hint
+    meta["attention"] = "document"  # a document run with other settings: no such hint
     (old / "trainer_meta.json").write_text(json.dumps(meta))
     msg = _main_error(monkeypatch, ["--config_file", str(runs["cfg"]), "--model_name", "X", "--resume", str(old)])
     assert "from another run" in msg and "model.attention" not in msg
