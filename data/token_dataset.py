@@ -398,10 +398,7 @@ def _documents(ds: TokenDataset, boundaries: str, file_range: tuple[int, int] | 
     lo, hi = int(ds._starts[a]), int(ds._starts[b])
     files = ds._starts[a:b] if boundaries == packing_mod.BOUNDARIES_EOT_FILES else None
     bounds = packing_mod.document_bounds(eot - lo, hi - lo, None if files is None else files - lo) + lo
-    last = bounds[1:] - 1
-    closed = eot[np.minimum(np.searchsorted(eot, last), max(eot.size - 1, 0))] == last if eot.size else \
-        np.zeros(last.size, bool)
-    return bounds, closed
+    return bounds, np.isin(bounds[1:] - 1, eot)  # a document ends with EOT when its last token is one
 
 
 def _default_boundaries(manifest: dict) -> str:

@@ -160,9 +160,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMas
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     if mask.backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.additive, dropout_p=dropout_p)
-    if dropout_p:
-        raise ValueError("FlexAttention takes no dropout (model.attention_backend 'flex' needs model.dropout 0)")
-    flex_attention, _ = _flex_ops()
+    flex_attention, _ = _flex_ops()  # dropout 0 here: resolve_backend never picks flex with dropout
     return flex_attention(q, k, v, block_mask=mask.block_mask)
 
 
