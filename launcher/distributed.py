@@ -148,6 +148,18 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
+def shutdown() -> None:
+    """End a run that succeeded: wait for every rank, then destroy the process group while Python is fully alive.
+
+    Without it, gloo's worker threads can still hold work objects at interpreter exit, and a rank that finished cleanly
+    dies with SIGABRT ("terminate called without an active exception"; pytorch/pytorch#190489 and #179291), which the
+    deepspeed launcher reports as a failed job. torch's docs ask for this call near the end of main().
+    """
+    if is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 # What gloo and NCCL say when the other side of a collective went away (torch's DistNetworkError / DistBackendError
 # for NCCL; a RuntimeError from gloo's tcp pair, "Connection closed by peer ... remote worker crashing").
 _PEER_GONE = ("Connection closed by peer", "remote worker crashing", "Connection reset by peer",

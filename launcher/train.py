@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if trainer is not None:
             trainer.close()
+    dist.shutdown()
     return 0
 
 

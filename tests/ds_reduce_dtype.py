@@ -22,7 +22,7 @@ import torch.distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launcher.distributed import init_distributed  # noqa: E402
+from launcher.distributed import init_distributed, shutdown  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
@@ -74,6 +74,7 @@ def main() -> int:
         out[path] = list(log)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"rank{torch.distributed.get_rank()}.json").write_text(json.dumps(out))
+    shutdown()
     return 0
 
 

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
+    dist.shutdown()
     return 0
 
 

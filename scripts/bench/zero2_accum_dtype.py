@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from launcher.distributed import init_distributed  # noqa: E402
+from launcher.distributed import init_distributed, shutdown  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                   "that this script can locate; the source allocates grads_in_partition in the parameter dtype)")
         for micro, i, dtype, n, same, share in rows:
             print(f"| {micro} | {i} | {dtype} | {n:,} | {'yes' if same else '-'} | {share:.3f} |")
+    shutdown()
     return 0
 
 
