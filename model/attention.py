@@ -131,12 +131,16 @@ def _flex_ops():
 
 
 def build_attention_mask(idx: torch.Tensor, kind: str, backend: str, dropout: float, dtype: torch.dtype,
-                         eot: int, *, cache_ids: torch.Tensor | None = None) -> AttentionMask:
+                         eot: int, *, cache_ids: torch.Tensor | None = None,
+                         key_valid: torch.Tensor | None = None) -> AttentionMask:
     """The mask of one forward over `idx` (B, T), queries at positions [P, P + T) where P is the length of
-    `cache_ids` (B, P), the ids already in a KV cache (None: no cache). Keys are `cache_ids` then `idx`."""
+    `cache_ids` (B, P), the ids already in a KV cache (None: no cache). Keys are `cache_ids` then `idx`.
+    `key_valid` (B, P + T) bool, False on left padding (batched generation): no query reads a pad key, except that a
+    pad reads itself, so that no row of the softmax is empty (an all -inf row is NaN, and NaN values would reach
+    the real rows through the next layer's keys, since 0 * NaN is NaN)."""
     chosen = resolve_backend(kind, backend, idx.device, dropout)
     past = 0 if cache_ids is None else cache_ids.shape[1]
-    if chosen == "sdpa_causal" and past == 0:
+    if chosen == "sdpa_causal" and past == 0 and key_valid is None:
         return AttentionMask("sdpa_causal")
     keys = idx if cache_ids is None else torch.cat([cache_ids, idx], dim=1)
     if kind == "causal":
@@ -144,12 +148,16 @@ def build_attention_mask(idx: torch.Tensor, kind: str, backend: str, dropout: fl
     else:
         doc_k = document_ids(keys, eot)
     doc_q = doc_k[:, past:]
-    if chosen == "flex" and past == 0:
+    if chosen == "flex" and past == 0 and key_valid is None:
         _, create_block_mask = _flex_ops()
         t = idx.shape[1]
         return AttentionMask("flex", block_mask=create_block_mask(flex_mask_mod(doc_k), idx.shape[0], None, t, t,
                                                                   device=idx.device))
     allowed = dense_allowed(doc_q, doc_k, past)
+    if key_valid is not None:
+        k_pos = torch.arange(keys.shape[1], device=idx.device)
+        itself = k_pos[None, :] == (past + torch.arange(idx.shape[1], device=idx.device))[:, None]  # (Tq, Tk)
+        allowed &= key_valid[:, None, :] | itself[None]
     additive = torch.zeros(allowed.shape, dtype=dtype, device=idx.device).masked_fill_(~allowed, float("-inf"))
     return AttentionMask("sdpa", additive=additive[:, None])  # (B, 1, Tq, Tk): broadcast over heads
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from model.attention import AttentionMask, attend, build_attention_mask
 from model.config import EOT_ID, ModelConfig
 from model.kernels import rms_norm, rms_norm_residual, swiglu
+from model.kv_cache import KVCache
 from model.loss import chunked_linear_cross_entropy
 
 # Fused parameter -> the unfused parameters it stacks, in row order (each n_embd or ffn_hidden rows).
@@ -128,7 +129,9 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
-                mask: AttentionMask) -> torch.Tensor:
+                mask: AttentionMask, kv: tuple[KVCache, int, int] | None = None) -> torch.Tensor:
+        """`kv`: (cache, this layer's index, the first new position) when decoding with a KV cache: the new keys and
+        values are stored, and the queries read every cached one."""
         B, T, C = x.shape
         qkv = self.wqkv(x).view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, n_head, head_dim)
         if cos is None:  # gpt2 has no RoPE: its positions were added to the input embedding
@@ -137,6 +140,9 @@ class Attention(nn.Module):
             q, k = apply_rotary(qkv[:, :, :2].transpose(1, 2), cos, sin).transpose(1, 2).unbind(2)
             v = qkv[:, :, 2]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_dim)
+        if kv is not None:
+            cache, layer, start = kv
+            k, v = cache.update(layer, start, k, v)  # (B, n_head, start + T, head_dim)
         y = attend(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0)  # (B, n_head, T, head_dim)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, n_embd)
         return self.resid_dropout(self.wo(y))
@@ -186,7 +192,8 @@ class TransformerBlock(nn.Module):
         self.feed_forward = GeluFeedForward(config) if config.arch == "gpt2" else FeedForward(config)
 
     def forward(self, delta: torch.Tensor | None, residual: torch.Tensor, cos: torch.Tensor | None,
-                sin: torch.Tensor | None, mask: AttentionMask) -> tuple[torch.Tensor, torch.Tensor]:
+                sin: torch.Tensor | None, mask: AttentionMask,
+                kv: tuple[KVCache, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One pre-norm block, `x = x + attention(norm(x)); x = x + feed_forward(norm(x))`, written in the
         (delta, residual) form of FlashAttention's `Block` (Dao-AILab/flash-attention, flash_attn/modules/block.py,
         `prenorm=True`): the block takes the previous sublayer's output `delta` not yet added to the residual stream
@@ -194,7 +201,7 @@ class TransformerBlock(nn.Module):
         stream after this block is `residual + delta` of the returned pair; `delta` is None before the first block.
         """
         normed, residual = add_and_norm(self.attention_norm, delta, residual)
-        delta = self.attention(normed, cos, sin, mask)
+        delta = self.attention(normed, cos, sin, mask, kv)
         normed, residual = add_and_norm(self.ffn_norm, delta, residual)
         return self.feed_forward(normed), residual
 
@@ -243,27 +250,42 @@ class Transformer(nn.Module):
         return build_attention_mask(idx, c.attention, c.attention_backend, c.dropout, dtype, EOT_ID)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_index: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_index: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids. Without targets, returns (logits (B, T, vocab_size), None). With targets (B, T),
         returns (None, the mean cross-entropy over targets != -1), computed in fp32 by the chunked linear +
         cross-entropy without materializing the logits. With `logits_index` (B, K) positions (no targets), only the
         logits at those positions are computed, (B, K, vocab_size): generation and probes need a few positions, and
-        the vocabulary projection of every position dominates the cost of a small model."""
+        the vocabulary projection of every position dominates the cost of a small model. With `cache`
+        (model/kv_cache.py), `idx` continues the cached ids: positions start at `cache.length`, the queries read the
+        cached keys too, and the new keys and values are stored (`model.generate` drives it)."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds model.block_size {self.config.block_size}")
+        start = 0 if cache is None else cache.begin(idx)
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds model.block_size {self.config.block_size}")
         if self.rotary is None:  # gpt2: learned absolute positions added to the token embedding
             cos = sin = None
-            x = self.tok_embeddings(idx) + self.pos_embeddings(torch.arange(T, device=idx.device))
+            pos = torch.arange(start, start + T, device=idx.device)
+            if cache is not None:  # left padding: each row's positions count from its first real token
+                pos = (pos[None, :] - cache.pad[:, None]).clamp(min=0)  # (B, T)
+            x = self.tok_embeddings(idx) + self.pos_embeddings(pos)
             x = self.dropout(x)  # (B, T, n_embd)
         else:
             x = self.dropout(self.tok_embeddings(idx))  # (B, T, n_embd)
-            cos, sin = self.rotary(T, idx.device, x.dtype)  # (T, head_dim / 2) each, in the activation dtype
-        mask = self.attention_mask(idx, x.dtype)  # once per forward, shared by every layer
+            # RoPE scores depend on distance only, so left padding needs no per-row positions.
+            cos, sin = (t[start:] for t in self.rotary(start + T, idx.device, x.dtype))  # (T, head_dim / 2) each
+        if cache is None:
+            mask = self.attention_mask(idx, x.dtype)  # once per forward, shared by every layer
+        else:
+            c = self.config
+            mask = build_attention_mask(idx, c.attention, c.attention_backend, c.dropout, x.dtype, EOT_ID,
+                                        cache_ids=cache.ids[:, :start], key_valid=cache.valid[:, :start + T])
         delta = None  # each block's last sublayer output, added to the stream by the next norm (see TransformerBlock)
-        for layer in self.layers:
-            delta, x = layer(delta, x, cos, sin, mask)
+        for i, layer in enumerate(self.layers):
+            delta, x = layer(delta, x, cos, sin, mask, None if cache is None else (cache, i, start))
+        if cache is not None:
+            cache.end(T)
         if targets is not None:
             if logits_index is not None:
                 raise ValueError("pass either targets (training loss) or logits_index (a few positions' logits)")
