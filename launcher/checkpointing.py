@@ -413,3 +413,50 @@ class GoldWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"writing the GOLD checkpoint {self._path} failed: {error}") from error
+
+
+def load_step_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(Transformer, ModelConfig, trainer meta) from a complete `step_<N>` folder: the fp32 master weights that
+    DeepSpeed's own consolidator gathers from every rank's ZeRO partition (deepspeed/utils/zero_to_fp32.py,
+    `get_fp32_state_dict_from_zero_checkpoint`), and the model config the run saved in its client state."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from model.config import ModelConfig
+    from model.transformer import Transformer
+
+    path = Path(path)
+    meta = read_meta(path)
+    states = path / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        raise ValueError(f"{path} has no {states.name}: not a DeepSpeed engine save")
+    client = torch.load(states, map_location="cpu", weights_only=False)
+    model_values = dict(client.get("train_config", {}).get("model") or {})
+    if not model_values:
+        raise ValueError(f"{states} holds no train_config.model (written by an older trainer): export its GOLD "
+                         "checkpoint instead")
+    model_values.setdefault("attention", meta.get("attention", "causal"))
+    config = ModelConfig.from_dict(model_values)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    with torch.device(device):
+        model = Transformer(config)
+    missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if not (config.tie_weights and k == "output.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: the saved weights do not match its model config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return model.eval(), config, meta
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(Transformer, ModelConfig, metadata) from a GOLD checkpoint (`model_config.json`, model/io.py) or a
+    complete `step_<N>` folder; a ValueError naming both kinds otherwise."""
+    path = Path(path)
+    if (path / "model_config.json").is_file():
+        from model.io import load_model_checkpoint
+
+        return load_model_checkpoint(path, device=device)
+    if _TAG.match(path.name) and (path / META).is_file():
+        return load_step_model(path, device)
+    raise ValueError(f"{path} is neither a GOLD checkpoint (model_config.json, e.g. checkpoints/<model_name>/gold) "
+                     "nor a complete step_<N> folder (trainer_meta.json + COMPLETE, e.g. "
+                     "checkpoints/<model_name>/step_1000)")

@@ -449,7 +449,11 @@ def _can_still_match(tokenizer, generated: list[int], gold: str) -> bool:
 def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device, batch_size: int = 8,
                    golds: list[str] | None = None) -> list[str]:
     """Greedy continuation of each prompt up to EOT, a newline or `max_new_tokens`, decoded (newline cut off).
-    With `golds`, a row stops as soon as it can no longer match its gold answer (its text is then cut short)."""
+    With `golds`, a row stops as soon as it can no longer match its gold answer (its text is then cut short).
+    Our Transformer decodes with the KV cache (model/generate.py: one position per new token instead of the whole
+    prompt); other models (the Hugging Face export, hand-built circuits) re-run the forward each token."""
+    if _takes_cache(model):
+        return _cached_greedy_answers(model, prompts, probes, batch_size, golds)
     texts: list[str] = []
     for s in range(0, len(prompts), batch_size):
         rows = [list(p) for p in prompts[s : s + batch_size]]
@@ -476,6 +480,33 @@ def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device
                 break
         for g in generated:
             texts.append(probes.tokenizer.decode(g).split("\n")[0].strip())
+    return texts
+
+
+def _takes_cache(model) -> bool:
+    try:
+        return "cache" in inspect.signature(model.forward).parameters and hasattr(model, "config")
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _cached_greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, batch_size: int,
+                           golds: list[str] | None) -> list[str]:
+    """`greedy_answers` through the KV-cache generator: the same tokens, the same stops."""
+    from model.generate import generate
+
+    texts: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        row_golds = golds[s : s + batch_size] if golds is not None else None
+
+        def keep_going(row: int, tokens: list[int], row_golds=row_golds) -> bool:
+            if tokens[-1] in probes.stop_ids:  # a newline inside this token: keep what precedes it, then stop
+                return False
+            return row_golds is None or _can_still_match(probes.tokenizer, tokens, row_golds[row])
+
+        out = generate(model, [list(p) for p in prompts[s : s + batch_size]], probes.max_new_tokens,
+                       stop_ids=(EOT,), keep_going=keep_going)
+        texts += [probes.tokenizer.decode(g.tokens).split("\n")[0].strip() for g in out]
     return texts
 
 

@@ -135,3 +135,27 @@ def test_bad_arguments_are_refused_before_any_forward():
         generate(model, [[1, 2]], 4, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[]], 4)
+
+
+def test_probe_greedy_answers_are_the_same_through_the_cache():
+    from data.tokenizer import get_tokenizer
+    from launcher.probes import build_probes, greedy_answers
+
+    model = _model(block_size=256)
+
+    class NoCache(torch.nn.Module):  # the same model seen as one without a cache (as the HF export is)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, idx, logits_index=None):
+            return self.inner(idx, logits_index=logits_index)
+
+    probes = build_probes(get_tokenizer(), 256, per_bucket=1, unanswerable_per_bucket=1, num_articles=60)
+    prompts = [it.prompt for it in probes.retrieval][:6]
+    golds = [it.answer for it in probes.retrieval][:6]
+    cached = greedy_answers(model, prompts, probes, "cpu", batch_size=4)
+    assert cached == greedy_answers(NoCache(model), prompts, probes, "cpu", batch_size=4)
+    assert any(cached), "the test model must answer something"
+    assert (greedy_answers(model, prompts, probes, "cpu", batch_size=4, golds=golds)
+            == greedy_answers(NoCache(model), prompts, probes, "cpu", batch_size=4, golds=golds))

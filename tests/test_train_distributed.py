@@ -887,3 +887,25 @@ def test_cleanup_partial_checkpoint_is_ignored(runs, tmp_path):
     shutil.copytree(src, dst)
     (dst / "step_20" / "COMPLETE").unlink()  # as if the save of step 20 had been killed
     assert [s for s, _ in complete_checkpoints(dst)] == [15]
+
+
+def test_a_step_checkpoint_loads_for_generation_with_the_weights_the_ranks_held(runs, capsys):
+    """`load_trained_model` on a 2-rank ZeRO-2 step_<N>: DeepSpeed's consolidator gathers the fp32 masters of both
+    partitions; rounded to the module's dtype they are the module weights the engine saved, and the generator CLI
+    runs on the folder."""
+    runs.need('A')
+    import torch
+
+    from launcher.checkpointing import load_trained_model
+    from scripts import generate as generate_cli
+
+    step = runs["root"] / "checkpoints" / "A" / "step_15"
+    model, config, meta = load_trained_model(step)
+    assert meta["step"] == 15 and config.n_layer >= 1
+    saved = torch.load(step / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    ours = model.state_dict()
+    assert set(saved) <= set(ours)
+    for name, tensor in saved.items():
+        assert torch.equal(ours[name].to(tensor.dtype), tensor), name
+    assert generate_cli.main([str(step), "--prompt", "hello", "--max-new-tokens", "4"]) == 0
+    assert "--- completion 1 (length, 4 tokens)" in capsys.readouterr().out
