@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             prompts = torch.randint(0, EOT_ID, (batch, prompt_len), generator=gen).tolist()
             results = {}
 
-            def run(use_cache: bool, prompts=prompts, new=new, model=model):
+            def run(use_cache: bool, prompts=prompts, new=new, model=model, results=results):
                 return lambda: results.__setitem__(use_cache, generate(model, prompts, new, stop_ids=(),
                                                                        use_cache=use_cache))
 
