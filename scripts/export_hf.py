@@ -4,15 +4,23 @@ Usage:
     python scripts/export_hf.py checkpoints/unified_v1_llama/gold exports/unified_v1_llama
     python scripts/export_hf.py CHECKPOINT OUT_DIR --dtype bfloat16
 
-Then, with `transformers` installed:
-    from transformers import LlamaForCausalLM
-    model = LlamaForCausalLM.from_pretrained("exports/unified_v1_llama")
+Then, with `transformers` installed (all offline: the export holds the tokenizer too):
+    from transformers import AutoTokenizer, LlamaForCausalLM, pipeline
+    out = "exports/unified_v1_llama"
+    model = LlamaForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)  # GPT-2 BPE, the ids tiktoken gives (data.tokenizer)
+    generate = pipeline("text-generation", model=out)
+    generate("The capital of France is", do_sample=False, max_new_tokens=8)
 
 CHECKPOINT is a directory with `model.safetensors` + `model_config.json` (written by `model.io`). The export is a
 row split of the two fused projections (`attention.wqkv` -> q/k/v, `feed_forward.w13` -> gate/up, by
 `model.transformer.split_fused`) and a rename table (our parameter names follow Meta's LLaMA code; RoPE already uses
-Hugging Face's rotate-half layout), so no weight is permuted or recomputed. The GPT-2 tokenizer is not written;
-load it with tiktoken (`data.tokenizer`).
+Hugging Face's rotate-half layout), so no weight is permuted or recomputed. The GPT-2 tokenizer is written as a fast
+tokenizer (`tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`) by `data.tokenizer.save_hf_tokenizer`
+from the shipped ranks file: `<|endoftext|>` (50256) is bos, eos and unk, `model_max_length` is the block size, and
+there is no pad token (batched generation needs one: set `tokenizer.pad_token = tokenizer.eos_token`, left padding).
+The model's vocabulary is padded to 50304: ids 50257.. have no token and are never a training target, but
+`generate` ranges over all 50304 logits, so an undertrained model can pick one (it decodes to nothing).
 
 Attention: a model trained with `model.attention` "document" reads only its own document. One document per row
 (the usual prompt) needs nothing more: Hugging Face's causal mask is then the same mask. A packed row of several
@@ -38,6 +46,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.tokenizer import save_hf_tokenizer, tokenizer_info  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.io import load_model_checkpoint  # noqa: E402
 from model.transformer import split_fused  # noqa: E402
@@ -119,11 +128,15 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = tor
     tmp.mkdir(parents=True)
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(hf_config(config, dtype), indent=2) + "\n")
-    (tmp / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": EOT_TOKEN_ID, "eos_token_id": EOT_TOKEN_ID}, indent=2) + "\n"
-    )
+    # The embedding's padding ids (50257..vocab_size-1) stand for no text: HF generate never picks them, as ours
+    # (model/generate.py) never does.
+    generation = {"bos_token_id": EOT_TOKEN_ID, "eos_token_id": EOT_TOKEN_ID,
+                  "suppress_tokens": list(range(EOT_TOKEN_ID + 1, config.vocab_size))}
+    (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    tokenizer_files = save_hf_tokenizer(tmp, model_max_length=config.block_size)
     (tmp / "export_metadata.json").write_text(
-        json.dumps({"source_checkpoint": str(checkpoint), "source_metadata": metadata, "attention": config.attention},
+        json.dumps({"source_checkpoint": str(checkpoint), "source_metadata": metadata, "attention": config.attention,
+                    "tokenizer": {**tokenizer_info(), "files": tokenizer_files}},
                    indent=2, default=str) + "\n"
     )
     if out_dir.exists():
@@ -144,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         out = export(args.checkpoint, args.out_dir, getattr(torch, args.dtype))
     except ValueError as e:
         raise SystemExit(f"export_hf: {e}") from None
-    print(f"exported {args.checkpoint} -> {out} (load with LlamaForCausalLM.from_pretrained('{out}'))")
+    print(f"exported {args.checkpoint} -> {out} (load with LlamaForCausalLM.from_pretrained('{out}'), "
+          f"AutoTokenizer.from_pretrained('{out}'))")
     return 0
 
 
