@@ -162,17 +162,30 @@ class EvalConfig:
     eval_interval: int = 350
     """Optimizer steps between evaluations."""
     eval_iters: int = 200
-    """Micro-batches per eval set: every eval uses the same eval_iters x micro_batch_size samples."""
+    """Training micro-batches per eval set: every eval uses the same eval_iters x batch.micro_batch_size samples."""
     eval_seed: int = 1337
     """Seed choosing the fixed eval samples (the same at any world size)."""
     val_dir: str | None = None
     """Val split of the training mix; null means `<last phase dataset_dir>/val` (the distribution GOLD targets)."""
     sets: dict[str, str] = field(default_factory=dict)
     """Held-out eval sets by name (general, domain, code, retrieval) -> token directory."""
+    micro_batch_size: int | None = None
+    """Rows per eval forward; null: 2 x batch.micro_batch_size (no gradients or saved activations, so twice the rows
+    fit where training fits). Changes neither the samples nor, beyond float rounding, the numbers."""
+    qa_items: int = 64
+    """Grounded QA items (the `qa_set`'s qa_items.jsonl, written by the build) answered and scored at each eval:
+    SQuAD v2 EM/F1 and unanswerable handling (docs/TRAINING.md, "Grounded QA"); 0: off."""
+    qa_set: str = "retrieval"
+    """The eval set whose directory holds the QA items."""
 
     def __post_init__(self):
         if self.eval_interval <= 0 or self.eval_iters <= 0:
             raise ValueError("eval.eval_interval and eval.eval_iters must be positive")
+        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
+            raise ValueError(f"eval.micro_batch_size must be positive or null (2 x batch.micro_batch_size), got "
+                             f"{self.micro_batch_size}")
+        if self.qa_items < 0:
+            raise ValueError(f"eval.qa_items must be >= 0 (0: no grounded QA at evals), got {self.qa_items}")
 
 
 @dataclass
@@ -353,6 +366,10 @@ class TrainConfig:
             )
 
     @property
+    def eval_micro_batch_size(self) -> int:
+        return self.eval.micro_batch_size or 2 * self.batch.micro_batch_size
+
+    @property
     def gold_baseline_step(self) -> int:
         return self.optim.warmup_iters if self.gold.baseline_after_step is None else self.gold.baseline_after_step
 
@@ -399,7 +416,8 @@ class TrainConfig:
         Left out, so that they may change on a resume: where files go and how often they are written or logged
         (`checkpoint`, `logging`), the run-health thresholds, how the same numbers are computed or fed
         (`model.fused_kernels`, `model.compile`, `model.attention_backend`, the kernel self-check's own advice;
-        `data.prefetch_batches`, `data.verify`), the NaN patience (`optim.max_nonfinite_steps`), the ds_config's
+        `data.prefetch_batches`, `data.verify`, `eval.micro_batch_size`, the grounded QA's `eval.qa_items` and
+        `eval.qa_set`), the NaN patience (`optim.max_nonfinite_steps`), the ds_config's
         path (its ZeRO stage and precision are recorded and checked on their own), and dataset paths (a pod mounts
         the same data elsewhere; the data's identity is checked by the datasets' own fingerprints, eval sets
         included)."""
@@ -417,6 +435,8 @@ class TrainConfig:
         for phase in values["curriculum"]["phases"]:
             phase.pop("dataset_dir")
         values["eval"]["val_dir"] = None
+        for measured_only in ("micro_batch_size", "qa_items", "qa_set"):  # how evals read and score, not training
+            values["eval"].pop(measured_only)
         values["eval"]["sets"] = sorted(values["eval"]["sets"])
         blob = json.dumps(values, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

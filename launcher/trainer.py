@@ -396,9 +396,11 @@ class Trainer:
         # The phase that trained the last step (the one the model is currently fitting).
         phase, _ = self.curriculum.phase_at(max(0, self.step - 1))
         t0 = time.perf_counter()
-        losses = evaluate(self.engine.module, [*self.eval_sets, self._train_eval_set(phase)],
-                          cfg.batch.micro_batch_size, self.device)
+        result = evaluate(self.engine.module, [*self.eval_sets, self._train_eval_set(phase)],
+                          cfg.eval_micro_batch_size, self.device, pin_memory=self.pin_memory)
+        losses, bits_per_byte = result.losses, result.bits_per_byte
         train_loss = losses.pop(TRAIN_SET)
+        bits_per_byte.pop(TRAIN_SET)
         probe = {} if self.probes is None else run_probes(self.engine.module, self.probes, self.rank, self.world,
                                                           self.device, all_reduce=dist.all_reduce)
         val_loss = losses[VAL_SET]
@@ -421,13 +423,15 @@ class Trainer:
         self.eval_seconds_total += eval_seconds
         eval_share = self.eval_seconds_total / max(1e-9, time.monotonic() - self.wall_clock0)
         record = {"step": self.step, "tokens": tokens, "phase": self.curriculum.names[phase], "lr": lr,
-                  "losses": losses, "train_loss": train_loss, "gold": decision, "gold_saved": gold_path,
+                  "losses": losses, "bits_per_byte": bits_per_byte, "train_loss": train_loss, "gold": decision,
+                  "gold_saved": gold_path,
                   # Seconds of this eval (losses of every set, probes, the GOLD decision) and the share of the run's
                   # wall time spent in evals so far (this process's run, from its start or resume).
                   "eval_seconds": eval_seconds, "eval_share": eval_share}
         if probe:
             record["probe"] = {k.removeprefix("probe/"): v for k, v in probe.items()}
         scalars = {f"eval/{k}": v for k, v in losses.items()}
+        scalars.update({f"eval_bpb/{k}": v for k, v in bits_per_byte.items()})  # bits per byte, beside each loss
         scalars.update(probe)  # TensorBoard: probe/induction_score, probe/retrieval_em_b0..7, ...
         scalars["eval/train"] = train_loss
         scalars["eval/seconds"], scalars["eval/share_of_wall_time"] = eval_seconds, eval_share

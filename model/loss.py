@@ -130,9 +130,24 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, target, chunk, torch.is_grad_enabled())
 
 
+@torch.no_grad()
+def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Each row's cross-entropy (rows,) fp32, 0 where the target is -1: what evaluation sums per token (bits per byte
+    weighs tokens by their bytes). The same chunks and fp32 log-softmax as `chunked_linear_cross_entropy`, no grad."""
+    chunk = chunk or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0])
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        logprobs = torch.log_softmax((hidden[start:start + chunk] @ weight.t()).float(), dim=-1)
+        t = target[start:start + chunk]
+        out[start:start + chunk] = -logprobs.gather(1, t.clamp(min=0)[:, None]).squeeze(1) * (t != IGNORE_INDEX)
+    return out
+
+
 def plain_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The reference: full logits, fp32 copy, `F.cross_entropy` (what the model computed before the chunked loss)."""
     return F.cross_entropy((hidden @ weight.t()).float(), target, ignore_index=IGNORE_INDEX)
 
 
-__all__ = ["chunked_linear_cross_entropy", "plain_linear_cross_entropy", "chunk_rows", "IGNORE_INDEX"]
+__all__ = ["chunked_linear_cross_entropy", "chunked_token_losses", "plain_linear_cross_entropy", "chunk_rows",
+           "IGNORE_INDEX"]

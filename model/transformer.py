@@ -37,7 +37,7 @@ from model.attention import AttentionMask, attend, build_attention_mask
 from model.config import EOT_ID, ModelConfig
 from model.kernels import rms_norm, rms_norm_residual, swiglu
 from model.kv_cache import KVCache
-from model.loss import chunked_linear_cross_entropy
+from model.loss import chunked_linear_cross_entropy, chunked_token_losses
 
 # Fused parameter -> the unfused parameters it stacks, in row order (each n_embd or ffn_hidden rows).
 FUSED_PARAMETERS = {"attention.wqkv": ("attention.wq", "attention.wk", "attention.wv"),
@@ -251,7 +251,7 @@ class Transformer(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_index: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | None = None, per_token: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, T) token ids. Without targets, returns (logits (B, T, vocab_size), None). With targets (B, T),
         returns (None, the mean cross-entropy over targets != -1), computed in fp32 by the chunked linear +
@@ -259,7 +259,9 @@ class Transformer(nn.Module):
         logits at those positions are computed, (B, K, vocab_size): generation and probes need a few positions, and
         the vocabulary projection of every position dominates the cost of a small model. With `cache`
         (model/kv_cache.py), `idx` continues the cached ids: positions start at `cache.length`, the queries read the
-        cached keys too, and the new keys and values are stored (`model.generate` drives it)."""
+        cached keys too, and the new keys and values are stored (`model.generate` drives it). `per_token` (with
+        targets, no grad): the loss of every position (B, T) fp32 instead of the mean, 0 where the target is -1
+        (evaluation's bits per byte)."""
         B, T = idx.shape
         start = 0 if cache is None else cache.begin(idx)
         if start + T > self.config.block_size:
@@ -290,6 +292,8 @@ class Transformer(nn.Module):
             if logits_index is not None:
                 raise ValueError("pass either targets (training loss) or logits_index (a few positions' logits)")
             h, _ = add_and_norm(self.norm, delta, x)
+            if per_token:
+                return None, chunked_token_losses(h.flatten(0, 1), self.output.weight, targets.reshape(-1)).view(B, T)
             return None, chunked_linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.reshape(-1))
         if logits_index is not None:
             x = x if delta is None else x + delta  # a few positions: add, then gather, then norm only those

@@ -1,4 +1,5 @@
-"""Summarise a run's eval log: the first and last eval, every GOLD save and every refused new best, and the run
+"""Summarise a run's eval log: the first and last eval (loss and bits per byte per set, grounded QA), every GOLD
+save and every refused new best, and the run
 health (the spec's five success criteria, `launcher/health.py`) at the last eval with the evals where it changed.
 
     python scripts/train_summary.py logs/train/demo_cpu_eval.jsonl
@@ -22,7 +23,14 @@ from launcher.config import HealthConfig, TrainConfig  # noqa: E402
 
 
 def _losses(record: dict) -> str:
-    return " ".join(f"{k} {v:.4f}" if v is not None else f"{k} nan" for k, v in record["losses"].items())
+    """Each set's loss, with its bits per byte in brackets where the log has them (runs before they existed not)."""
+    bpb = record.get("bits_per_byte") or {}
+
+    def one(name: str, value: float | None) -> str:
+        text = f"{name} {value:.4f}" if value is not None else f"{name} nan"
+        return text + (f" ({bpb[name]:.3f} bpb)" if bpb.get(name) is not None else "")
+
+    return " ".join(one(k, v) for k, v in record["losses"].items())
 
 
 def health_report(records: list[dict], cfg: HealthConfig) -> list[str]:

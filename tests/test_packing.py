@@ -69,7 +69,7 @@ def test_every_short_document_is_whole_inside_one_sample(tmp_path, block_size, m
 
 
 def test_padding_targets_are_masked_and_add_nothing_to_the_loss(tmp_path):
-    from launcher.evaluation import FixedEvalSet, _sample_losses
+    from launcher.evaluation import FixedEvalSet, _eval_sums
     from model.config import ModelConfig
     from model.transformer import Transformer
 
@@ -97,7 +97,8 @@ def test_padding_targets_are_masked_and_add_nothing_to_the_loss(tmp_path):
         assert float(padded) == pytest.approx(float(unpadded), rel=1e-6)
         _, other = model(x[1:, :19], y[1:, :19])
         # Evaluation: the token-weighted mean over both samples' real targets (7 + 19), padding left out.
-        total, count = _sample_losses(model, FixedEvalSet("s", ds, block_size, 2, 0, 0, 1), 2, torch.device("cpu"))
+        sums = _eval_sums(model, [FixedEvalSet("s", ds, block_size, 2, 0, 0, 1)], 2, torch.device("cpu"))[0]
+    total, count = sums.nats, sums.tokens
     assert count == 7 + 19
     assert float(total) / count == pytest.approx((7 * float(unpadded) + 19 * float(other)) / 26, rel=1e-6)
 
