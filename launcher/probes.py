@@ -33,7 +33,6 @@ import inspect
 import itertools
 import math
 import re
-import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +42,7 @@ import torch
 from data.demo_corpus import squad_v2_records
 from data.formats import NOT_IN_CONTEXT, render_retrieval
 from data.sampler import shard_for_rank
+from launcher.grounded_qa import line_stop_ids, normalize_answer
 
 PROBE_SEED = 97_531  # the generator seed of probe items; training data uses 1234 (data/sources/demo.json)
 TRAINING_QA_SEED = 1234
@@ -359,8 +359,7 @@ def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_c
     records = list(records if records is not None else squad_v2_records(num_articles=num_articles, seed=seed))
     items, edges, max_new = build_retrieval_items(tokenizer, block_size, records, range(NUM_BUCKETS), per_bucket,
                                                   unanswerable_per_bucket, seed, filler_records=filler_records)
-    stop = {EOT} | {i for i in range(EOT) if b"\n" in tokenizer.decode_single_token_bytes(i)}
-    return ProbeSet(block_size, induction, half, items, edges, max_new, frozenset(stop), tokenizer)
+    return ProbeSet(block_size, induction, half, items, edges, max_new, frozenset(line_stop_ids(tokenizer)), tokenizer)
 
 
 def probes_for_block_size(block_size: int, seed: int = PROBE_SEED) -> ProbeSet | None:
@@ -400,13 +399,6 @@ def _logits(model, idx: torch.Tensor, index: torch.Tensor | None = None) -> torc
     if index is not None:
         logits = logits.gather(1, index[..., None].expand(-1, -1, logits.size(-1)))
     return logits
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
 
 
 def _padded(rows: list[Sequence[int]], device) -> torch.Tensor:

@@ -33,12 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.formats import render_retrieval  # noqa: E402
 from data.tokenizer import EOT, get_tokenizer  # noqa: E402
 from launcher.checkpointing import load_trained_model  # noqa: E402
+from launcher.grounded_qa import line_stop_ids  # noqa: E402
 from model.generate import generate  # noqa: E402
-
-
-def line_stop_ids(tokenizer) -> tuple[int, ...]:
-    """EOT and every id whose text holds a newline: a retrieval answer is one line, then EOT."""
-    return (EOT, *(i for i in range(EOT) if b"\n" in tokenizer.decode_single_token_bytes(i)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
