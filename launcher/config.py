@@ -299,6 +299,9 @@ class HealthConfig:
     grounding_min_bucket_ratio: float = 0.5
     """Watch when the worst position bucket's exact match is below this share of the best bucket's: answers are
     found at some positions of the context only."""
+    grounding_max_answered_otherwise: float = 0.5
+    """Watch when more than this share of the grounded-QA unanswerable questions got an answer other than "not in
+    the context" (the model invents answers)."""
 
     def __post_init__(self):
         if isinstance(self.window_evals, bool) or not isinstance(self.window_evals, int) or self.window_evals < 1:

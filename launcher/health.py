@@ -28,7 +28,9 @@ ln(vocab) at its own speed, so the criteria that compare sets or need a trained 
 5. grounding: the retrieval probe (`probe.retrieval_ll_gain`, `probe.retrieval_em_b*`), from the baseline step
    on. failing when the log-likelihood gain from the passage <= `grounding_min_ll_gain` (the model ignores its
    context); watch when the gain fell over the last K probe evals, when no answer is extracted exactly (mean EM 0),
-   or when the worst position bucket's EM < `grounding_min_bucket_ratio` x the best bucket's.
+   or when the worst position bucket's EM < `grounding_min_bucket_ratio` x the best bucket's. With grounded QA in
+   the records (`qa`, SQuAD v2 EM/F1 on held-out items), also watch when its F1 fell over the last K evals or when
+   more than `grounding_max_answered_otherwise` of the unanswerable questions were answered with something else.
 
 A loss written as null (non-finite) in the latest eval of a set that has one fails its criterion: a broken eval is
 not a healthy one. A set or probe missing from the records gives "not yet" with the reason.
@@ -65,7 +67,8 @@ LOOK_AT = {
     "gold": "the GOLD reasons in the eval log (python scripts/train_summary.py LOG): which guard refuses, or whether "
             "the val loss stopped falling",
     "grounding": "probe/retrieval_ll_gain and probe/retrieval_em_b* (docs/PROBES.md): whether the answer's "
-                 "likelihood depends on the passage, and at which positions answers are found",
+                 "likelihood depends on the passage, and at which positions answers are found; qa/f1 and "
+                 "qa/no_answer_answered_otherwise (docs/TRAINING.md, \"Grounded QA\"): held-out questions answered",
 }
 
 
@@ -289,9 +292,34 @@ def judge_grounding(records: list[dict], cfg: HealthConfig) -> Verdict:
         watch.append("no answer extracted exactly")
     if best is not None and best > 0 and worst < cfg.grounding_min_bucket_ratio * best:
         watch.append(f"worst bucket < {cfg.grounding_min_bucket_ratio:.0%} of the best")
+    qa_watch, qa_detail, qa_numbers = _qa_evidence(records, k, cfg)
+    watch += qa_watch
+    detail += qa_detail
+    numbers.update(qa_numbers)
     if watch:
         return _verdict("grounding", WATCH, f"{', '.join(watch)}: {detail}", **numbers)
     return _verdict("grounding", OK, detail, **numbers)
+
+
+def _qa_evidence(records: list[dict], k: int, cfg: HealthConfig) -> tuple[list[str], str, dict[str, Any]]:
+    """The grounded QA of the evals (`qa` records, launcher/grounded_qa.py): watch when its F1 fell over the last K
+    QA evals, or when more than `grounding_max_answered_otherwise` of the unanswerable questions got an answer (the
+    model makes one up instead of saying it is not in the context)."""
+    qa = [(r.get("step"), r["qa"]) for r in records if isinstance(r.get("qa"), dict)]
+    f1s = [(s, f) for s, q in qa if (f := _num(q.get("f1"))) is not None]
+    if not f1s:
+        return [], "", {}
+    step, f1 = f1s[-1]
+    then_step, then = f1s[max(0, len(f1s) - k - 1)]
+    otherwise = _num(dict(qa)[step].get("no_answer_answered_otherwise"))
+    watch = []
+    if step != then_step and f1 < then:
+        watch.append("the QA F1 fell")
+    if otherwise is not None and otherwise > cfg.grounding_max_answered_otherwise:
+        watch.append(f"{otherwise:.0%} of unanswerable questions answered")
+    detail = f"; QA F1 {f1:.3f} (step {then_step}: {then:.3f})" + \
+        ("" if otherwise is None else f", unanswerable answered {otherwise:.0%}")
+    return watch, detail, {"qa_f1": f1, "qa_f1_window_start": then, "qa_answered_otherwise": otherwise}
 
 
 JUDGES = {"retrieval": judge_retrieval, "code": judge_code, "stability": judge_stability, "gold": judge_gold,

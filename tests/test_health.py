@@ -307,3 +307,23 @@ def test_train_summary_prints_what_evaluation_cost(tmp_path, capsys):
     mean = sum(10.0 + i for i in range(n)) / n
     assert (f"evaluation: {mean:.1f} s per eval on average over {n} evals (last {9.0 + n:.1f} s); "
             f"{0.05 + 0.001 * (n - 1):.1%} of the run's wall time so far") in capsys.readouterr().out
+
+
+def test_grounding_watches_a_falling_qa_f1_and_invented_answers():
+    from launcher.config import HealthConfig
+    from launcher.health import WATCH, judge_grounding
+
+    def record(step, f1, otherwise):
+        return {"step": step, "gold": {"baseline_step": 0}, "losses": {},
+                "probe": {"retrieval_ll_gain": 1.0, "retrieval_em": 0.5},
+                "qa": {"f1": f1, "no_answer_answered_otherwise": otherwise}}
+
+    cfg = HealthConfig()
+    rising = [record(s, 0.1 * s, 0.1) for s in range(1, 4)]
+    assert judge_grounding(rising, cfg).status != WATCH
+    assert "QA F1 0.300" in judge_grounding(rising, cfg).detail
+    falling = rising + [record(4, 0.05, 0.1)]
+    assert judge_grounding(falling, cfg).status == WATCH and "QA F1 fell" in judge_grounding(falling, cfg).detail
+    inventing = rising + [record(4, 0.4, 0.8)]
+    verdict = judge_grounding(inventing, cfg)
+    assert verdict.status == WATCH and "80% of unanswerable questions answered" in verdict.detail
