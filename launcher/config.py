@@ -174,7 +174,7 @@ class EvalConfig:
     fit where training fits). Changes neither the samples nor, beyond float rounding, the numbers."""
     qa_items: int = 64
     """Grounded QA items (the `qa_set`'s qa_items.jsonl, written by the build) answered and scored at each eval:
-    SQuAD v2 EM/F1 and unanswerable handling (docs/TRAINING.md, "Grounded QA and bits per byte at every eval"); 0: off."""
+    SQuAD v2 EM/F1 and unanswerable handling (docs/AFTER_TRAINING.md, section 4); 0: off."""
     qa_set: str = "retrieval"
     """The eval set whose directory holds the QA items."""
 

@@ -68,7 +68,7 @@ LOOK_AT = {
             "the val loss stopped falling",
     "grounding": "probe/retrieval_ll_gain and probe/retrieval_em_b* (docs/PROBES.md): whether the answer's "
                  "likelihood depends on the passage, and at which positions answers are found; qa/f1 and "
-                 "qa/no_answer_answered_otherwise (docs/TRAINING.md, \"Grounded QA\"): held-out questions answered",
+                 "qa/no_answer_answered_otherwise (docs/AFTER_TRAINING.md, section 4): held-out questions answered",
 }
 
 
