@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from data.loader import PrefetchLoader, StepBatch, read_micro_batch
+from data.loader import DataReadError, PrefetchLoader, StepBatch, read_micro_batch
 from data.sampler import eval_sample_ids, shard_for_rank
 from data.token_dataset import TokenDataset
 from data.tokenizer import EOT, get_tokenizer
@@ -83,6 +83,8 @@ def _micro_batches(sets: list[FixedEvalSet], micro_batch_size: int, pin_memory: 
         for batch in loader:
             x, y, _ = batch.micro_batches[0]
             yield batch.phase, x, y
+    except DataReadError as e:  # the loader names a "step", here an eval micro-batch: the reader's message says it
+        raise DataReadError(str(e.__cause__ or e)) from e.__cause__
     finally:
         loader.close()
 
