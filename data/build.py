@@ -15,7 +15,10 @@
              a forked repository's copy, a re-asked question), and passages of held-out documents inside longer
              ones (13-gram containment: the span cut out, or the document removed; `CONTAINMENT`);
 4. mix       assemble each mix (exactly its token budget per source, val split inside) and each eval set as
-             self-contained token directories; full shards are hard-linked, not copied.
+             self-contained token directories; full shards are hard-linked, not copied. An eval set with retrieval
+             inputs also gets `qa_items.jsonl`: the QA item (context, question, gold answers) of every document it
+             holds whole, from the "qa" the fetch put in each part line (data/qa_items.py), for evaluation by
+             generation without a download.
 
 Work files live in `<work_dir>/<input>/`; every step's output is a complete file or absent.
 """
@@ -41,15 +44,20 @@ from tqdm import tqdm
 from data.demo_corpus import expand_path
 from data.formats import (
     REPOSITORY_KEY,
+    RETRIEVAL_FORMATTERS,
     SchemaError,
     SkipRecord,
     get_formatter,
     group_field,
     holdback_group,
+    qa_fields,
+    qa_from_text,
     record_id,
     repository_key,
 )
 from data.lineage import build_node, root_node
+from data.qa_items import MANIFEST_KEY as QA_MANIFEST_KEY
+from data.qa_items import write_qa_items
 from data.quality import (
     NearDuplicateIndex,
     NgramSet,
@@ -237,6 +245,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     path_field = inp.formatter_options.get("path_field")
     filt = inp.loader.get("filter")
     filt_re = re.compile(filt["regex"]) if filt else None
+    retrieval = inp.formatter in RETRIEVAL_FORMATTERS  # its part lines carry the document's QA item ("qa")
     try:
         stream = _resume(iter_records(inp.loader) if records is None else records, state)
         resumed = state["parts"] > 0  # the first part written now continues an earlier run (lineage: `resumes`)
@@ -248,7 +257,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     removed = Counter(state["skipped"]) + Counter({r: c["documents"] for r, c in state["filtered"].items()})
     candidates = state["records_read"] - removed.pop("loader_filter", 0)
     while state["chars"] < target_chars and not state["exhausted"]:
-        docs, groups, hashes, skipped, read = [], [], [], Counter(), 0
+        docs, groups, qas, hashes, skipped, read = [], [], [], [], Counter(), 0
         dropped: dict[str, list[str]] = {}
         changed: dict[str, list[tuple[str, str]]] = {}
         for record in records:
@@ -288,6 +297,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
                 changed.setdefault(m, []).append((before, after))
             docs.append(kept)
             groups.append(group)
+            qas.append(qa_fields(inp.formatter, record, kept) if retrieval else None)  # from the text as kept
             if len(docs) >= docs_per_part:
                 break
         else:
@@ -305,8 +315,10 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
                              qf.max_removed_share)
         name = f"fetch-{part:05d}.jsonl"
         path = work / name
-        _atomic_write_text(path, "".join(json.dumps({"text": d, **({"group": g} if g else {})}, ensure_ascii=False)
-                                         + "\n" for d, g in zip(docs, groups, strict=True)))
+        # the tokenize step reads "text" only: "group" (hold-back) and "qa" (the eval set's QA items) change no token
+        _atomic_write_text(path, "".join(json.dumps({"text": d, **({"group": g} if g else {}),
+                                                     **({"qa": q} if q else {})}, ensure_ascii=False) + "\n"
+                                         for d, g, q in zip(docs, groups, qas, strict=True)))
         hpath = work / f"fetch-{part:05d}.hashes.npy"
         tmp = hpath.with_name(f".{hpath.name}.tmp-{os.getpid()}.npy")
         np.save(tmp, np.array(hashes, dtype=np.uint64))
@@ -734,9 +746,10 @@ def _link_or_copy(src: Path, dst: Path) -> str:
 
 
 def take_tokens(files: list[dict], work: Path, budget: int, max_repeats: float, out_dir: Path, prefix: str,
-                where: str) -> tuple[list[dict], dict]:
+                where: str, taken: list | None = None) -> tuple[list[dict], dict]:
     """Put exactly `budget` tokens of a stream (the `files`, in order, repeated if needed) into `out_dir`: whole
-    files hard-linked, the last one cut to a prefix. Returns manifest file entries and counts."""
+    files hard-linked, the last one cut to a prefix. Returns manifest file entries and counts; `taken` (a list)
+    gets (repeat, file, tokens taken from its start) per entry."""
     total = sum(f["num_tokens"] for f in files)
     if budget and total == 0:
         raise ValueError(f"{where}: no tokens available (empty source or everything filtered); check the fetch "
@@ -755,6 +768,8 @@ def take_tokens(files: list[dict], work: Path, budget: int, max_repeats: float, 
             if f["num_tokens"] <= left:
                 counts[_link_or_copy(src, dst)] += 1
                 entries.append({"path": dst.name, "num_tokens": f["num_tokens"], "sha256": f["sha256"]})
+                if taken is not None:
+                    taken.append((rep, f, f["num_tokens"]))
                 left -= f["num_tokens"]
             else:
                 tokens = np.fromfile(src, dtype=DTYPE, count=left)
@@ -762,6 +777,8 @@ def take_tokens(files: list[dict], work: Path, budget: int, max_repeats: float, 
                 counts["cut"] += 1
                 entries.append({"path": dst.name, "num_tokens": left,
                                 "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()})
+                if taken is not None:
+                    taken.append((rep, f, left))
                 left = 0
         rep += 1
     return entries, {"repeats": rep, **counts}
@@ -771,25 +788,70 @@ def _plan_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _up_to_date(directory: Path, plan: str) -> bool:
+def _up_to_date(directory: Path, plan: str, qa_items: bool = False) -> bool:
+    """The directory was built from this plan (and, for an eval set with retrieval inputs, `qa_items`, has its QA
+    items: one built before the build wrote them is assembled again, its tokens unchanged)."""
     mpath = directory / "manifest.json"
-    return mpath.is_file() and _read_json(mpath).get("plan_hash") == plan
+    if not mpath.is_file():
+        return False
+    m = _read_json(mpath)
+    return m.get("plan_hash") == plan and (not qa_items or QA_MANIFEST_KEY in m)
+
+
+_EVAL_TOK = re.compile(r"tok-(\d+)\.eval\.bin")
+
+
+def eval_qa_items(source: str, inp: Input, work: Path, taken: list[tuple[int, dict, int]]) -> list[dict]:
+    """The QA items of the documents an eval set took whole from one retrieval input's eval token files (`taken`, as
+    `take_tokens` reports it): a whole file gives every line of its `split-NNNNN.eval.jsonl`, a file cut to a prefix
+    the lines whose tokens (EOT included) lie inside it; a repeated pass adds none. A line's "qa" (written by the
+    fetch), or for a part fetched before the fetch wrote it, the text parsed (`data.formats.qa_from_text`); a line
+    that is not a retrieval document gives no item."""
+    items = []
+    for rep, f, num_tokens in taken:
+        m = _EVAL_TOK.fullmatch(f["path"])
+        if rep or not m:
+            continue
+        part, split_file = m.group(1), f"split-{m.group(1)}.eval.jsonl"
+        tokens = np.fromfile(work / f["path"], dtype=DTYPE, count=num_tokens)
+        whole = int(np.count_nonzero(tokens == EOT))  # documents end with EOT: those before the cut are whole
+        lines = (work / split_file).read_text().splitlines()
+        if len(lines) < whole or (num_tokens == f["num_tokens"] and len(lines) != whole):
+            raise ValueError(f"{work / split_file}: {len(lines)} documents, but {whole} in the first {num_tokens:,} "
+                             f"tokens of {f['path']}: the split file and its tokens disagree; remove the tok-{part}.* "
+                             f"files of {work} and rebuild (scripts/unified_build/build_unified_dataset.py)")
+        for i, line in enumerate(lines[:whole]):
+            doc = json.loads(line)
+            qa = doc.get("qa") or qa_from_text(doc["text"])
+            if qa is None:
+                continue
+            items.append({"id": f"{inp.name}:{part}:{i}", "source": source, "input": inp.name,
+                          "context": qa["context"], "question": qa["question"], "answers": qa["answers"],
+                          "answerable": qa["answerable"], "record_id": qa.get("id"),
+                          "lineage": {"input": inp.name, "part": split_file, "line": i}})
+    return items
 
 
 def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, float]], work_dir: Path,
              lineage_kind: str, name: str, defs: Definitions, definitions_info: list[dict], command: list[str],
              extra_subdirs: dict[str, Path] | None = None, allow_short: bool = False) -> dict:
-    """Write one token directory (atomically) from (source, input, files, budget, max_repeats) parts."""
+    """Write one token directory (atomically) from (source, input, files, budget, max_repeats) parts. An eval set
+    with retrieval inputs also gets the QA items of the documents it holds whole (`qa_items.jsonl`, data/qa_items.py),
+    recorded in its manifest and lineage under `qa_items`."""
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        files, per_source, children = [], {}, []
+        files, per_source, children, qa_items = [], {}, [], []
+        with_qa = lineage_kind == "eval_set" and any(p[1].formatter in RETRIEVAL_FORMATTERS for p in parts)
         for source, inp, inp_files, budget, repeats in parts:
             avail = sum(f["num_tokens"] for f in inp_files)
             take = min(budget, int(avail * repeats)) if allow_short else budget
+            taken: list = []
             entries, counts = take_tokens(inp_files, work_dir / inp.name, take, repeats, tmp / source, inp.name,
-                                          f"{name}: source {source!r} input {inp.name!r}")
+                                          f"{name}: source {source!r} input {inp.name!r}", taken)
+            if with_qa and inp.formatter in RETRIEVAL_FORMATTERS:
+                qa_items += eval_qa_items(source, inp, work_dir / inp.name, taken)
             for e in entries:
                 e["path"] = f"{source}/{e['path']}"
             files += entries
@@ -816,6 +878,8 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
         extra = {"name": name, "sources": per_source, "target_tokens": total,
                  "plan_hash": _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in parts])}
         lineage = root_node(lineage_kind, name, command=command, definitions=definitions_info, inputs=children)
+        if with_qa:  # written inside the temp directory: complete with the eval set or absent
+            extra[QA_MANIFEST_KEY] = lineage[QA_MANIFEST_KEY] = write_qa_items(tmp, qa_items)
         for sub, sub_dir in (extra_subdirs or {}).items():
             os.replace(sub_dir, tmp / sub)
             lineage.setdefault("contains", {})[sub] = _read_json(tmp / sub / "manifest.json")["fingerprint"]
@@ -885,7 +949,8 @@ def mix(defs: Definitions, work_dir: Path, out_root: Path, definitions_info: lis
     for name, plan in mix_plans(defs, work_dir).items():
         directory = out_root / name
         key = _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in plan["parts"] + plan.get("val_parts", [])])
-        if _up_to_date(directory, key):
+        qa = plan["kind"] == "eval_set" and any(p[1].formatter in RETRIEVAL_FORMATTERS for p in plan["parts"])
+        if _up_to_date(directory, key, qa):
             results[name] = _read_json(directory / "manifest.json")
         else:
             results[name] = _build_output(directory, name, plan, key, work_dir, out_root, defs, definitions_info,

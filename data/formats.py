@@ -64,6 +64,36 @@ def render_retrieval(context: str, question: str, answer: str | None = None) -> 
     return prompt if answer is None else f"{prompt} {answer.strip()}"
 
 
+_CONTEXT_MARK, _QUESTION_MARK, _ANSWER_MARK = "Context:\n", "\n\nQuestion: ", "\nAnswer:"
+
+
+def parse_retrieval(text: str, question: str | None = None) -> tuple[str, str, str | None]:
+    """(context, question, answer) of a document or prompt in `RETRIEVAL_TEMPLATE`: the inverse of
+    `render_retrieval`, so `render_retrieval(*parse_retrieval(doc)) == doc` (answer None for a prompt ending in
+    "Answer:"). The markers may also occur inside a context (a passage quoting a Q&A) or an answer: the split taken
+    is the first that renders back to `text`, trying the record's `question` (when given) first, then the last
+    question marker with the first answer marker after it. ValueError for a text that is not in the template."""
+    if not text.startswith(_CONTEXT_MARK):
+        raise ValueError(f"not a retrieval document (does not start with {_CONTEXT_MARK!r}): {text[:60]!r}")
+    candidates = []  # (start of the question marker, start of the answer marker)
+    if question is not None:
+        at = text.rfind(f"{_QUESTION_MARK}{question.strip()}{_ANSWER_MARK}")
+        if at >= 0:
+            candidates.append((at, at + len(_QUESTION_MARK) + len(question.strip())))
+    for q in reversed([m.start() for m in re.finditer(re.escape(_QUESTION_MARK), text)]):
+        body = q + len(_QUESTION_MARK)
+        candidates += [(q, body + m.start()) for m in re.finditer(re.escape(_ANSWER_MARK), text[body:])]
+    for q, a in candidates:
+        context, quest, rest = text[len(_CONTEXT_MARK) : q], text[q + len(_QUESTION_MARK) : a], \
+            text[a + len(_ANSWER_MARK) :]
+        if rest and not rest.startswith(" "):
+            continue
+        answer = rest[1:] if rest else None
+        if render_retrieval(context, quest, answer) == text:
+            return context, quest, answer
+    raise ValueError(f"not a retrieval document (no context/question/answer split renders back to it): {text[:60]!r}")
+
+
 _TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", bool: "a boolean"}
 
 
@@ -330,6 +360,52 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000, max_tokens: 
     context = cut_window(passages[i], start, end, max_context_chars, unit)
     lo = context.find(passages[i][start:end]) if context != passages[i] else start
     return fit_retrieval(context, question, passages[i][start:end], lo, lo + end - start, max_tokens, unit)
+
+
+def _gold_answers(record: dict, formatter: str) -> list[str]:
+    """Every gold answer string of a retrieval record, in the card's order: SQuAD v2 `answers.text`, TriviaQA rc
+    `answer.value` then `answer.aliases` (its normalized_aliases are lower-cased copies: left out)."""
+    if formatter == "squad_v2":
+        texts = record["answers"]["text"]
+    elif formatter == "triviaqa_rc":
+        texts = [record["answer"]["value"], *(record["answer"].get("aliases") or [])]
+    else:
+        raise ValueError(f"formatter {formatter!r} is not a retrieval formatter {RETRIEVAL_FORMATTERS}")
+    return [t for t in texts if isinstance(t, str)]
+
+
+def qa_fields(formatter: str, record: dict, text: str) -> dict | None:
+    """The held-out QA item a retrieval document stands for, for evaluation by generation (data/qa_items.py):
+    {"context" (as in the document: the possibly cut window), "question", "answers" (the answer the document shows
+    first, then every other gold answer, stripped, deduplicated in order; [] when unanswerable), "answerable",
+    "id" (the record's, or None)}. Context and question are parsed back out of `text` (the document as kept, after
+    any quality-filter change); None when `text` is not in the template (nothing to evaluate)."""
+    try:
+        context, question, shown = parse_retrieval(text, record.get("question") if isinstance(record, dict) else None)
+    except ValueError:
+        return None
+    if shown is None:
+        return None
+    answerable = shown != NOT_IN_CONTEXT and (formatter != "squad_v2" or bool(record["answers"]["text"]))
+    answers = list(dict.fromkeys(a for a in (shown, *(g.strip() for g in _gold_answers(record, formatter))) if a)) \
+        if answerable else []
+    return {"context": context, "question": question, "answers": answers, "answerable": answerable,
+            "id": record_id(record)}
+
+
+def qa_from_text(text: str) -> dict | None:
+    """`qa_fields` for a document fetched before part lines carried them: context, question and the shown answer
+    from the text alone (answers [that answer], answerable unless it is NOT_IN_CONTEXT); None when not a
+    retrieval document."""
+    try:
+        context, question, shown = parse_retrieval(text)
+    except ValueError:
+        return None
+    if shown is None:
+        return None
+    answerable = shown != NOT_IN_CONTEXT
+    return {"context": context, "question": question, "answers": [shown] if answerable else [],
+            "answerable": answerable, "id": None}
 
 
 # ---------------------------------------------------------------------------------------- conversational threads
