@@ -22,6 +22,7 @@ import torch
 from data.curriculum import Curriculum
 from data.loader import PrefetchLoader, StepBatch, read_micro_batch
 from data.paths import resolve
+from data.qa_items import QA_ITEMS_FILE, fixed_subset, read_qa_items
 from data.sampler import StepSampler
 from data.token_dataset import TokenDataset
 from launcher import distributed as dist
@@ -49,6 +50,7 @@ from launcher.engine import (
 )
 from launcher.evaluation import evaluate, fixed_sets
 from launcher.gold import GoldTracker
+from launcher.grounded_qa import score_items
 from launcher.probes import probe_summary, probes_for_block_size, run_probes
 from launcher.run_log import RunLog
 
@@ -135,6 +137,9 @@ class RunPlan:
     resume_path: Path | None
     resume_meta: dict[str, Any] | None
     resume_universal: bool = False
+    qa_items: list[dict] | None = None
+    """The fixed grounded-QA subset every eval answers (eval.qa_items of the qa_set's qa_items.jsonl); None: off."""
+    qa_note: str = ""
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -222,8 +227,30 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             # is built.
             ds_config.setdefault("checkpoint", {})["load_universal"] = True
             resume_universal = True
+    qa_items, qa_note = plan_grounded_qa(cfg, eval_sets)
     return RunPlan(cfg, ds_config, str(ds_path), precision_note, world, phases, val, eval_sets, ckpt_root, resume_path,
-                   resume_meta, resume_universal)
+                   resume_meta, resume_universal, qa_items, qa_note)
+
+
+def plan_grounded_qa(cfg: TrainConfig, eval_sets: dict[str, TokenDataset]) -> tuple[list[dict] | None, str]:
+    """The fixed QA subset of the evals (the same items at any world size) and a line saying what was chosen. A
+    missing qa_set is a config error; an eval set built before the build wrote QA items turns the QA off, said."""
+    n = cfg.eval.qa_items
+    if n == 0:
+        return None, "grounded QA: off (eval.qa_items 0)"
+    if cfg.eval.qa_set not in eval_sets:
+        raise ValueError(f"eval.qa_set {cfg.eval.qa_set!r} is not one of eval.sets {sorted(eval_sets)}: name the "
+                         "retrieval set, or set eval.qa_items to 0")
+    directory = eval_sets[cfg.eval.qa_set].directory
+    items = read_qa_items(directory)
+    if not items:
+        return None, (f"grounded QA: off, {directory} holds no {QA_ITEMS_FILE} (built before the build wrote QA "
+                      "items: rebuild the eval sets with scripts/unified_build/build_unified_dataset.py, or set "
+                      "eval.qa_items 0 to silence this)")
+    chosen = fixed_subset(items, n, cfg.eval.eval_seed)
+    unanswerable = sum(not it["answerable"] for it in chosen)
+    return chosen, (f"grounded QA: {len(chosen)} of {len(items)} items of {directory / QA_ITEMS_FILE} at each eval "
+                    f"({unanswerable} unanswerable)")
 
 
 def check_kernels_on_device(cfg: TrainConfig, device: torch.device) -> None:
@@ -403,6 +430,10 @@ class Trainer:
         bits_per_byte.pop(TRAIN_SET)
         probe = {} if self.probes is None else run_probes(self.engine.module, self.probes, self.rank, self.world,
                                                           self.device, all_reduce=dist.all_reduce)
+        qa = None
+        if self.plan.qa_items:  # SQuAD v2 EM/F1 on held-out items (launcher/grounded_qa.py)
+            qa = score_items(self.engine.module, self.plan.qa_items, self.device, self.rank, self.world,
+                             all_reduce=dist.all_reduce)
         val_loss = losses[VAL_SET]
         set_losses = {k: v for k, v in losses.items() if k != VAL_SET}
         decision = None
@@ -430,9 +461,15 @@ class Trainer:
                   "eval_seconds": eval_seconds, "eval_share": eval_share}
         if probe:
             record["probe"] = {k.removeprefix("probe/"): v for k, v in probe.items()}
+        if qa is not None:
+            record["qa"] = qa
+            scalars_qa = {f"qa/{k}": v for k, v in qa.items() if k not in ("items", "answerable", "unanswerable")}
+        else:
+            scalars_qa = {}
         scalars = {f"eval/{k}": v for k, v in losses.items()}
         scalars.update({f"eval_bpb/{k}": v for k, v in bits_per_byte.items()})  # bits per byte, beside each loss
         scalars.update(probe)  # TensorBoard: probe/induction_score, probe/retrieval_em_b0..7, ...
+        scalars.update(scalars_qa)  # qa/exact, qa/f1, qa/no_answer_not_in_context, ...
         scalars["eval/train"] = train_loss
         scalars["eval/seconds"], scalars["eval/share_of_wall_time"] = eval_seconds, eval_share
         if decision["best_val_loss"] is not None:
@@ -531,6 +568,7 @@ class Trainer:
                     f"{self.world} ranks x {acc['steps']} accumulation steps "
                     f"({cfg.batch.global_batch_size * cfg.model.block_size:,} tokens/step)")
         dist.print0(self.plan.precision_note)
+        dist.print0(self.plan.qa_note)
         hint = "" if acc["dtype"] == "fp32" or acc["steps"] == 1 else (
             f"; for fp32 accumulation use --deepspeed_config {ZERO2_FP32_ACCUM} (docs/TRAINING.md)")
         dist.print0(f"gradient accumulation: {acc['steps']} micro-steps, accumulated in {acc['dtype']} "
