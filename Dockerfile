@@ -48,7 +48,8 @@ COPY scripts/ scripts/
 COPY tests/ tests/
 COPY docker/ docker/
 COPY Makefile pyproject.toml README.md ./
-RUN chmod +x docker/entrypoint.py && chown -R trainer:trainer /opt/ragllm
+# The project itself, editable, so `model`, `data` and `launcher` import from any directory (as `make install` does).
+RUN pip install --no-deps -e . && chmod +x docker/entrypoint.py && chown -R trainer:trainer /opt/ragllm
 
 # TensorBoard
 EXPOSE 6006

@@ -17,14 +17,17 @@ TORCH_PIN := $(shell sed -n 's/^torch==\([^ ;]*\).*/\1/p' requirements.txt)
 torch_from_index = $(if $(TORCH_INDEX),$(BIN)/pip install torch==$(TORCH_PIN) --index-url $(TORCH_INDEX))
 
 # Stamps: reinstall when a requirements file changes.
-$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+# The project itself goes in editable (`pip install -e .`), so imports work from any directory.
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(torch_from_index)
 	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(torch_from_index)
 	$(BIN)/pip install -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(VENV)/.runtime-installed $@
 
 install: $(VENV)/.runtime-installed

@@ -30,15 +30,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-# `deepspeed launcher/train.py` and `python launcher/train.py` put launcher/ on sys.path, not the repository root.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data.loader import DataReadError  # noqa: E402
-from launcher import device_check  # noqa: E402
-from launcher import distributed as dist  # noqa: E402
-from launcher.trainer import Trainer, dump_plan, plan_run  # noqa: E402
+from data.loader import DataReadError
+from launcher import device_check
+from launcher import distributed as dist
+from launcher.trainer import Trainer, dump_plan, plan_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -44,12 +44,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.tokenizer import save_hf_tokenizer, tokenizer_info  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.io import load_model_checkpoint  # noqa: E402
-from model.transformer import split_fused  # noqa: E402
+from data.tokenizer import save_hf_tokenizer, tokenizer_info
+from model.config import ModelConfig
+from model.io import load_model_checkpoint
+from model.transformer import split_fused
 
 EOT_TOKEN_ID = 50256  # GPT-2's <|endoftext|>: documents are separated by it, so it is both BOS and EOS
 

@@ -28,13 +28,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.formats import render_retrieval  # noqa: E402
-from data.tokenizer import EOT, get_tokenizer  # noqa: E402
-from launcher.checkpointing import load_trained_model  # noqa: E402
-from launcher.grounded_qa import line_stop_ids  # noqa: E402
-from model.generate import generate  # noqa: E402
+from data.formats import render_retrieval
+from data.tokenizer import EOT, get_tokenizer
+from launcher.checkpointing import load_trained_model
+from launcher.grounded_qa import line_stop_ids
+from model.generate import generate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

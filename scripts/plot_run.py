@@ -26,12 +26,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a pod or in CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launcher import health  # noqa: E402
-from launcher.config import HealthConfig, TrainConfig  # noqa: E402
+from launcher import health
+from launcher.config import HealthConfig, TrainConfig
 
 HEALTH_STYLE = {health.OK: ("o", "tab:green"), health.WATCH: ("o", "tab:orange"), health.FAILING: ("X", "red")}
 

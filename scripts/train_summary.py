@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launcher import health  # noqa: E402
-from launcher.config import HealthConfig, TrainConfig  # noqa: E402
+from launcher import health
+from launcher.config import HealthConfig, TrainConfig
 
 
 def _losses(record: dict) -> str:

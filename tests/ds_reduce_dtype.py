@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 import torch.distributed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from launcher.distributed import init_distributed, shutdown  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from launcher.distributed import init_distributed, shutdown
+from model.config import ModelConfig
+from model.transformer import Transformer
 
 REDUCTIONS = ("all_reduce", "reduce", "reduce_scatter_tensor", "reduce_scatter")
 

@@ -77,6 +77,8 @@ def test_installs_the_projects_pinned_requirements_and_build_tools():
     assert "ninja" in runs and "pdsh" in runs and "openssh" in runs
     copied = [src for keyword, rest in instructions() if keyword == "COPY" for src in shlex.split(rest)[:-1]]
     assert "requirements.txt" in copied and "requirements-dev.txt" in copied
+    # The project installs itself: no file edits sys.path, so without this `launcher/train.py` cannot import `model`.
+    assert "pip install --no-deps -e ." in runs and "pyproject.toml" in copied
 
 
 def test_image_holds_what_the_first_gpu_check_needs():

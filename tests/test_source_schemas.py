@@ -263,8 +263,9 @@ def test_script_refusal_through_the_build_has_no_traceback(tmp_path):
                                                             "callable": "tests.test_source_schemas:refusing_loader"}
     defs = tmp_path / "defs.json"
     defs.write_text(json.dumps(raw))
+    # The loader lives in tests/, which is not installed: the build imports it from the repository root.
     proc = run([sys.executable, str(SCRIPT), "--quiet", "--sources", str(defs), "--out-root", str(tmp_path / "out")],
-               cwd=ROOT, timeout=120)
+               cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "fetch stopped: source 'demo_python' input 'demo_python'" in proc.stderr and "loader.builder" in proc.stderr
 

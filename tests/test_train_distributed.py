@@ -279,7 +279,6 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    sys.path.insert(0, str(REPO))
     _make_data(root / "data")
     return Runs(root, _config(root))
 
@@ -738,7 +737,6 @@ def test_the_zip_writers_error_on_a_single_process_is_a_clear_stop(runs):
 
 
 def _main_error(monkeypatch, argv: list[str], world: int = 1) -> str:
-    sys.path.insert(0, str(REPO))
     from launcher import train
 
     for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -33,15 +33,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model import attention as attn  # noqa: E402
-from model.config import EOT_ID, ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from model import attention as attn
+from model.config import EOT_ID, ModelConfig
+from model.transformer import Transformer
 
 
 def packed_rows(batch: int, length: int, median: int, seed: int = 0) -> torch.Tensor:

@@ -12,25 +12,21 @@ one process; tokens are counted once (EOT included) and every stage's time is di
 capability; run it on a quiet machine or compare ratios from one run.
 """
 
+import argparse
+import json
 import os
-import sys
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from data import build  # noqa: E402
-from data.demo_corpus import docstrings  # noqa: E402
-from data.quality import QualityFilters  # noqa: E402
-from data.source_config import Input  # noqa: E402
-from data.streaming import DEFAULT_SHUFFLE  # noqa: E402
+from data import build
+from data.demo_corpus import docstrings
+from data.quality import QualityFilters
+from data.source_config import Input
+from data.streaming import DEFAULT_SHUFFLE
 
 
 def records(schema: str, megabytes: float) -> list[dict]:

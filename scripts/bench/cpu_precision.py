@@ -22,10 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from launcher.engine import cpu_has_native_bf16  # noqa: E402
-from scripts.bench._run import REPO, bench_config, launch, records  # noqa: E402
+from launcher.engine import cpu_has_native_bf16
+from scripts.bench._run import REPO, bench_config, launch, records
 
 
 def matmul_seconds(dtype: torch.dtype, rows: int = 256, width: int = 64, vocab: int = 50304, repeats: int = 5) -> float:

@@ -32,10 +32,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from model.config import ModelConfig
+from model.transformer import Transformer
 
 BASE = Path(__file__).resolve().parents[2] / "configs/base/750M_unified_v1.json"
 

@@ -27,13 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from data.loader import read_micro_batch  # noqa: E402
-from data.token_dataset import TokenDataset, write_token_dir  # noqa: E402
-from launcher.evaluation import evaluate, fixed_sets  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from data.loader import read_micro_batch
+from data.token_dataset import TokenDataset, write_token_dir
+from launcher.evaluation import evaluate, fixed_sets
+from model.config import ModelConfig
+from model.transformer import Transformer
 
 BASE = Path(__file__).resolve().parents[2] / "configs/base/750M_unified_v1.json"
 

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model.config import EOT_ID, ModelConfig  # noqa: E402
-from model.generate import generate  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
-from scripts.bench.attention import interleaved  # noqa: E402
+from model.config import EOT_ID, ModelConfig
+from model.generate import generate
+from model.transformer import Transformer
+from scripts.bench.attention import interleaved
 
 MID = dict(n_embd=512, n_head=8, n_layer=8, block_size=1024, dropout=0.0, fused_kernels=False)
 

@@ -55,9 +55,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from scripts.bench._run import (  # noqa: E402
+from scripts.bench._run import (
     REPO,
     bench_config,
     launch,

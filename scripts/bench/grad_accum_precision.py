@@ -24,9 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from scripts.bench._run import REPO, bench_config, launch, records  # noqa: E402
+from scripts.bench._run import REPO, bench_config, launch, records
 
 VARIANTS = {
     "bf16_accum_zero2": "ds_configs/zero2_bf16.json",

@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model.kernels import rms_norm, rms_norm_residual, swiglu, triton_available  # noqa: E402
-from model.kernels.reference import rms_norm_reference, rms_norm_residual_reference, swiglu_reference  # noqa: E402
+from model.kernels import rms_norm, rms_norm_residual, swiglu, triton_available
+from model.kernels.reference import rms_norm_reference, rms_norm_residual_reference, swiglu_reference
 
 EPS = 1e-5
 SHAPES = {

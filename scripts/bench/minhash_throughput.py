@@ -11,20 +11,16 @@ core; the build spreads signatures over --workers processes. The CPU capability 
 the same machine, and on a shared machine prefer the ratios.
 """
 
+import argparse
 import os
-import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data.quality import NearDuplicateIndex, minhash_signatures, ngram_hashes  # noqa: E402
-from data.tokenizer import get_tokenizer  # noqa: E402
-from scripts.bench.tokenize_throughput import corpus  # noqa: E402
+from data.quality import NearDuplicateIndex, minhash_signatures, ngram_hashes
+from data.tokenizer import get_tokenizer
+from scripts.bench.tokenize_throughput import corpus
 
 
 def per_document_reference(docs: list[np.ndarray], num_perm: int = 64, shingle: int = 5) -> np.ndarray:

@@ -21,15 +21,12 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from model.config import ModelConfig
+from model.transformer import Transformer
 
 VARIANTS = ("full_logits", "chunked")
 

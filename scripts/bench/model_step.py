@@ -23,12 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model.config import ModelConfig  # noqa: E402
-from model.io import save_model_checkpoint  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
-from scripts.export_hf import export  # noqa: E402
+from model.config import ModelConfig
+from model.io import save_model_checkpoint
+from model.transformer import Transformer
+from scripts.export_hf import export
 
 
 def sync(device: torch.device):

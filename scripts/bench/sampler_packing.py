@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data import packing  # noqa: E402
-from data.loader import read_micro_batch  # noqa: E402
-from data.sampler import StepSampler  # noqa: E402
-from data.token_dataset import TokenDataset, grounding_report, write_token_dir  # noqa: E402
-from data.tokenizer import EOT  # noqa: E402
+from data import packing
+from data.loader import read_micro_batch
+from data.sampler import StepSampler
+from data.token_dataset import TokenDataset, grounding_report, write_token_dir
+from data.tokenizer import EOT
 
 
 def read_fixed_windows(ds: TokenDataset, ids: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,21 +8,17 @@ with N processes; "bare" is `tiktoken.Encoding.encode_ordinary_batch(texts, num_
 Prints tokens/s for each and the ratio; the target is >= 0.85 of bare per core, and near-linear scaling.
 """
 
+import argparse
+import json
 import os
-import sys
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from data import build  # noqa: E402
-from data.demo_corpus import docstrings, expand_path  # noqa: E402
-from data.tokenizer import get_tokenizer  # noqa: E402
+from data import build
+from data.demo_corpus import docstrings, expand_path
+from data.tokenizer import get_tokenizer
 
 
 def corpus(megabytes: float) -> list[str]:

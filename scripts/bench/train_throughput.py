@@ -20,9 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from scripts.bench._run import REPO, bench_config, launch, records  # noqa: E402
+from scripts.bench._run import REPO, bench_config, launch, records
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from launcher.distributed import init_distributed, shutdown  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from launcher.distributed import init_distributed, shutdown
+from model.config import ModelConfig
+from model.transformer import Transformer
 
 
 def partition_buffers(optimizer) -> dict[str, torch.Tensor]:

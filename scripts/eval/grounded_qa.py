@@ -24,11 +24,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from data.qa_items import QA_ITEMS_FILE, fixed_subset, read_qa_items  # noqa: E402
-from launcher.config import EvalConfig  # noqa: E402
-from launcher.grounded_qa import score_items  # noqa: E402
+from data.qa_items import QA_ITEMS_FILE, fixed_subset, read_qa_items
+from launcher.config import EvalConfig
+from launcher.grounded_qa import score_items
 
 
 def load_model(path: Path, device: str):

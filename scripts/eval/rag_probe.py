@@ -25,10 +25,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from data.tokenizer import get_tokenizer  # noqa: E402
-from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, finalize, probe_sums  # noqa: E402
+from data.tokenizer import get_tokenizer
+from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, finalize, probe_sums
 
 
 def load_any(path: str | Path, device: str) -> tuple[torch.nn.Module, int, str]:

@@ -34,15 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from data.demo_corpus import squad_v2_records
+from data.packing import METHOD_FIXED
+from data.token_dataset import TokenDataset, add_packing, write_token_dir
+from data.tokenizer import EOT, get_tokenizer
+from launcher.probes import NUM_BUCKETS, TRAINING_QA_SEED, build_retrieval_items
+from scripts.eval.rag_probe import probe_checkpoint
 
-from data.demo_corpus import squad_v2_records  # noqa: E402
-from data.packing import METHOD_FIXED  # noqa: E402
-from data.token_dataset import TokenDataset, add_packing, write_token_dir  # noqa: E402
-from data.tokenizer import EOT, get_tokenizer  # noqa: E402
-from launcher.probes import NUM_BUCKETS, TRAINING_QA_SEED, build_retrieval_items  # noqa: E402
-from scripts.eval.rag_probe import probe_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # --compare: variant name -> the model settings it trains with (everything else is the base config's).
 VARIANTS = {"arch": {"llama": {"arch": "llama"}, "gpt2": {"arch": "gpt2"}},

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from launcher.probes import NUM_BUCKETS, PROBE_SEED
 
-from launcher.probes import NUM_BUCKETS, PROBE_SEED  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 FIRST_HALF = NUM_BUCKETS // 2  # training answers sit in buckets 0 .. FIRST_HALF - 1
 

@@ -38,10 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from launcher.probes import NUM_BUCKETS, PROBE_SEED
 
-from launcher.probes import NUM_BUCKETS, PROBE_SEED  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 ARCHS = ("llama", "gpt2")
 FIRST_HALF = (0, 1, 2, 3)

@@ -27,19 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from data.tokenizer import get_tokenizer  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
-from scripts.experiments.synthetic_tasks import (  # noqa: E402
+from data.tokenizer import get_tokenizer
+from model.config import ModelConfig
+from model.transformer import Transformer
+from scripts.experiments.synthetic_tasks import (
     _batch,
     code_rows,
     restricted_output,
     task_token_ids,
     train_steps,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_OUT = ROOT / "tests" / "fixtures" / "retrieval_control"
 FILE = "control.safetensors"

@@ -31,14 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from data.tokenizer import get_tokenizer  # noqa: E402
-from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, run_probes  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
-from scripts.experiments.synthetic_tasks import (  # noqa: E402
+from data.tokenizer import get_tokenizer
+from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, run_probes
+from model.config import ModelConfig
+from model.transformer import Transformer
+from scripts.experiments.synthetic_tasks import (
     NAMES,
     RELATIONS,
     VALUES,
@@ -49,6 +46,8 @@ from scripts.experiments.synthetic_tasks import (  # noqa: E402
     task_token_ids,
     train_steps,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

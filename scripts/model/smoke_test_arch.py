@@ -24,14 +24,11 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from model.config import EOT_ID, ModelConfig  # noqa: E402
-from model.transformer import Transformer, apply_rotary  # noqa: E402
+from model.config import EOT_ID, ModelConfig
+from model.transformer import Transformer, apply_rotary
 
 FULL_CHECK_LIMIT = 200_000_000
 

@@ -26,10 +26,8 @@ import time
 from pathlib import Path
 
 # runnable as a plain script from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from data.audit import audit_documents, format_table, sample_source, token_dir_documents  # noqa: E402
-from data.source_config import load_definitions  # noqa: E402
+from data.audit import audit_documents, format_table, sample_source, token_dir_documents
+from data.source_config import load_definitions
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
 

@@ -54,14 +54,12 @@ import sys
 from pathlib import Path
 
 # runnable as a plain script from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from data import build, input_lock, preflight, streaming  # noqa: E402
-from data.formats import RETRIEVAL_FORMATTERS, group_field  # noqa: E402
-from data.paths import resolve  # noqa: E402
-from data.source_config import (  # noqa: E402
+from data import build, input_lock, preflight, streaming
+from data.formats import RETRIEVAL_FORMATTERS, group_field
+from data.paths import resolve
+from data.source_config import (
     budget_problems,
     fetch_needs,
     gated_inputs,
@@ -69,7 +67,7 @@ from data.source_config import (  # noqa: E402
     login_instructions,
     missing_local_paths,
 )
-from data.token_dataset import sha256_file  # noqa: E402
+from data.token_dataset import sha256_file
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
 STEPS = ("fetch", "holdback", "tokenize", "decontaminate", "mix", "pack")

@@ -35,13 +35,11 @@ import time
 from pathlib import Path
 
 # runnable as a plain script from the repository root
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from data.audit import audit_documents, eval_contamination, token_dir_documents  # noqa: E402
-from data.quality import grounded_answer  # noqa: E402
-from data.source_config import CATEGORIES  # noqa: E402
-from data.token_dataset import TokenDataset, grounding_report  # noqa: E402
-from data.tokenizer import get_tokenizer  # noqa: E402
+from data.audit import audit_documents, eval_contamination, token_dir_documents
+from data.quality import grounded_answer
+from data.source_config import CATEGORIES
+from data.token_dataset import TokenDataset, grounding_report
+from data.tokenizer import get_tokenizer
 
 # The spec's "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
 SPEC_ESTIMATES = {"unified_phase1_circuit": {"induction": 70.0, "retrieval": 44.0},
