@@ -8,6 +8,7 @@ Layout under `<checkpoint.dir>/<model_name>/`:
         COMPLETE              written by rank 0 after every rank finished writing: only these count
     latest                    DeepSpeed's own pointer (not trusted: we pick the newest step_<N> with COMPLETE)
     gold/                     model.safetensors + model_config.json + metadata.json (model/io.py), replaced atomically
+                              (written by launcher/gold.py)
 
 Resume never reads a checkpoint without COMPLETE, and `keep_last` pruning deletes only complete, older ones.
 """
@@ -21,7 +22,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -333,7 +333,7 @@ class CheckpointManager:
             load_path, client_state = engine.load_checkpoint(str(load_dir), tag=path.name)
         except RuntimeError as e:
             if "attention.wqkv" in str(e) or "feed_forward.w13" in str(e):
-                # Written before q/k/v and w1/w3 were fused (issue 14). The model weights could be fused (model.io
+                # Written before q/k/v and w1/w3 were fused. The model weights could be fused (model.io
                 # does it for GOLD checkpoints), but ZeRO's flat optimizer partitions follow the old parameter
                 # shapes and order, so the optimizer state cannot be carried over.
                 raise RuntimeError(
@@ -362,57 +362,6 @@ def convert_to_universal(src: Path, dst: Path) -> None:
         raise RuntimeError(f"converting {src} to a universal checkpoint failed ({' '.join(cmd)}):\n"
                            f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
     tmp.rename(dst)
-
-
-def save_gold(gold_dir: Path, model: torch.nn.Module | dict[str, torch.Tensor], model_config,
-              metadata: dict[str, Any]) -> Path:
-    """Rank 0: write the GOLD checkpoint. model/io.py writes `gold.tmp`, moves the old one away, renames the new one
-    in and deletes the old, so a crash leaves either the previous GOLD or the new one, never a mix."""
-    from model.io import save_model_checkpoint
-
-    # The weights that were evaluated: the engine's bf16 (or fp32) module parameters, the tied embedding once.
-    return save_model_checkpoint(gold_dir, model, model_config, metadata)
-
-
-class GoldWriter:
-    """Rank 0's GOLD saves in the background. The weights are copied to host memory at once (the next optimizer step
-    changes them), then written by `save_gold` (temp dir, rename) on a thread while training goes on: at 750M that
-    is 1.4 GB that every rank used to wait for at a barrier. One write at a time; `wait()` joins the running one and
-    re-raises its error. The trainer waits before each resumable checkpoint (which records the GOLD state, so the
-    GOLD it names is on disk first) and at the end of the run.
-    """
-
-    def __init__(self):
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._path: Path | None = None
-
-    def submit(self, gold_dir: Path, model: torch.nn.Module, model_config, metadata: dict[str, Any]) -> Path:
-        self.wait()
-        state, seen = {}, {}
-        for name, tensor in model.state_dict().items():
-            # Tied weights share storage: copy once, keep the sharing (model/io.py stores the embedding once).
-            key = (tensor.data_ptr(), tensor.shape)
-            state[name] = seen[key] if key in seen else seen.setdefault(key, tensor.detach().to("cpu", copy=True))
-
-        def write() -> None:
-            try:
-                save_gold(gold_dir, state, model_config, metadata)
-            except BaseException as e:  # re-raised by wait() on the training thread
-                self._error = e
-
-        self._path = Path(gold_dir)
-        self._thread = threading.Thread(target=write, name="gold-writer")
-        self._thread.start()
-        return self._path
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError(f"writing the GOLD checkpoint {self._path} failed: {error}") from error
 
 
 def load_step_model(path: str | Path, device: str | torch.device = "cpu"):

@@ -3,8 +3,8 @@
 A training config JSON has the sections `model`, `optim`, `batch`, `data`, `curriculum`, `eval`, `gold`,
 `checkpoint`, `logging`, `health` (optional, like every section with defaults) and the key `deepspeed_config`.
 Hyperparameters live here and only here: the DeepSpeed JSON (`ds_configs/*.json`) carries engine settings, and the
-launcher fills DeepSpeed's batch, clipping, optimizer and scheduler fields from this config (see DESIGN, "One source
-of truth per value").
+launcher fills DeepSpeed's batch, clipping, optimizer and scheduler fields from this config (see docs/DESIGN.md,
+"One source of truth per value").
 
 Every field is documented once, in its docstring below; the README's config reference is checked against these.
 """
@@ -20,6 +20,11 @@ from typing import Any
 
 from model.config import ModelConfig, dataclass_from_dict
 
+# The names the trainer gives the val split and the overfit guard's train sample in losses, eval records, GOLD
+# baselines and health; `eval.sets` may use neither.
+VAL_SET = "val"
+TRAIN_SET = "train"
+
 
 @dataclass
 class OptimConfig:
@@ -28,7 +33,7 @@ class OptimConfig:
     learning_rate: float = 1.5e-4
     """Peak learning rate, reached at the end of warmup."""
     min_lr: float = 1.5e-5
-    """Learning rate at the end of the cosine decay (`max_iters`); the spec uses 10% of peak."""
+    """Learning rate at the end of the cosine decay (`max_iters`); the base config uses 10% of peak."""
     warmup_iters: int = 3750
     """Optimizer steps of linear warmup from 0 to `learning_rate`."""
     max_iters: int = 75000
@@ -70,7 +75,7 @@ class BatchConfig:
     micro_batch_size: int = 12
     """Sequences per GPU per forward/backward pass."""
     global_batch_size: int = 96
-    """Sequences per optimizer step over all GPUs (spec: 12 x 8 = 96 = 98,304 tokens)."""
+    """Sequences per optimizer step over all GPUs (base config: 12 x 8 = 96 = 98,304 tokens)."""
 
     def __post_init__(self):
         if self.micro_batch_size <= 0 or self.global_batch_size <= 0:
@@ -253,15 +258,16 @@ class LoggingConfig:
 
 @dataclass
 class HealthConfig:
-    """Run-health thresholds: the spec's five success criteria judged at every eval (`launcher/health.py`).
+    """Run-health thresholds: five success criteria judged at every eval (`launcher/health.py`).
 
     Monitoring only: a verdict never stops the run, and this section is left out of the config fingerprint, so
-    changing a threshold does not block a resume. Defaults assume the spec's run (an eval every 350 steps of 75,000).
+    changing a threshold does not block a resume. Defaults assume the base config's run (an eval every 350 steps
+    of 75,000).
     """
 
     window_evals: int = 8
     """Evals K the trend checks look back over (retrieval plateau, code drift, grounding gain); 8 evals are
-    2,800 steps at the spec's eval_interval: long enough that one noisy eval cannot decide, short enough to warn
+    2,800 steps at the base config's eval_interval: long enough that one noisy eval cannot decide, short enough to warn
     within a few hours."""
     retrieval_set: str = "retrieval"
     """The eval set (a name in eval.sets) whose loss must keep falling (criterion 1)."""
@@ -291,7 +297,7 @@ class HealthConfig:
     """Watch when the GOLD checkpoint is this many evals old (or none passed the guards since the baseline step);
     while the val loss falls a new GOLD comes every eval or two."""
     gold_fail_evals: int = 15
-    """Failing when the GOLD checkpoint is this many evals old (5,250 steps at the spec's interval): the val loss
+    """Failing when the GOLD checkpoint is this many evals old (5,250 steps at the base config's interval): the val loss
     stopped improving or every new best is refused."""
     grounding_min_ll_gain: float = 0.0
     """Failing when the retrieval probe's log-likelihood gain from the passage is at or below this (nats/token):

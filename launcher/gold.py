@@ -1,8 +1,9 @@
-"""GOLD guards: decide, at each eval, whether the model becomes the GOLD (best trusted) checkpoint.
+"""GOLD: decide, at each eval, whether the model becomes the GOLD (best trusted) checkpoint, and write it.
 
-Pure logic: no DeepSpeed, no files. Rank 0 calls `GoldTracker.update` after each eval; the trainer writes the
-decision into the eval JSONL record (`decision.to_dict()`), broadcasts `decision.save` so every rank agrees, and
-writes the GOLD checkpoint. `state_dict()` goes into the DeepSpeed checkpoint's client_state for resume.
+`GoldTracker` is the decision, pure logic (no ranks, no files): the three guards and the best so far.
+`Gold` is the trainer's component around it: rank 0 decides, every rank receives the decision and the tracker
+state (so each rank's checkpoint records the same GOLD state), and `GoldWriter` writes the weights on a thread
+while training goes on. `state_dict()` goes into the DeepSpeed checkpoint's client_state for resume.
 
 A new best val loss becomes GOLD only if all three guards pass (thresholds from `GoldConfig`):
 
@@ -12,7 +13,7 @@ A new best val loss becomes GOLD only if all three guards pass (thresholds from 
    loss <= baseline x (1 + max_regression); a set's baseline is its loss at the first eval at or after
    `baseline_step` (TrainConfig.gold_baseline_step: gold.baseline_after_step, default the end of warmup).
 
-Decisions the spec leaves open, made here:
+Decisions the guards alone leave open, made here:
 
 - "New best" means below the best val loss among GOLD saves so far: the GOLD checkpoint is the best *trusted* one,
   so an eval refused by a guard does not raise the bar, and the next eval that beats the last GOLD and passes is
@@ -54,13 +55,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from launcher.config import GoldConfig
+import torch
+
+from launcher import distributed as dist
+from launcher.config import VAL_SET, GoldConfig
 
 STATE_VERSION = 1
-VAL_SET = "val"
 
 
 def _finite(x: float | None) -> bool:
@@ -285,3 +290,95 @@ class GoldTracker:
         self.baselines = {str(k): float(v) for k, v in state["baselines"].items()}
         self.best_val_loss = None if state["best_val_loss"] is None else float(state["best_val_loss"])
         self.best_step = None if state["best_step"] is None else int(state["best_step"])
+
+
+def save_gold(gold_dir: Path, model: torch.nn.Module | dict[str, torch.Tensor], model_config,
+              metadata: dict[str, Any]) -> Path:
+    """Rank 0: write the GOLD checkpoint. model/io.py writes `gold.tmp`, moves the old one away, renames the new one
+    in and deletes the old, so a crash leaves either the previous GOLD or the new one, never a mix."""
+    from model.io import save_model_checkpoint
+
+    # The weights that were evaluated: the engine's bf16 (or fp32) module parameters, the tied embedding once.
+    return save_model_checkpoint(gold_dir, model, model_config, metadata)
+
+
+class GoldWriter:
+    """Rank 0's GOLD saves in the background. The weights are copied to host memory at once (the next optimizer step
+    changes them), then written by `save_gold` (temp dir, rename) on a thread while training goes on: at 750M that
+    is 1.4 GB that every rank used to wait for at a barrier. One write at a time; `wait()` joins the running one and
+    re-raises its error. The trainer waits before each resumable checkpoint (which records the GOLD state, so the
+    GOLD it names is on disk first) and at the end of the run.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._path: Path | None = None
+
+    def submit(self, gold_dir: Path, model: torch.nn.Module, model_config, metadata: dict[str, Any]) -> Path:
+        self.wait()
+        state, seen = {}, {}
+        for name, tensor in model.state_dict().items():
+            # Tied weights share storage: copy once, keep the sharing (model/io.py stores the embedding once).
+            key = (tensor.data_ptr(), tensor.shape)
+            state[name] = seen[key] if key in seen else seen.setdefault(key, tensor.detach().to("cpu", copy=True))
+
+        def write() -> None:
+            try:
+                save_gold(gold_dir, state, model_config, metadata)
+            except BaseException as e:  # re-raised by wait() on the training thread
+                self._error = e
+
+        self._path = Path(gold_dir)
+        self._thread = threading.Thread(target=write, name="gold-writer")
+        self._thread.start()
+        return self._path
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"writing the GOLD checkpoint {self._path} failed: {error}") from error
+
+
+class Gold:
+    """GOLD's decision and its writer together, as the trainer uses them at every eval: `decide` on every rank (rank 0
+    decides, the others receive the decision and the tracker state), then `save` (rank 0 writes in the background).
+    `wait()` before a resumable checkpoint, which records the GOLD state, so the GOLD it names is on disk first."""
+
+    def __init__(self, cfg: GoldConfig, baseline_step: int, gold_dir: Path, rank: int):
+        self.tracker = GoldTracker(cfg, baseline_step=baseline_step)
+        self.dir = Path(gold_dir)
+        self.rank = rank
+        self.writer = GoldWriter()
+
+    @property
+    def best_step(self) -> int | None:
+        return self.tracker.best_step
+
+    def decide(self, step: int, val_loss: float, train_loss: float, set_losses: dict[str, float]) -> dict[str, Any]:
+        """The decision record (GoldDecision.to_dict()), the same on every rank. Collective."""
+        decision = self.tracker.update(step, val_loss, train_loss, set_losses).to_dict() if self.rank == 0 else None
+        decision = dist.broadcast_object(decision)
+        if self.rank != 0:
+            self.tracker.load_state_dict(dist.broadcast_object(None))
+        else:
+            dist.broadcast_object(self.tracker.state_dict())
+        return decision
+
+    def save(self, model: torch.nn.Module, model_config, metadata: dict[str, Any]) -> str | None:
+        """Rank 0 starts writing the GOLD checkpoint and returns its path; other ranks write nothing (None)."""
+        if self.rank != 0:
+            return None
+        return str(self.writer.submit(self.dir, model, model_config, metadata))
+
+    def wait(self) -> None:
+        self.writer.wait()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state)

@@ -1,4 +1,4 @@
-"""Run health: the spec's five success criteria ("What Success Looks Like") judged from the eval records.
+"""Run health: five success criteria judged from the eval records.
 
 Pure logic: no DeepSpeed, no files, no printing. `judge(records, cfg)` takes the eval records exactly as the trainer
 writes them to `<model_name>_eval.jsonl` (oldest first; NaN written as null; keys absent where an eval set or the
@@ -49,27 +49,33 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.config import HealthConfig
+from launcher.config import VAL_SET, HealthConfig
 
 OK, WATCH, FAILING, NOT_YET = "ok", "watch", "failing", "not yet"
 # TensorBoard `health/<criterion>`: higher is worse; "not yet" is not logged (no point on the curve).
 LEVEL = {OK: 0, WATCH: 1, FAILING: 2}
 CRITERIA = ("retrieval", "code", "stability", "gold", "grounding")
-VAL_SET = "val"
 
+# What to look at when a criterion is not ok; {retrieval}, {code} and {stability} are the configured set names.
 LOOK_AT = {
-    "retrieval": "eval/retrieval against eval/val and train/lr: a retrieval loss flat while val still falls means the "
-                 "grounded-QA share of the current phase's mix is not being learned",
-    "code": "eval/code against eval/val: the code share of the current phase's mix, and whether the gap opened at "
+    "retrieval": "eval/{retrieval} against eval/val and train/lr: a {retrieval} loss flat while val still falls means "
+                 "the grounded-QA share of the current phase's mix is not being learned",
+    "code": "eval/{code} against eval/val: the code share of the current phase's mix, and whether the gap opened at "
             "the phase switch",
-    "stability": "eval/general and eval/domain since the GOLD baseline: a rise after the phase switch is forgetting "
-                 "(the new mix under-weights that data); the GOLD regression guard will refuse saves past the limit",
+    "stability": "{stability} since the GOLD baseline: a rise after the phase switch is forgetting (the new mix "
+                 "under-weights that data); the GOLD regression guard will refuse saves past the limit",
     "gold": "the GOLD reasons in the eval log (python scripts/train_summary.py LOG): which guard refuses, or whether "
             "the val loss stopped falling",
     "grounding": "probe/retrieval_ll_gain and probe/retrieval_em_b* (docs/PROBES.md): whether the answer's "
                  "likelihood depends on the passage, and at which positions answers are found; qa/f1 and "
                  "qa/no_answer_answered_otherwise (docs/AFTER_TRAINING.md, section 4): held-out questions answered",
 }
+
+
+def look_at(criterion: str, cfg: HealthConfig) -> str:
+    """LOOK_AT of `criterion`, naming the eval sets `cfg` judges."""
+    return LOOK_AT[criterion].format(retrieval=cfg.retrieval_set, code=cfg.code_set,
+                                     stability=" and ".join(f"eval/{n}" for n in cfg.stability_sets) or "no sets")
 
 
 @dataclass
@@ -115,7 +121,7 @@ def _baseline_step(records: list[dict]) -> int:
 
 
 def _verdict(criterion: str, status: str, detail: str, **numbers: Any) -> Verdict:
-    return Verdict(status, detail, LOOK_AT[criterion], numbers)
+    return Verdict(status, detail, "", numbers)  # judge() fills look_at from the config
 
 
 def _nonfinite_latest(records: list[dict], name: str) -> bool:
@@ -329,8 +335,10 @@ JUDGES = {"retrieval": judge_retrieval, "code": judge_code, "stability": judge_s
 def judge(records: list[dict], cfg: HealthConfig) -> dict[str, Verdict]:
     """Every criterion's verdict at the latest of `records` (eval records, oldest first)."""
     if not records:
-        return {name: _verdict(name, NOT_YET, "no eval records yet") for name in CRITERIA}
-    return {name: JUDGES[name](records, cfg) for name in CRITERIA}
+        verdicts = {name: _verdict(name, NOT_YET, "no eval records yet") for name in CRITERIA}
+    else:
+        verdicts = {name: JUDGES[name](records, cfg) for name in CRITERIA}
+    return {name: dataclasses.replace(v, look_at=look_at(name, cfg)) for name, v in verdicts.items()}
 
 
 def timeline(records: list[dict], cfg: HealthConfig) -> list[dict[str, Verdict]]:
@@ -360,3 +368,27 @@ def newly_failing(previous: dict[str, str], verdicts: dict[str, Verdict]) -> lis
 
 def warning(step: int, name: str, verdict: Verdict) -> str:
     return f"WARNING run health: {name} is failing at step {step}: {verdict.detail}. Look at {verdict.look_at}."
+
+
+class HealthMonitor:
+    """The trainer's hook: judges the run after every eval and says what changed. Its state is the eval history and
+    the last statuses; a resume rebuilds both from the eval log (cut back to the resumed step), which gives the
+    history an uninterrupted run would hold. Rank 0 only."""
+
+    def __init__(self, cfg: HealthConfig, history: list[dict[str, Any]]):
+        self.cfg = cfg
+        self.history = list(history)
+        latest = (self.history[-1].get("health") or {}) if self.history else {}
+        self.status = {name: v.get("status") for name, v in latest.items() if isinstance(v, dict)}
+
+    def observe(self, record: dict[str, Any]) -> tuple[dict[str, Verdict], list[str]]:
+        """Judge the run with `record` (the new eval record, without `health`) as its latest; the verdicts and the
+        console lines: the health line, then a warning for each criterion that turned failing (once per episode;
+        the run goes on either way)."""
+        self.history.append(record)
+        verdicts = judge(self.history, self.cfg)
+        step = record.get("step")
+        lines = [health_line(step, verdicts)]
+        lines += [warning(step, name, verdicts[name]) for name in newly_failing(self.status, verdicts)]
+        self.status = {name: v.status for name, v in verdicts.items()}
+        return verdicts, lines

@@ -1,5 +1,10 @@
-"""The training run: checks every input before the engine starts, then the loop (step-determined data and
-curriculum, eval, GOLD, checkpoints, signals, logs).
+"""The training run: `plan_run` checks every input before the engine starts; `Trainer.train()` is the loop.
+
+Each optimizer step is the same sequence of events: data (the step's micro-batches, a pure function of the step),
+forward/backward, the step's one collective (loss, NaN and stop flags), log, eval, save. Every component owns its
+cadence and its resume state: the curriculum (`data/curriculum.py`), the throughput meter (`launcher/throughput.py`),
+GOLD (`launcher/gold.py`), run health (`launcher/health.py`), the logs (`launcher/run_log.py`), checkpoints
+(`launcher/checkpointing.py`) and the probes and grounded QA at each eval.
 
 `launcher/train.py` is the entry point; this module is importable so tests and benchmarks build the same run.
 """
@@ -11,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -26,18 +30,17 @@ from data.qa_items import QA_ITEMS_FILE, fixed_subset, read_qa_items
 from data.sampler import StepSampler
 from data.token_dataset import TokenDataset
 from launcher import distributed as dist
-from launcher import health
+from launcher import faults, health
 from launcher.checkpointing import (
     CheckpointManager,
     CheckpointSpaceError,
-    GoldWriter,
     checkpoint_bytes_estimate,
     complete_checkpoints,
     folder_bytes,
     read_meta,
     volume_free_bytes,
 )
-from launcher.config import TrainConfig
+from launcher.config import TRAIN_SET, VAL_SET, TrainConfig
 from launcher.engine import (
     ZERO2_FP32_ACCUM,
     accumulation_summary,
@@ -49,23 +52,18 @@ from launcher.engine import (
     zero_stage,
 )
 from launcher.evaluation import evaluate, fixed_sets
-from launcher.gold import GoldTracker
+from launcher.gold import Gold
 from launcher.grounded_qa import score_items
+from launcher.health import HealthMonitor
 from launcher.probes import probe_summary, probes_for_block_size, run_probes
 from launcher.run_log import RunLog
+from launcher.throughput import ThroughputMeter, flops_per_token, format_seconds
 
 BUILD_COMMAND = "python scripts/unified_build/build_unified_dataset.py"
-# Fault injection for the tests of the non-finite path: a comma-separated list of optimizer steps whose loss is
-# made NaN on every rank (so their gradients are NaN and the update must be skipped). Unset in real runs.
-FAULT_NONFINITE_STEPS = "RAGLLM_FAULT_NONFINITE_STEPS"
-# ... and "<rank>:<step>": that rank's data read for that optimizer step raises, as a corrupt shard would.
-FAULT_DATA_ERROR = "RAGLLM_FAULT_DATA_ERROR"
-VAL_SET = "val"
-TRAIN_SET = "train"
 TRAIN_SAMPLE_DIVISOR = 4  # the overfit guard's train sample: eval_iters / 4 micro-batches (Trainer._train_eval_set)
 
 
-def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
+def host_values_to_device(values: list[float], device: torch.device) -> torch.Tensor:
     """Host scalars as a float32 tensor on `device` without stalling the host: `torch.tensor(values, device="cuda")`
     copies from pageable memory, which waits until the GPU has finished everything queued before it. From pinned
     memory the copy is queued like a kernel (the caching host allocator keeps the buffer alive until it is done)."""
@@ -73,11 +71,6 @@ def _to_device(values: list[float], device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return host
     return host.pin_memory().to(device, non_blocking=True)
-
-
-def flops_per_token(num_params: int, n_layer: int, n_embd: int, block_size: int) -> float:
-    """PaLM's training FLOPs per token: 6N for the matmuls (forward + backward) + 12 L d T for attention."""
-    return 6.0 * num_params + 12.0 * n_layer * n_embd * block_size
 
 
 def _fingerprint_int(fingerprint: str) -> int:
@@ -119,6 +112,19 @@ def resume_identity(cfg: TrainConfig, phases: list[TokenDataset], val: TokenData
     """What makes a checkpoint this run's: recorded at every save, compared at every resume."""
     return {"config_fingerprint": cfg.fingerprint(), "data_fingerprints": [ds.fingerprint for ds in phases],
             "eval_fingerprints": {VAL_SET: val.fingerprint, **{n: ds.fingerprint for n, ds in eval_sets.items()}}}
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    """What every rank learns from the step's one collective."""
+
+    loss: float
+    """The global mean loss of the step; NaN when any rank's was not finite."""
+    nonfinite: bool
+    stop: bool
+    """A rank heard SIGTERM/SIGINT: all ranks save at this step and exit."""
+    save_by_clock: bool
+    """checkpoint.interval_minutes has passed on rank 0's clock."""
 
 
 @dataclasses.dataclass
@@ -274,6 +280,22 @@ def check_kernels_on_device(cfg: TrainConfig, device: torch.device) -> None:
     dist.print0(f"fused kernels checked against the reference on {device}: RMSNorm and SwiGLU forward/backward ok")
 
 
+def eval_scalars(record: dict[str, Any], probe: dict[str, float]) -> dict[str, float]:
+    """The TensorBoard scalars of an eval record (health's are added by the trainer on rank 0)."""
+    scalars = {f"eval/{k}": v for k, v in record["losses"].items()}
+    scalars.update({f"eval_bpb/{k}": v for k, v in record["bits_per_byte"].items()})  # bits per byte, beside each loss
+    scalars.update(probe)  # TensorBoard: probe/induction_score, probe/retrieval_em_b0..7, ...
+    qa = record.get("qa") or {}
+    # qa/exact, qa/f1, qa/no_answer_not_in_context, ...
+    scalars.update({f"qa/{k}": v for k, v in qa.items() if k not in ("items", "answerable", "unanswerable")})
+    scalars["eval/train"] = record["train_loss"]
+    scalars["eval/seconds"], scalars["eval/share_of_wall_time"] = record["eval_seconds"], record["eval_share"]
+    if record["gold"]["best_val_loss"] is not None:
+        scalars["gold/best_val_loss"] = record["gold"]["best_val_loss"]
+    scalars["gold/saved"] = 1.0 if record["gold_saved"] else 0.0
+    return scalars
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace, plan: RunPlan):
         self.args = args
@@ -316,17 +338,14 @@ class Trainer:
                                     self.document_targets)
         self.probes = probes_for_block_size(cfg.model.block_size)  # induction + retrieval probes (docs/PROBES.md)
         self._train_eval_cache: dict[int, Any] = {}
-        self.gold = GoldTracker(cfg.gold, baseline_step=cfg.gold_baseline_step)
-        self.gold_dir = plan.ckpt_root / "gold"
+        self.gold = Gold(cfg.gold, cfg.gold_baseline_step, plan.ckpt_root / "gold", self.rank)
         precision = precision_of(plan.ds_config)
         self.ckpt = CheckpointManager(plan.ckpt_root, cfg.checkpoint.keep_last,
                                       expected_bytes=checkpoint_bytes_estimate(self.num_params, precision))
-        self.gold_writer = GoldWriter()  # rank 0 only writes GOLD
         if self.rank == 0:
             self.warn_if_the_volume_is_small(4 if precision == "fp32" else 2)
         self.accum = accumulation_summary(plan.ds_config)
 
-        self.fault_steps = {int(s) for s in os.environ.get(FAULT_NONFINITE_STEPS, "").split(",") if s.strip()}
         self.step = 0
         self.eval_owed = False
         self.nonfinite_in_row = 0
@@ -345,7 +364,7 @@ class Trainer:
             if removed:
                 dist.print0(f"removed unfinished checkpoint folders {removed} (saves that were killed half-way)")
             if plan.resume_path is not None:
-                moved = self.ckpt.set_aside_after(int(plan.resume_meta["step"]), self.gold_dir, stamp)
+                moved = self.ckpt.set_aside_after(int(plan.resume_meta["step"]), self.gold.dir, stamp)
                 if moved:
                     dist.print0(f"resuming from step {plan.resume_meta['step']}: moved the newer {moved} of "
                                 f"{plan.ckpt_root} to {plan.ckpt_root / f'abandoned-{stamp}'} (kept, not deleted); "
@@ -364,12 +383,11 @@ class Trainer:
                           aside_suffix=f".abandoned-{stamp}")
         # Run health is judged on rank 0 from every eval record of the run. RunLog has already cut the eval log back
         # to the resumed step, so reading it back gives the history an uninterrupted run would hold.
-        self.eval_history: list[dict[str, Any]] = self.log.eval_records() if self.rank == 0 else []
-        self.health_status: dict[str, str] = {
-            name: v.get("status") for name, v in (self.eval_history[-1].get("health") or {}).items()
-            if isinstance(v, dict)} if self.eval_history else {}
+        self.health = HealthMonitor(cfg.health, self.log.eval_records()) if self.rank == 0 else None
+        self.throughput: ThroughputMeter | None = None  # started with the loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        faults.install(self)  # test-only: a no-op unless a RAGLLM_FAULT_* variable is set (launcher/faults.py)
 
     # -- signals --------------------------------------------------------------------------------------------------
 
@@ -384,8 +402,6 @@ class Trainer:
         """This rank's micro-batches of optimizer step `step` (runs on the prefetch thread)."""
         phase, offset = self.curriculum.phase_at(step)
         ds = self.plan.phases[phase]
-        if os.environ.get(FAULT_DATA_ERROR) == f"{self.rank}:{step}":
-            raise OSError(f"injected read error ({FAULT_DATA_ERROR}) in {ds.directory}")
         batch = StepBatch(step=step, phase=phase, step_in_phase=offset)
         for ids in self.samplers[phase].micro_batches(offset, self.rank, self.world, self.cfg.batch.micro_batch_size):
             x, y = read_micro_batch(ds, ids, self.cfg.model.block_size, self.pin_memory,
@@ -419,6 +435,8 @@ class Trainer:
         return self._train_eval_cache[phase]
 
     def run_eval(self, lr: float) -> dict[str, Any]:
+        """The eval of the current step, collective: every set's loss and bits per byte, the probes, grounded QA,
+        the GOLD decision (and its save), then run health, the logs and the console lines (rank 0)."""
         cfg = self.cfg
         # The phase that trained the last step (the one the model is currently fitting).
         phase, _ = self.curriculum.phase_at(max(0, self.step - 1))
@@ -434,21 +452,11 @@ class Trainer:
         if self.plan.qa_items:  # SQuAD v2 EM/F1 on held-out items (launcher/grounded_qa.py)
             qa = score_items(self.engine.module, self.plan.qa_items, self.device, self.rank, self.world,
                              all_reduce=dist.all_reduce)
-        val_loss = losses[VAL_SET]
-        set_losses = {k: v for k, v in losses.items() if k != VAL_SET}
-        decision = None
-        if self.rank == 0:
-            decision = self.gold.update(self.step, val_loss, train_loss, set_losses).to_dict()
-        # Rank 0 decides; every rank learns the decision (and keeps the same GOLD state for its checkpoints).
-        decision = dist.broadcast_object(decision)
-        if self.rank != 0:
-            self.gold.load_state_dict(dist.broadcast_object(None))
-        else:
-            dist.broadcast_object(self.gold.state_dict())
+        decision = self.gold.decide(self.step, losses[VAL_SET], train_loss,
+                                    {k: v for k, v in losses.items() if k != VAL_SET})
         gold_path = None
-        if decision["save"] and self.rank == 0:
-            gold_path = str(self.gold_writer.submit(self.gold_dir, self.engine.module, cfg.model,
-                                                    self._gold_metadata(losses, train_loss)))
+        if decision["save"]:
+            gold_path = self.gold.save(self.engine.module, cfg.model, self._gold_metadata(losses, train_loss))
         tokens = self.step * cfg.batch.global_batch_size * cfg.model.block_size
         eval_seconds = time.perf_counter() - t0
         self.eval_seconds_total += eval_seconds
@@ -463,22 +471,10 @@ class Trainer:
             record["probe"] = {k.removeprefix("probe/"): v for k, v in probe.items()}
         if qa is not None:
             record["qa"] = qa
-            scalars_qa = {f"qa/{k}": v for k, v in qa.items() if k not in ("items", "answerable", "unanswerable")}
-        else:
-            scalars_qa = {}
-        scalars = {f"eval/{k}": v for k, v in losses.items()}
-        scalars.update({f"eval_bpb/{k}": v for k, v in bits_per_byte.items()})  # bits per byte, beside each loss
-        scalars.update(probe)  # TensorBoard: probe/induction_score, probe/retrieval_em_b0..7, ...
-        scalars.update(scalars_qa)  # qa/exact, qa/f1, qa/no_answer_not_in_context, ...
-        scalars["eval/train"] = train_loss
-        scalars["eval/seconds"], scalars["eval/share_of_wall_time"] = eval_seconds, eval_share
-        if decision["best_val_loss"] is not None:
-            scalars["gold/best_val_loss"] = decision["best_val_loss"]
-        scalars["gold/saved"] = 1.0 if gold_path else 0.0
-        verdicts = None
-        if self.rank == 0:
-            self.eval_history.append(record)
-            verdicts = health.judge(self.eval_history, cfg.health)
+        scalars = eval_scalars(record, probe)
+        health_lines = []
+        if self.health is not None:
+            verdicts, health_lines = self.health.observe(record)
             record["health"] = health.to_record(verdicts)
             scalars.update(health.scalars(verdicts))
         self.log.eval(record, scalars)
@@ -486,12 +482,8 @@ class Trainer:
         dist.print0(f"eval step {self.step}: {pretty} train {train_loss:.4f} | GOLD: {decision['reason']}")
         if probe:
             dist.print0(f"  {probe_summary(probe)}")
-        if verdicts is not None:
-            dist.print0(f"  {health.health_line(self.step, verdicts)}")
-            # Warn when a criterion turns failing, not at every eval it stays so; the run goes on either way.
-            for name in health.newly_failing(self.health_status, verdicts):
-                dist.print0(f"  {health.warning(self.step, name, verdicts[name])}")
-            self.health_status = {name: v.status for name, v in verdicts.items()}
+        for line in health_lines:
+            dist.print0(f"  {line}")
         return record
 
     def _gold_metadata(self, losses: dict[str, float], train_loss: float) -> dict[str, Any]:
@@ -511,7 +503,7 @@ class Trainer:
         root, keep = self.plan.ckpt_root, self.cfg.checkpoint.keep_last
         each, gold = self.ckpt.expected_bytes, self.num_params * weight_bytes
         held = sum(folder_bytes(p) for _, p in complete_checkpoints(root))
-        held += folder_bytes(self.gold_dir) if self.gold_dir.is_dir() else 0
+        held += folder_bytes(self.gold.dir) if self.gold.dir.is_dir() else 0
         free = volume_free_bytes(root)
         need = (keep + 1) * each + 2 * gold  # GOLD is written beside the old one, then swapped
         if free + held < need:
@@ -527,10 +519,10 @@ class Trainer:
             return
         t0 = time.perf_counter()
         try:
-            self.gold_writer.wait()  # the GOLD state this checkpoint records is on disk before it
+            self.gold.wait()  # the GOLD state this checkpoint records is on disk before it
         except RuntimeError as e:  # rank 0's GOLD write failed (a full volume, most likely): a clear stop
             raise CheckpointSpaceError(
-                f"error: {e}. The volume of {self.gold_dir} has {volume_free_bytes(self.gold_dir) / 1e9:.2f} GB "
+                f"error: {e}. The volume of {self.gold.dir} has {volume_free_bytes(self.gold.dir) / 1e9:.2f} GB "
                 "free; the previous GOLD stays in place (model/io.py swaps a complete new one in). Free space or "
                 "point checkpoint.dir at a larger volume, then run the same command again (--resume auto).") from None
         client = {"step": self.step, "gold": self.gold.state_dict(), "nonfinite_total": self.nonfinite_total,
@@ -551,7 +543,6 @@ class Trainer:
         if self.rank == 0:
             size = self.ckpt.expected_bytes  # measured by the save: the size of this checkpoint
             share = self.save_seconds_total / max(1e-9, self.save_clock - self.wall_clock0)
-            # The first words are what scripts/bench/gpu_report.py reads: keep "checkpoint step N saved to P in Xs".
             dist.print0(f"checkpoint step {self.step} saved to {path} in {seconds:.1f}s ({size / 1e9:.2f} GB); "
                         f"saving has taken {share:.1%} of this run's wall time")
             self.log.train({"step": self.step, "event": "checkpoint", "path": str(path), "seconds": seconds,
@@ -604,110 +595,134 @@ class Trainer:
             # Step 0: the starting point of every loss curve. eval_owed: a stop signal saved this step's checkpoint
             # instead of running its eval.
             self.run_eval(lr)
-        tokens_per_step = cfg.batch.global_batch_size * cfg.model.block_size
-        peak = cfg.logging.peak_flops_per_device * self.world
         self.loader = PrefetchLoader(self.make_batch, self.step, max_iters, cfg.data.prefetch_batches)
-        interval_t0, interval_wait0, interval_losses = time.perf_counter(), 0.0, []
-        run_t0, run_step0 = time.perf_counter(), self.step
-        for batch in self.loader:
+        self.throughput = ThroughputMeter(cfg.batch.global_batch_size * cfg.model.block_size, self.flops_per_token,
+                                          cfg.logging.peak_flops_per_device * self.world, max_iters,
+                                          cfg.logging.log_interval, start_step=self.step)
+        for batch in self.loader:  # data: this rank's micro-batches of the step, read ahead on a thread
             step = batch.step
             if self.curriculum.is_switch_step(step):
-                self.check_agreement(step)
-                name = self.curriculum.names[batch.phase]
-                dist.print0(f"phase switch at step {step}: {self.curriculum.names[batch.phase - 1]} -> {name} "
-                            f"({self.plan.phases[batch.phase].directory})")
-                self.log.train({"step": step, "event": "phase_switch", "phase": name,
-                                "from_phase": self.curriculum.names[batch.phase - 1],
-                                "dataset_dir": str(self.plan.phases[batch.phase].directory)},
-                               {"train/phase": float(batch.phase)})
+                self.switch_phase(batch)
             lr = set_lr_for_step(self.engine, step)
-            # Micro-step losses are summed on the device: reading one (float(loss)) would stall the host until the
-            # GPU finished that micro-step, instead of letting it queue the next one (DESIGN, "The GPU never waits
-            # on the host").
-            loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
-            for x, y, _ in batch.micro_batches:
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                _, loss = self.engine(x, y)
-                if step in self.fault_steps:
-                    loss = loss * float("nan")
-                self.engine.backward(loss)
-                self.engine.step()
-                loss_sum += loss.detach().float()
-            local_bad = (~torch.isfinite(loss_sum)).to(torch.float32)
-            # Rank 0's clock decides a time-based save (checkpoint.interval_minutes), so the ranks cannot disagree.
-            clock_due = (self.rank == 0 and cfg.checkpoint.interval_minutes is not None
-                         and time.monotonic() - self.save_clock >= 60.0 * cfg.checkpoint.interval_minutes)
-            host_values = _to_device([float(len(batch.micro_batches)), 1.0 if self.stop_signal else 0.0,
-                                      1.0 if clock_due else 0.0], self.device)
-            # One collective per step, built on the device: the global loss, the micro-step count, the NaN flag, the
-            # stop flag and the save-by-the-clock flag (MAX via sum > 0). Its one host read, below, is the step's only
-            # one: every rank must know now whether to stop, to save, and whether the update was skipped.
-            reduced = dist.all_reduce_tensor(
-                torch.cat([torch.stack([torch.where(local_bad > 0, 0.0, loss_sum), local_bad]), host_values]))
-            total, bad, n, stop, save_by_clock = reduced.tolist()
-            step_loss = total / n if bad == 0 else math.nan
+            loss_sum = self.forward_backward(batch)
+            outcome = self.reduce_step(loss_sum, len(batch.micro_batches))
             self.step = step + 1
-            if bad or not self.engine.was_step_applied():
-                self.nonfinite_in_row += 1
-                self.nonfinite_total += 1
-                dist.print0(f"step {step}: non-finite loss or gradients, update skipped "
-                            f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)")
-                if self.nonfinite_in_row >= cfg.optim.max_nonfinite_steps:
-                    raise SystemExit(
-                        f"stopping: {self.nonfinite_in_row} consecutive steps with non-finite loss/gradients "
-                        f"(optim.max_nonfinite_steps = {cfg.optim.max_nonfinite_steps}) at step {step}. Resume from "
-                        f"the last checkpoint with a lower learning rate, or inspect the data of these steps.")
-            else:
-                self.nonfinite_in_row = 0
-            interval_losses.append(step_loss)
-
-            if self.step % cfg.logging.log_interval == 0 or self.step == max_iters:
-                now = time.perf_counter()
-                elapsed = now - interval_t0
-                waited = self.loader.wait_seconds - interval_wait0
-                steps_done = len(interval_losses)
-                tok_s = steps_done * tokens_per_step / elapsed
-                mfu = self.flops_per_token * tok_s / peak
-                finite = [v for v in interval_losses if math.isfinite(v)]
-                loss_avg = sum(finite) / len(finite) if finite else math.nan
-                eta = (max_iters - self.step) * (now - run_t0) / max(1, self.step - run_step0)
-                record = {"step": self.step, "phase": self.curriculum.names[batch.phase], "loss": loss_avg,
-                          "lr": lr, "grad_norm": _grad_norm(self.engine), "tokens": self.step * tokens_per_step,
-                          "tokens_per_s": tok_s, "mfu": mfu, "data_wait_share": waited / elapsed,
-                          "step_seconds": elapsed / steps_done, "nonfinite_total": self.nonfinite_total}
-                if self.device.type == "cuda":  # a host-side counter: reading it does not wait for the GPU
-                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                if self.args.log_sample_ids:
-                    record["sample_ids"] = self._global_sample_ids(batch)
-                    record["step_loss"] = step_loss
-                self.log.train(record, {"train/loss": loss_avg, "train/lr": lr, "train/grad_norm": record["grad_norm"],
-                                        "train/tokens_per_s": tok_s, "train/mfu": mfu,
-                                        "train/data_wait_share": record["data_wait_share"]})
-                dist.print0(f"step {self.step}/{max_iters} | loss {loss_avg:.4f} | lr {lr:.3e} | "
-                            f"{tok_s:,.0f} tok/s | MFU {mfu:.1%} | data wait {record['data_wait_share']:.1%} | "
-                            f"ETA {_fmt_seconds(eta)}")
-                interval_t0, interval_wait0, interval_losses = now, self.loader.wait_seconds, []
-
-            eval_due = self.step % cfg.eval.eval_interval == 0 or self.step == max_iters
-            paused = time.perf_counter()
-            if stop:
-                # Straight to the save: the launcher gives each rank 30 s after a stop signal, and an eval with
-                # probes (and maybe a GOLD save) would spend it. The eval owed at this step runs after the resume.
-                dist.print0(f"stop requested by a signal: saving at step {self.step} and exiting"
-                            + (" (this step's eval runs after the resume)" if eval_due else ""))
-                self.save_checkpoint(eval_due=eval_due)
-                dist.print0(f"stopped cleanly at step {self.step}; continue with --resume auto")
-                return
-            if eval_due:
-                self.run_eval(lr)
-            every = cfg.checkpoint.interval
-            if (every is not None and self.step % every == 0) or save_by_clock or self.step == max_iters:
-                self.save_checkpoint()
-            # Evals and saves stop the clock of the throughput interval: tokens/s, MFU and the data-wait share
-            # measure training steps only (the ETA above still counts them, as wall time should).
-            interval_t0 += time.perf_counter() - paused
+            self.count_nonfinite(step, outcome)
+            self.throughput.add(outcome.loss)
+            if self.throughput.should_log(self.step):
+                self.log_train(batch, lr, outcome.loss)
+            with self.throughput.paused():
+                if outcome.stop:
+                    self.stop_and_save()
+                    return
+                if self.should_eval(self.step):
+                    self.run_eval(lr)
+                if self.should_save(self.step, outcome.save_by_clock):
+                    self.save_checkpoint()
         dist.print0(f"training finished at step {self.step}; GOLD checkpoint: "
-                    f"{self.gold_dir if self.gold.best_step is not None else 'none saved'}")
+                    f"{self.gold.dir if self.gold.best_step is not None else 'none saved'}")
+
+    # -- the events of a step -------------------------------------------------------------------------------------
+
+    def switch_phase(self, batch: StepBatch) -> None:
+        """The first step of a curriculum phase: every rank checks it agrees, then the switch is logged."""
+        step = batch.step
+        self.check_agreement(step)
+        name, previous = self.curriculum.names[batch.phase], self.curriculum.names[batch.phase - 1]
+        directory = self.plan.phases[batch.phase].directory
+        dist.print0(f"phase switch at step {step}: {previous} -> {name} ({directory})")
+        self.log.train({"step": step, "event": "phase_switch", "phase": name, "from_phase": previous,
+                        "dataset_dir": str(directory)}, {"train/phase": float(batch.phase)})
+
+    def micro_step_loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """The forward pass of one micro-batch of optimizer step `step` (launcher/faults.py wraps it in tests)."""
+        _, loss = self.engine(x, y)
+        return loss
+
+    def forward_backward(self, batch: StepBatch) -> torch.Tensor:
+        """Forward, backward and the engine's step for each micro-batch (DeepSpeed applies the update at the last);
+        the summed loss, on the device."""
+        # Micro-step losses are summed on the device: reading one (float(loss)) would stall the host until the GPU
+        # finished that micro-step, instead of letting it queue the next one (docs/DESIGN.md, "The GPU never waits
+        # on the host").
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        for x, y, _ in batch.micro_batches:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss = self.micro_step_loss(x, y, batch.step)
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.detach().float()
+        return loss_sum
+
+    def reduce_step(self, loss_sum: torch.Tensor, micro_steps: int) -> StepOutcome:
+        """The step's one collective, built on the device: the global loss, the micro-step count, the NaN flag, the
+        stop flag and the save-by-the-clock flag (MAX via sum > 0). Its one host read is the step's only one: every
+        rank must know now whether to stop, to save, and whether the update was skipped."""
+        local_bad = (~torch.isfinite(loss_sum)).to(torch.float32)
+        host_values = host_values_to_device([float(micro_steps), 1.0 if self.stop_signal else 0.0,
+                                             1.0 if self.clock_save_due() else 0.0], self.device)
+        reduced = dist.all_reduce_tensor(
+            torch.cat([torch.stack([torch.where(local_bad > 0, 0.0, loss_sum), local_bad]), host_values]))
+        total, bad, n, stop, save_by_clock = reduced.tolist()
+        return StepOutcome(loss=total / n if bad == 0 else math.nan, nonfinite=bool(bad), stop=bool(stop),
+                           save_by_clock=bool(save_by_clock))
+
+    def count_nonfinite(self, step: int, outcome: StepOutcome) -> None:
+        """Skipped updates (NaN/inf loss or gradients): counted, and the run stops after too many in a row."""
+        if not (outcome.nonfinite or not self.engine.was_step_applied()):
+            self.nonfinite_in_row = 0
+            return
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        dist.print0(f"step {step}: non-finite loss or gradients, update skipped "
+                    f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)")
+        limit = self.cfg.optim.max_nonfinite_steps
+        if self.nonfinite_in_row >= limit:
+            raise SystemExit(
+                f"stopping: {self.nonfinite_in_row} consecutive steps with non-finite loss/gradients "
+                f"(optim.max_nonfinite_steps = {limit}) at step {step}. Resume from "
+                f"the last checkpoint with a lower learning rate, or inspect the data of these steps.")
+
+    def log_train(self, batch: StepBatch, lr: float, step_loss: float) -> None:
+        """The train JSONL record, TensorBoard scalars and the console line of the log interval ending now."""
+        m = self.throughput.measure(self.step, self.loader.wait_seconds)
+        record = {"step": self.step, "phase": self.curriculum.names[batch.phase], "loss": m["loss"],
+                  "lr": lr, "grad_norm": _grad_norm(self.engine),
+                  "tokens": self.step * self.cfg.batch.global_batch_size * self.cfg.model.block_size,
+                  "tokens_per_s": m["tokens_per_s"], "mfu": m["mfu"], "data_wait_share": m["data_wait_share"],
+                  "step_seconds": m["step_seconds"], "nonfinite_total": self.nonfinite_total}
+        if self.device.type == "cuda":  # a host-side counter: reading it does not wait for the GPU
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.args.log_sample_ids:
+            record["sample_ids"] = self._global_sample_ids(batch)
+            record["step_loss"] = step_loss
+        self.log.train(record, {"train/loss": m["loss"], "train/lr": lr, "train/grad_norm": record["grad_norm"],
+                                "train/tokens_per_s": m["tokens_per_s"], "train/mfu": m["mfu"],
+                                "train/data_wait_share": m["data_wait_share"]})
+        dist.print0(f"step {self.step}/{self.cfg.optim.max_iters} | loss {m['loss']:.4f} | lr {lr:.3e} | "
+                    f"{m['tokens_per_s']:,.0f} tok/s | MFU {m['mfu']:.1%} | data wait {m['data_wait_share']:.1%} | "
+                    f"ETA {format_seconds(m['eta_seconds'])}")
+
+    def should_eval(self, step: int) -> bool:
+        return step % self.cfg.eval.eval_interval == 0 or step == self.cfg.optim.max_iters
+
+    def clock_save_due(self) -> bool:
+        """Rank 0's clock decides a time-based save (checkpoint.interval_minutes), so the ranks cannot disagree."""
+        minutes = self.cfg.checkpoint.interval_minutes
+        return self.rank == 0 and minutes is not None and time.monotonic() - self.save_clock >= 60.0 * minutes
+
+    def should_save(self, step: int, save_by_clock: bool) -> bool:
+        every = self.cfg.checkpoint.interval
+        return (every is not None and step % every == 0) or save_by_clock or step == self.cfg.optim.max_iters
+
+    def stop_and_save(self) -> None:
+        """A stop signal: straight to the save. The launcher gives each rank 30 s after a stop signal, and an eval
+        with probes (and maybe a GOLD save) would spend it; the eval owed at this step runs after the resume."""
+        eval_due = self.should_eval(self.step)
+        dist.print0(f"stop requested by a signal: saving at step {self.step} and exiting"
+                    + (" (this step's eval runs after the resume)" if eval_due else ""))
+        self.save_checkpoint(eval_due=eval_due)
+        dist.print0(f"stopped cleanly at step {self.step}; continue with --resume auto")
 
     def _global_sample_ids(self, batch: StepBatch) -> list[int]:
         """The ids every rank consumed this step, in the global order (micro-step major, then rank)."""
@@ -720,9 +735,9 @@ class Trainer:
         return out
 
     def close(self) -> None:
-        writer = getattr(self, "gold_writer", None)
-        if writer is not None:
-            writer.wait()
+        gold = getattr(self, "gold", None)
+        if gold is not None:
+            gold.wait()
         if self.loader is not None:
             self.loader.close()
         log = getattr(self, "log", None)
@@ -735,13 +750,6 @@ def _grad_norm(engine) -> float | None:
     if norm is None:
         return None
     return float(norm)
-
-
-def _fmt_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def dump_plan(plan: RunPlan) -> str:

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from launcher.checkpointing import MARKER, CheckpointManager, GoldWriter
+from launcher.checkpointing import MARKER, CheckpointManager
+from launcher.gold import GoldWriter
 from model.config import ModelConfig
 from model.io import load_model_checkpoint
 from model.transformer import Transformer

@@ -87,9 +87,9 @@ def test_an_eval_reads_the_device_once_for_all_sets_and_gives_the_same_losses(tm
 
 
 def test_step_flags_reach_the_device_with_their_values():
-    from launcher.trainer import _to_device
+    from launcher.trainer import host_values_to_device
 
-    out = _to_device([3.0, 1.0, 0.0], torch.device("cpu"))
+    out = host_values_to_device([3.0, 1.0, 0.0], torch.device("cpu"))
     assert out.dtype == torch.float32 and out.tolist() == [3.0, 1.0, 0.0]
 
 
@@ -97,12 +97,12 @@ def test_step_flags_reach_the_device_with_their_values():
 def test_step_flags_are_copied_from_pinned_memory_without_blocking():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from launcher.trainer import _to_device
+    from launcher.trainer import host_values_to_device
 
     busy = torch.randn(4096, 4096, device="cuda")
     for _ in range(20):  # queue work, so that a blocking copy would have to wait for it
         busy = busy @ busy / 64
-    out = _to_device([3.0, 1.0, 0.0], torch.device("cuda"))
+    out = host_values_to_device([3.0, 1.0, 0.0], torch.device("cuda"))
     assert out.device.type == "cuda" and out.tolist() == [3.0, 1.0, 0.0]
 
 
@@ -134,7 +134,7 @@ def _brute_force(model, sets) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def test_loss_and_bits_per_byte_do_not_depend_on_the_eval_micro_batch_or_the_world_size(tmp_path):
-    from launcher.evaluation import _eval_sums
+    from launcher.evaluation import eval_sums
 
     sets = _sets(tmp_path)
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def test_loss_and_bits_per_byte_do_not_depend_on_the_eval_micro_batch_or_the_wor
     # Two ranks: each sums its own share; the all-reduce adds them (here by hand).
     named = {s.name: s.dataset for s in sets}
     shares = [fixed_sets(named, 16, count=12, seed=1337, rank=r, world_size=2) for r in (0, 1)]
-    parts = [_eval_sums(model, share, 5, torch.device("cpu")) for share in shares]
+    parts = [eval_sums(model, share, 5, torch.device("cpu")) for share in shares]
     for i, name in enumerate(named):
         nats = sum(float(p[i].nats) for p in parts)
         tokens = sum(p[i].tokens for p in parts)

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from deepspeed.accelerator import get_accelerator
 
     from launcher import distributed as dist
-    from launcher.checkpointing import CheckpointManager, save_gold
+    from launcher.checkpointing import CheckpointManager
     from launcher.config import TrainConfig
     from launcher.engine import build_ds_config, build_engine, precision_of, resolve_precision
+    from launcher.gold import save_gold
     from model.transformer import Transformer
 
     values = TrainConfig.from_json(args.config_file).to_dict()

@@ -26,7 +26,7 @@ section (an exception or a SystemExit) is reported and the next one runs; the ex
    the report says which;
 6. attention: scripts/bench/attention.py --model-step at the 750M config, micro-batch 12 x 1024, bf16: forward +
    backward of the whole model with causal vs document-isolated attention, at dropout 0 (document: FlexAttention)
-   and at the spec's 0.1 (document: SDPA with a mask), side by side in one process;
+   and at the base config's 0.1 (document: SDPA with a mask), side by side in one process;
 7. reduce_dtype: with 2 or more GPUs, two short throughput runs that differ only in the ds_config's
    `communication_data_type`, fp32 (the shipped default) vs bf16: what reducing gradients in fp32 costs per step
    (one GPU reduces nothing: the section says so and measures nothing);
@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.bench._run import (
+from scripts.bench.harness import (
     REPO,
     bench_config,
     launch,
@@ -77,8 +77,7 @@ ESTIMATE_S = {
 DEFAULT_BUDGET_S = 720  # 12 minutes of one GPU: a first look on a rented GPU, start-up aside
 BASE_CONFIG = "configs/base/750M_unified_v1.json"
 DRY_CONFIG = "configs/tiny/demo_cpu.json"
-MICRO_ROWS = 12 * 1024  # the spec's micro-batch: 12 sequences of 1024 tokens
-SAVE_LINE = re.compile(r"checkpoint step (\d+) saved to \S+ in ([0-9.]+)s")
+MICRO_ROWS = 12 * 1024  # the base config's micro-batch: 12 sequences of 1024 tokens
 
 
 class Budget:
@@ -302,7 +301,7 @@ def section_memory(args) -> str:
 
 
 def throughput_run(args, compile_blocks: bool, extra: list[str] | None = None, steps: int | None = None) -> dict:
-    """One short training run; tokens/s/GPU, MFU, peak memory and save seconds from its logs and console. `extra`:
+    """One short training run; tokens/s/GPU, MFU, peak memory and save seconds from its JSONL records. `extra`:
     more launcher/train.py arguments (another --deepspeed_config)."""
     config, steps, interval, num_gpus = BASE_CONFIG, steps or args.steps, args.log_interval, args.num_gpus
     device = "cuda"
@@ -316,13 +315,14 @@ def throughput_run(args, compile_blocks: bool, extra: list[str] | None = None, s
             "logging.log_interval": interval, "eval.eval_interval": steps, "eval.eval_iters": 2,
             "model.compile": compile_blocks, "gold.enabled": False})
         synthetic = synthesize_missing_data(cfg, out / "synthetic")
-        console = launch(cfg, "report", num_gpus, extra or [], device=device, timeout=args.budget.timeout())
-        rows = [r for r in records(out, "report", "train") if "loss" in r][1:]  # the first interval is warm-up
+        launch(cfg, "report", num_gpus, extra or [], device=device, timeout=args.budget.timeout())
+        train_records = records(out, "report", "train")
+        rows = [r for r in train_records if "loss" in r][1:]  # the first interval is warm-up
+        saves = [r["seconds"] for r in train_records if r.get("event") == "checkpoint"]
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if not rows:
         raise RuntimeError(f"no measured interval in {steps} steps at log interval {interval}")
-    saves = [float(s) for _, s in SAVE_LINE.findall(console)]
     tok_s = sum(r["tokens_per_s"] for r in rows) / len(rows)
     peaks = [r["peak_memory_gib"] for r in rows if r.get("peak_memory_gib") is not None]
     return {"config": config, "steps": steps, "interval": interval, "num_gpus": num_gpus, "synthetic": synthetic,
