@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from launcher.export import export
 from model.config import ModelConfig
 from model.io import load_model_checkpoint, save_model_checkpoint
 from model.transformer import Transformer
-from scripts.export_hf import export
 from scripts.model import smoke_test_arch
 
 TINY = dict(n_embd=64, n_head=4, n_layer=2, block_size=32, dropout=0.0, fused_kernels=False)

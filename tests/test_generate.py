@@ -67,8 +67,8 @@ def test_batched_greedy_equals_each_prompt_alone_and_the_uncached_loop(change):
 def test_greedy_equals_hugging_face_generate_on_the_export(tmp_path):
     from transformers import LlamaForCausalLM
 
+    from launcher.export import export
     from model.io import save_model_checkpoint
-    from scripts.export_hf import export
 
     model = _model()
     save_model_checkpoint(tmp_path / "ckpt", model, model.config, {"step": 1})

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from data.tokenizer import EOT, EOT_TEXT, N_VOCAB, get_tokenizer, tokenizer_info
+from launcher.export import export
 from model.config import ModelConfig
 from model.generate import generate as model_generate
 from model.io import load_model_checkpoint, save_model_checkpoint
 from model.transformer import Transformer
-from scripts.export_hf import export
 
 TINY = dict(n_embd=64, n_head=4, n_layer=2, block_size=64, dropout=0.0, fused_kernels=False)
 

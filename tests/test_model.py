@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from launcher.export import export
 from model.config import ModelConfig
 from model.io import load_model_checkpoint, save_model_checkpoint
 from model.transformer import Transformer
-from scripts.export_hf import export
 from scripts.model import smoke_test_arch
 
 BASE_CONFIG = "configs/base/750M_unified_v1.json"

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from launcher.export import export
 from model.config import ModelConfig
 from model.io import save_model_checkpoint
 from model.transformer import Transformer
-from scripts.export_hf import export
 
 
 def sync(device: torch.device):
