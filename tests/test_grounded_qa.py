@@ -57,16 +57,17 @@ def _qa_items_from_probes(probes) -> list[dict]:
 
 def test_a_trained_copier_reads_high_and_the_same_model_untrained_near_zero():
     from launcher.probes import PROBE_SEED, build_probes
-    from scripts.experiments.retrieval_control import _init_model, load_control
-    from scripts.experiments.synthetic_tasks import code_records, qa_records
+    from launcher.probes.synthetic import code_records, qa_records
+    from launcher.probes.trained_control import init_model
+    from tests.controls import load_fixture_control
 
     probes = build_probes(ENC, 64, seed=PROBE_SEED, per_bucket=3, unanswerable_per_bucket=1, induction_vocab=256,
                           records=list(code_records(400, PROBE_SEED)), filler_records=list(qa_records(400, PROBE_SEED)))
     items = _qa_items_from_probes(probes)
     assert any(it["answerable"] for it in items) and any(not it["answerable"] for it in items)
-    model, _ = load_control()
+    model, _ = load_fixture_control()
     trained = score_items(model, items, "cpu")
-    untrained = score_items(_init_model().eval(), items, "cpu")
+    untrained = score_items(init_model().eval(), items, "cpu")
     assert trained["too_long"] == 0 and trained["items"] == len(items)
     # The copier reads 1.0 on the probe (tests/test_probe_trained_controls.py); one miss in 8 is left for arithmetic.
     assert trained["answerable_exact"] >= 0.875 and trained["f1"] >= 0.875, trained
@@ -77,13 +78,13 @@ def test_a_trained_copier_reads_high_and_the_same_model_untrained_near_zero():
 
 def test_ranks_score_their_shares_and_the_sums_add_up():
     from launcher.probes import PROBE_SEED, build_probes
-    from scripts.experiments.retrieval_control import load_control
-    from scripts.experiments.synthetic_tasks import code_records, qa_records
+    from launcher.probes.synthetic import code_records, qa_records
+    from tests.controls import load_fixture_control
 
     probes = build_probes(ENC, 64, seed=PROBE_SEED, per_bucket=1, unanswerable_per_bucket=1, induction_vocab=256,
                           records=list(code_records(400, PROBE_SEED)), filler_records=list(qa_records(400, PROBE_SEED)))
     items = _qa_items_from_probes(probes)
-    model, _ = load_control()
+    model, _ = load_fixture_control()
     whole = score_items(model, items, "cpu")
     shares = []
 

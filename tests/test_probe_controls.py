@@ -1,4 +1,4 @@
-"""Positive and negative controls of the probes (launcher/probes.py): models whose circuit is known by construction
+"""Positive and negative controls of the probes (launcher/probes/): models whose circuit is known by construction
 must read what the circuit implies, so a probe that stops responding (wrong target, wrong span, wrong bucket) fails
 here. Thresholds and their reasons: docs/PROBES.md, "Controls".
 
@@ -6,7 +6,7 @@ The circuits are written as attention over one-hot token features (exact, determ
 a tiny model trained on this 2-core machine forms neither circuit within the test budget
 (scripts/experiments/probe_claims.py measures what training does). They answer through the probes' own code on
 the probes' own items: the default induction sequences (GPT-2 ids) and retrieval prompts in the pipeline's template
-laid out by `build_retrieval_items` (synthetic single-token facts, `scripts/experiments/synthetic_tasks.py`).
+laid out by `build_retrieval_items` (synthetic single-token facts, `launcher.probes.synthetic`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from data.formats import NOT_IN_CONTEXT
 from data.tokenizer import EOT, get_tokenizer
 from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, induction_sequences, run_probes
+from launcher.probes.synthetic import qa_records
 from model.config import ModelConfig
 from model.transformer import Transformer
-from scripts.experiments.synthetic_tasks import qa_records
 
 ENC = get_tokenizer()
 VOCAB = 50304

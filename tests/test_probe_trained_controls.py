@@ -1,4 +1,4 @@
-"""Trained controls of the retrieval probe (launcher/probes.py): the repository's own `Transformer`, trained on
+"""Trained controls of the retrieval probe (launcher/probes/): the repository's own `Transformer`, trained on
 grounded QA in the pipeline's template, must read on held-out probe items what it was trained to do. docs/PROBES.md
 ("Controls") gives the thresholds and what is not covered.
 
@@ -7,11 +7,12 @@ grounded QA in the pipeline's template, must read on held-out probe items what i
   share (1.0 and 0.0), and the answers must not be credited to a model that only ever says the phrase.
 - High exact match: a copier trained for 3,000 steps on the marked-fact task ("What is the code?" answered from "The
   code is 47." anywhere in the window) by scripts/experiments/retrieval_control.py, too long for the suite, so the
-  test loads the file it wrote (tests/fixtures/retrieval_control) and runs the real probe on it: exact match in every
-  bucket and "not in the context" on prompts without the fact. Its question never varies: a model that matches a
-  varying question against the context is still only hand-built (tests/test_probe_controls.py); no scout trained one.
-- The helpers of the scouts (scripts/experiments/retrieval_scout.py): question-session rows and the restricted
-  softmax.
+  test loads the file it wrote (tests/fixtures/retrieval_control, through `tests/controls.py`) and runs the real
+  probe on it: exact match in every bucket and "not in the context" on prompts without the fact. Its question never
+  varies: a model that matches a varying question against the context is still only hand-built
+  (tests/test_probe_controls.py); no scout trained one.
+- The helpers of the scouts (scripts/experiments/retrieval_scout.py), in `launcher.probes.synthetic` and
+  `launcher.probes.tiny_training`: question-session rows and the restricted softmax.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import torch
 
 from data.tokenizer import get_tokenizer
 from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, build_retrieval_items, run_probes
+from launcher.probes.synthetic import qa_example_rows, qa_records
+from launcher.probes.tiny_training import make_batch, train_steps
 from model.config import ModelConfig
 from model.transformer import Transformer
-from scripts.experiments.synthetic_tasks import _batch, qa_example_rows, qa_records, train_steps
 
 ENC = get_tokenizer()
 TRAIN_SEED = 4242  # training facts and layouts; the probe items use PROBE_SEED (held out)
@@ -53,7 +55,7 @@ def _trained(unanswerable: bool) -> tuple[Transformer, list[float]]:
 
     def batch(step):
         ids = rng.choice(len(rows), size=16, replace=False)
-        return _batch([rows[i] for i in ids], [supervised[i] for i in ids], 63)
+        return make_batch([rows[i] for i in ids], [supervised[i] for i in ids], 63)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -94,7 +96,7 @@ def test_question_session_rows_open_with_the_probe_prompt_and_answer_every_quest
     import re
 
     from data.formats import NOT_IN_CONTEXT, render_retrieval
-    from scripts.experiments.synthetic_tasks import qa_session_rows
+    from launcher.probes.synthetic import qa_session_rows
 
     rows, supervised = qa_session_rows(np.random.Generator(np.random.PCG64(7)), ENC, 200)
     unanswerable = answerable = 0
@@ -126,7 +128,8 @@ def test_question_session_rows_open_with_the_probe_prompt_and_answer_every_quest
 
 
 def test_restricted_output_gives_the_full_projections_columns_and_trains_the_same_rows():
-    from scripts.experiments.synthetic_tasks import restricted_output, task_token_ids
+    from launcher.probes.synthetic import task_token_ids
+    from launcher.probes.tiny_training import restricted_output
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(n_embd=32, n_head=2, n_layer=1, block_size=16, dropout=0.0, fused_kernels=False,
@@ -162,7 +165,7 @@ def test_restricted_output_gives_the_full_projections_columns_and_trains_the_sam
 
 @pytest.fixture(scope="module")
 def code_probes():
-    from scripts.experiments.synthetic_tasks import code_records
+    from launcher.probes.synthetic import code_records
 
     # Held out: the probe's own seed for the code sentences, the decoys and the filler facts; training drew its rows
     # from DATA_SEED. 8 answerable prompts per bucket (bucket exact match in steps of 1/8) and 2 unanswerable ones.
@@ -171,11 +174,12 @@ def code_probes():
 
 
 def test_a_trained_copier_reads_high_exact_match_in_every_bucket_and_not_in_the_context_without_it(code_probes):
-    from scripts.experiments.retrieval_control import _init_model, load_control
+    from launcher.probes.trained_control import init_model
+    from tests.controls import load_fixture_control
 
-    model, meta = load_control()
+    model, meta = load_fixture_control()
     trained = run_probes(model, code_probes, 0, 1, "cpu")
-    untrained = run_probes(_init_model().eval(), code_probes, 0, 1, "cpu")
+    untrained = run_probes(init_model().eval(), code_probes, 0, 1, "cpu")
     em = [trained[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)]
     # The copier was trained to a loss of ~0 (metadata log) with answers anywhere in the window, and reads 1.0 in every
     # bucket (measured). The threshold leaves one miss in 8 per bucket (0.875) for a CPU whose arithmetic differs in
@@ -193,7 +197,7 @@ def test_a_trained_copier_reads_high_exact_match_in_every_bucket_and_not_in_the_
 
 
 def test_the_control_file_rebuilds_the_trained_model_exactly(tmp_path):
-    from scripts.experiments.retrieval_control import load_control, save_control, train
+    from launcher.probes.trained_control import load_control, save_control, train
 
     model, columns, log = train(steps=12, lr=1e-3, batch=4, log_every=6)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -206,7 +210,7 @@ def test_the_control_file_rebuilds_the_trained_model_exactly(tmp_path):
 
 def test_code_rows_put_the_answer_where_asked_and_the_code_sentence_only_in_answerable_rows():
     from data.formats import NOT_IN_CONTEXT
-    from scripts.experiments.synthetic_tasks import CODE_QUESTION, code_rows
+    from launcher.probes.synthetic import CODE_QUESTION, code_rows
 
     key_is = ENC.encode_ordinary(" code is")
     for answer_before, latest in ((None, 40), (24, 23)):

@@ -1,4 +1,4 @@
-"""Probes (launcher/probes.py, scripts/eval/rag_probe.py): construction (answers really land in their bucket,
+"""Probes (launcher/probes/, scripts/eval/rag_probe.py): construction (answers really land in their bucket,
 unanswerable prompts hold no answer, held out from training), the metrics on oracle models, world-size invariance,
 and the same numbers from a checkpoint and from its Hugging Face export."""
 
@@ -11,23 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.demo_corpus import _FACTS, squad_v2_records
+from data.demo_corpus import FACTS, squad_v2_records
 from data.formats import NOT_IN_CONTEXT, render_retrieval
-from data.tokenizer import get_tokenizer
+from data.tokenizer import EOT, get_tokenizer
+from launcher.export import export
 from launcher.probes import (
-    EOT,
     NUM_BUCKETS,
     PROBE_SEED,
     build_probes,
     finalize,
     probe_sums,
     run_probes,
+    training_qa_seed,
 )
 from model.config import ModelConfig
 from model.io import save_model_checkpoint
 from model.transformer import Transformer
 from scripts.eval import rag_probe
-from scripts.export_hf import export
 
 ENC = get_tokenizer()
 
@@ -75,9 +75,9 @@ def test_unanswerable_prompts_state_nothing_about_the_asked_fact(probes128):
         text = ENC.decode(list(item.prompt))
         subject = item.gold_passage.split(" is a ")[0]
         question = text[text.rindex("Question: ") :]
-        asked = [k for k, (_, q, _) in _FACTS.items() if q.format(name=subject) in question]
+        asked = [k for k, (_, q, _) in FACTS.items() if q.format(name=subject) in question]
         assert len(asked) == 1, (subject, question)
-        statement = _FACTS[asked[0]][0]
+        statement = FACTS[asked[0]][0]
         # The fixed words of the asked fact's sentence (e.g. "was founded in") do not follow the subject anywhere:
         # the only sentences about the subject are the gold passage's, which the generator wrote without it.
         fixed = max(statement.replace("{", "}").split("}")[::2], key=len).strip()
@@ -101,7 +101,7 @@ def test_probe_articles_never_occur_in_the_training_stream(probes128):
     # Regenerate exactly what data/sources/demo.json trains on and check no probe article is among it.
     sources = json.loads(Path("data/sources/demo.json").read_text())["sources"]
     kwargs = sources["demo_qa"]["inputs"][0]["loader"]["kwargs"]
-    assert kwargs["seed"] != PROBE_SEED
+    assert kwargs["seed"] != PROBE_SEED and training_qa_seed() == kwargs["seed"]  # the seed build_probes refuses
     training = {r["context"] for r in squad_v2_records(**kwargs) if True}
     probe_contexts = {r["context"] for r in squad_v2_records(num_articles=400, seed=PROBE_SEED)}
     assert not probe_contexts & training

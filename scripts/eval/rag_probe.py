@@ -7,7 +7,7 @@ Usage:
 
 CHECKPOINT is either a directory written by `model.io.save_model_checkpoint` (model.safetensors +
 model_config.json, e.g. `checkpoints/<model_name>/gold`) or a Hugging Face directory with a `config.json` of
-model_type "llama" (written by `scripts/export_hf.py`). Both run the same probe code (`launcher/probes.py`); the
+model_type "llama" (written by `scripts/export_hf.py`). Both run the same probe code (`launcher/probes/`); the
 HF model is only a different source of logits. Prints, per position bucket of the context window, the exact match
 of the greedy answer and the answer's mean log-likelihood with and without the passage holding it; then the
 summaries (mean accuracy, worst/best bucket, position invariance), the share of unanswerable prompts answered

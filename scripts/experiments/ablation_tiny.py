@@ -1,4 +1,4 @@
-"""The spec's architecture comparison in miniature: train "llama" (RoPE, SwiGLU, RMSNorm) and "gpt2" (learned absolute
+"""The architecture comparison in miniature: train "llama" (RoPE, SwiGLU, RMSNorm) and "gpt2" (learned absolute
 positions, GELU, LayerNorm) on the same data, token budget, seed and schedule on CPU, then probe both. With
 `--compare attention`, the same for llama with document-isolated vs causal attention (`model.attention`).
 
@@ -13,11 +13,11 @@ What it does:
 1. Builds one training token directory (`<out>/data/mix`, val split inside): the demo's balanced mix
    (`<demo-root>/unified_6B`) interleaved 1:1 with retrieval examples in the probe's layout (gold passage among
    filler passages, `data.formats` template) whose answers sit only in the FIRST HALF of the window (position
-   buckets 0-3), generated from the training QA stream (seed 1234), never the probe's.
+   buckets 0-3), generated from the training QA stream (data/sources/demo.json's seed), never the probe's.
 2. Trains each variant with the real trainer (`launcher/train.py`, one process) from the tiny config
    (`configs/tiny/demo_cpu.json`'s model and optimizer, block_size 128) -- only `model.arch` (or `model.attention`)
    differs; `--seeds N` trains each N times with `data.seed` 1234, 1235, ... (init, dropout and sample order).
-3. Probes each GOLD checkpoint (`launcher/probes.py`, held-out items) in all 8 buckets, the last 4 at positions where
+3. Probes each GOLD checkpoint (`launcher/probes/`, held-out items) in all 8 buckets, the last 4 at positions where
    no training answer sat, and prints one markdown table (the mean over seeds, and the range when N > 1);
    `<out>/ablation.json` holds every number.
 """
@@ -38,7 +38,7 @@ from data.demo_corpus import squad_v2_records
 from data.packing import METHOD_FIXED
 from data.token_dataset import TokenDataset, add_packing, write_token_dir
 from data.tokenizer import EOT, get_tokenizer
-from launcher.probes import NUM_BUCKETS, TRAINING_QA_SEED, build_retrieval_items
+from launcher.probes import NUM_BUCKETS, build_retrieval_items, training_qa_seed
 from scripts.eval.rag_probe import probe_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +57,8 @@ def build_mix(demo_root: Path, out: Path, block_size: int, per_bucket: int, seed
     enc = get_tokenizer()
     demo = TokenDataset(demo_root / balanced_name)
     demo_val = TokenDataset(demo_root / balanced_name / "val")
-    # Training QA stream (seed 1234, what data/sources/demo.json trains on), articles the probe never uses.
-    records = list(squad_v2_records(num_articles=3000, seed=TRAINING_QA_SEED))
+    # Training QA stream (the seed data/sources/demo.json trains on), articles the probe never uses.
+    records = list(squad_v2_records(num_articles=3000, seed=training_qa_seed()))
     info = {}
     for split, recs, dataset, n in (("train", records[:9000], demo, per_bucket),
                                     ("val", records[9000:], demo_val, max(4, per_bucket // 10))):

@@ -1,7 +1,7 @@
-"""The spec's position claim, measured with a model that does copy from its context: llama (RoPE) and gpt2 (learned
-absolute positions) trained on the marked-fact task (`synthetic_tasks.code_rows`, the recipe of
+"""The position-invariance claim, measured with a model that does copy from its context: llama (RoPE) and gpt2 (learned
+absolute positions) trained on the marked-fact task (`launcher.probes.synthetic.code_rows`, the recipe of
 `scripts/experiments/retrieval_control.py`) with every training answer in the first half of the window (buckets
-0-3 of the probe), then probed by the real retrieval probe in all 8 buckets. The spec says RoPE's worst/best bucket
+0-3 of the probe), then probed by the real retrieval probe in all 8 buckets. The claim: RoPE's worst/best bucket
 ratio is near 1 and GPT-2's is not. Results in docs/PROBES.md and the README.
 
     python scripts/experiments/position_invariance.py --out out/position_invariance        # 2 archs x 3 seeds
@@ -34,7 +34,7 @@ FIRST_HALF = NUM_BUCKETS // 2  # training answers sit in buckets 0 .. FIRST_HALF
 def _probes():
     from data.tokenizer import get_tokenizer
     from launcher.probes import build_probes
-    from scripts.experiments.synthetic_tasks import code_records, qa_records
+    from launcher.probes.synthetic import code_records, qa_records
 
     return build_probes(get_tokenizer(), 64, seed=PROBE_SEED, per_bucket=8, unanswerable_per_bucket=2,
                         induction_vocab=256, records=list(code_records(400, PROBE_SEED)),
@@ -43,7 +43,7 @@ def _probes():
 
 def run_one(arch: str, seed: int, steps: int, lr: float) -> dict:
     from launcher.probes import run_probes
-    from scripts.experiments.retrieval_control import DATA_SEED, train
+    from launcher.probes.trained_control import DATA_SEED, train
 
     probes = _probes()
     start = time.time()

@@ -1,9 +1,9 @@
-"""The spec's two probe claims, measured: (a) position invariance, llama (RoPE) vs gpt2 (learned absolute positions)
+"""The project's two probe claims, measured: (a) position invariance, llama (RoPE) vs gpt2 (learned absolute positions)
 trained on grounded QA whose answers sit only in the first half of the window, probed in all 8 buckets; (b) curriculum
 timing, with vs without the circuit phase at the same token budget: the step at which the induction score first
 crosses a threshold, and the retrieval exact match at the end. Several seeds each; numbers in docs/PROBES.md.
 
-CPU scale (default; `scripts/experiments/synthetic_tasks.py`: single-token names and numbers, ~150 GPT-2 ids, copy
+CPU scale (default; `launcher/probes/synthetic.py`: single-token names and numbers, ~150 GPT-2 ids, copy
 sequences over ids [0, 256), the same `model.transformer.Transformer` and `launcher.probes` code, an in-process AdamW
 loop that computes logits only at supervised positions):
     python scripts/experiments/probe_claims.py                                    # both, 3 seeds, 2 workers
@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 ARCHS = ("llama", "gpt2")
 FIRST_HALF = (0, 1, 2, 3)
-# The spec's mixes (docs: spec, "Curriculum"): phase 1 code 40% + retrieval 30%, phase 2 code 23% + retrieval 20%;
-# the rest is general text. Circuit phase length: 9,125 of 75,000 steps.
+# The training mixes (data/sources/unified_phase1_circuit.json and unified_from_scratch.json): phase 1 code 40% +
+# retrieval 30%, phase 2 code 23% + retrieval 20%; the rest is general text. Circuit phase: 9,125 of 75,000 steps.
 CIRCUIT_MIX = {"copy": 0.40, "qa": 0.30, "general": 0.30}
 BALANCED_MIX = {"copy": 0.23, "qa": 0.20, "general": 0.57}
 CIRCUIT_SHARE = 9125 / 75000
@@ -81,7 +81,7 @@ def _model(arch: str, block_size: int, width: int, layers: int, heads: int, seed
 def cpu_probe_set(block_size: int, per_bucket: int, unanswerable: int, induction: int):
     from data.tokenizer import get_tokenizer
     from launcher.probes import build_probes
-    from scripts.experiments.synthetic_tasks import COPY_VOCAB, qa_records
+    from launcher.probes.synthetic import COPY_VOCAB, qa_records
 
     return build_probes(get_tokenizer(), block_size, seed=PROBE_SEED, induction_count=induction,
                         per_bucket=per_bucket, unanswerable_per_bucket=unanswerable, induction_vocab=COPY_VOCAB,
@@ -95,7 +95,7 @@ def qa_stream(block_size: int, buckets, seed: int, chunk: int = 64):
     answer up (docs/PROBES.md); here no example is seen twice. Contexts equal to a probe article's are dropped."""
     from data.tokenizer import get_tokenizer
     from launcher.probes import build_retrieval_items
-    from scripts.experiments.synthetic_tasks import qa_example_rows, qa_records
+    from launcher.probes.synthetic import qa_example_rows, qa_records
 
     tokenizer = get_tokenizer()
     probe_contexts = {r["context"] for r in qa_records(800, PROBE_SEED)}
@@ -116,7 +116,7 @@ def run_position(arch: str, seed: int, args_d: dict, probes) -> dict:
     import torch
 
     from launcher.probes import run_probes
-    from scripts.experiments import synthetic_tasks as st
+    from launcher.probes import tiny_training as tt
 
     _setup_worker()
     a = argparse.Namespace(**args_d)
@@ -125,7 +125,7 @@ def run_position(arch: str, seed: int, args_d: dict, probes) -> dict:
 
     def batch(step):
         rows, sup = zip(*(next(stream) for _ in range(a.batch)), strict=True)
-        return st._batch(rows, sup, a.block_size_position - 1)
+        return tt.make_batch(rows, sup, a.block_size_position - 1)
 
     t0 = time.time()
 
@@ -134,7 +134,7 @@ def run_position(arch: str, seed: int, args_d: dict, probes) -> dict:
             print(f"  position {arch} seed {seed}: step {step + 1} loss {loss:.3f} ({time.time() - t0:.0f} s)",
                   flush=True)
 
-    losses = st.train_steps(model, batch, a.steps_position, lr=a.lr, on_step=on_step)
+    losses = tt.train_steps(model, batch, a.steps_position, lr=a.lr, on_step=on_step)
     metrics = run_probes(model, probes, 0, 1, torch.device("cpu"))
     return {"arch": arch, "seed": seed, "seconds": round(time.time() - t0, 1),
             "final_loss": float(np.mean(losses[-20:])), **metrics}
@@ -145,7 +145,8 @@ def run_curriculum(circuit: bool, seed: int, args_d: dict, probes) -> dict:
     import torch
 
     from launcher.probes import finalize, probe_sums, run_probes
-    from scripts.experiments import synthetic_tasks as st
+    from launcher.probes import synthetic as st
+    from launcher.probes import tiny_training as tt
 
     _setup_worker()
     a = argparse.Namespace(**args_d)
@@ -168,7 +169,7 @@ def run_curriculum(circuit: bool, seed: int, args_d: dict, probes) -> dict:
             rows.append(row)
             sup.append(s)
         g_rows, g_sup = st.unigram_rows(rng, a.batch - n_copy - n_qa, bs, a.positions)
-        return st._batch(rows + g_rows, sup + g_sup, bs - 1)
+        return tt.make_batch(rows + g_rows, sup + g_sup, bs - 1)
 
     curve: list[tuple[int, float]] = []
 
@@ -181,7 +182,7 @@ def run_curriculum(circuit: bool, seed: int, args_d: dict, probes) -> dict:
             model.train()
 
     t0 = time.time()
-    losses = st.train_steps(model, batch, a.steps_curriculum, lr=a.lr, on_step=on_step)
+    losses = tt.train_steps(model, batch, a.steps_curriculum, lr=a.lr, on_step=on_step)
     metrics = run_probes(model, probes, 0, 1, torch.device("cpu"))
     crossed = next((s for s, v in curve if v >= a.induction_threshold), None)
     return {"circuit_phase": circuit, "seed": seed, "circuit_steps": circuit_steps, "crossed_at": crossed,

@@ -1,9 +1,9 @@
 """Scout a training recipe for a retrieval model the probe can read: train a tiny `model.transformer.Transformer` on
 synthetic grounded QA in the pipeline's retrieval template, probe it on held-out items with the real retrieval probe
-(`launcher.probes.run_probes` on `build_probes(seed=PROBE_SEED)`), and log both as it trains. Issue 16's missing
-piece is a trained model that reaches high exact match; docs/PROBES.md ("Scouting") lists what was tried.
+(`launcher.probes.run_probes` on `build_probes(seed=PROBE_SEED)`), and log both as it trains. The missing
+piece was a trained model that reaches high exact match; docs/PROBES.md ("Scouting") lists what was tried.
 
-Data (`scripts/experiments/synthetic_tasks.qa_session_rows`): fresh rows every step, each one context of 2-11 facts
+Data (`launcher.probes.synthetic.qa_session_rows`): fresh rows every step, each one context of 2-11 facts
 ("Anna owes 47.") about distinct names and up to 4 questions about it, every answer supervised. The probe items use
 the same fact language (`qa_records` with PROBE_SEED), laid out by the probe's own builder at block 64.
 
@@ -33,19 +33,10 @@ import torch
 
 from data.tokenizer import get_tokenizer
 from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, run_probes
+from launcher.probes.synthetic import NAMES, RELATIONS, VALUES, qa_records, qa_session_rows, task_token_ids
+from launcher.probes.tiny_training import make_batch, restricted_output, train_steps
 from model.config import ModelConfig
 from model.transformer import Transformer
-from scripts.experiments.synthetic_tasks import (
-    NAMES,
-    RELATIONS,
-    VALUES,
-    _batch,
-    qa_records,
-    qa_session_rows,
-    restricted_output,
-    task_token_ids,
-    train_steps,
-)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,11 +158,11 @@ def main(argv=None) -> int:
     def next_batch(step: int):
         rows, sup = qa_session_rows(rng, tokenizer, args.batch, tuple(args.facts), args.questions, names=names,
                                     relations=relations, max_len=args.max_len)
-        answers = _batch(rows, sup, args.max_len)
+        answers = make_batch(rows, sup, args.max_len)
         state["answers"] = answers
         if args.dense:
             sup = [list(range(len(r) - 1)) for r in rows]
-        b = _batch(rows, sup, args.max_len)
+        b = make_batch(rows, sup, args.max_len)
         b.idx, b.index = b.idx.to(args.device), b.index.to(args.device)
         b.targets = state["to_columns"](b.targets.to(args.device))
         return b

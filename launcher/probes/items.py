@@ -1,58 +1,58 @@
-"""Induction and retrieval probes: what loss curves cannot show, measured at every eval (docs/PROBES.md).
+"""Probe items: the fixed inputs the probes evaluate, a pure function of (tokenizer, block_size, seed, sizes).
 
-- Induction score: on fixed sequences made of a random token block repeated twice, the mean loss on the first copy
-  minus the mean loss on the second copy. A model without induction heads cannot predict random tokens in either
-  copy (score ~0); one that copies "what followed this token last time" predicts the second copy (score up to
-  ~ln(vocab)).
-- Retrieval probe: held-out grounded QA prompts in the training template (`data.formats.render_retrieval`), the
+- Induction sequences: a random token block repeated twice (`induction_sequences`).
+- Retrieval prompts: held-out grounded QA prompts in the training template (`data.formats.render_retrieval`), the
   passage holding the answer placed so that the answer's first token falls in each of `NUM_BUCKETS` position
-  buckets of the context window, between filler passages. Per bucket: exact match of the greedy answer, and the
-  answer's mean log-likelihood with the passage and without it (how much the model uses the context). For
-  unanswerable prompts: the share answered `NOT_IN_CONTEXT`.
-
-Interface (narrow on purpose, so the trainer, `scripts/eval/rag_probe.py` and the ablation run the same code):
-
-    probes = build_probes(get_tokenizer(), block_size=1024, seed=PROBE_SEED)         # pure data, deterministic
-    sums = probe_sums(model, probes, rank, world_size, device)                         # this rank's share
-    metrics = finalize(probes, all_reduce(sums))                                       # {"probe/...": float}
-    # or in one call: run_probes(model, probes, rank, world_size, device, all_reduce=dist.all_reduce)
-
-Every rank evaluates a contiguous share of the fixed items and returns sums and counts; the caller all-reduces
-them, so the numbers are the same at any world size. `model(idx)` may return our `(logits, loss)` tuple, a Hugging
-Face output with `.logits`, or a logits tensor.
+  buckets of the context window, between filler passages; unanswerable prompts hold a passage about the subject
+  that does not state the asked fact (`build_retrieval_items`).
+- `ProbeSet` bundles both with the bucket edges and decoding limits; `build_probes` makes one and
+  `probes_for_block_size` is the trainer's per-eval set (None when the context is too short).
 
 Held-out guarantee: probe items come from the demo QA generator (`data.demo_corpus.squad_v2_records`) with
-`PROBE_SEED`, never the training seed (`data/sources/demo.json`: 1234). The generated places reuse a small name
-space, so a test regenerates the whole training stream and checks that no probe article (its context) is a
-training article; the without-passage log-likelihood shows what the model knows without the context.
+`PROBE_SEED`, never the seed the demo mix trains on (`training_qa_seed`, read from `data/sources/demo.json`). The
+generated places reuse a small name space, so a test regenerates the whole training stream and checks that no probe
+article (its context) is a training article.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
-import math
+import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import torch
 
+from data import demo_corpus
 from data.demo_corpus import squad_v2_records
 from data.formats import NOT_IN_CONTEXT, render_retrieval
-from data.sampler import shard_for_rank
-from launcher.grounded_qa import line_stop_ids, normalize_answer
+from data.tokenizer import EOT, get_tokenizer
+from launcher.grounded_qa import line_stop_ids
 
-PROBE_SEED = 97_531  # the generator seed of probe items; training data uses 1234 (data/sources/demo.json)
-TRAINING_QA_SEED = 1234
+PROBE_SEED = 97_531  # the generator seed of probe items; training data uses `training_qa_seed()`
 NUM_BUCKETS = 8
 MIN_BLOCK_SIZE = 64  # the trainer runs the probes at block sizes from here up
-EOT = 50256
-PREFIX = "probe/"
+DEMO_SOURCES = Path(demo_corpus.__file__).with_name("sources") / "demo.json"
+QA_GENERATOR = "data.demo_corpus:squad_v2_records"  # how a source definition names the demo QA generator
 
 
-# --------------------------------------------------------------------------------------------- data structures
+@functools.cache
+def training_qa_seed(sources: Path = DEMO_SOURCES) -> int:
+    """The seed of the QA articles the demo mix trains on: the `seed` of the source input in `sources` that loads
+    `QA_GENERATOR` (the generator's own default when the input names none). Read from the source definitions, the
+    one place that seed is set, so the held-out check follows any change there."""
+    default = inspect.signature(squad_v2_records).parameters["seed"].default
+    definitions = json.loads(Path(sources).read_text())
+    seeds = {inp["loader"].get("kwargs", {}).get("seed", default)
+             for source in definitions.get("sources", {}).values() for inp in source.get("inputs", [])
+             if inp.get("loader", {}).get("callable") == QA_GENERATOR}
+    if len(seeds) != 1:
+        raise ValueError(f"{sources}: expected one seed for the {QA_GENERATOR} inputs, found {sorted(seeds)}")
+    return seeds.pop()
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,6 @@ class ProbeSet:
         return (f"{len(self.induction)} induction sequences of 2 x {self.half} tokens; {n_ans} answerable + "
                 f"{len(self.retrieval) - n_ans} unanswerable retrieval prompts in {NUM_BUCKETS} buckets "
                 f"(edges {self.bucket_edges})")
-
-
-# ------------------------------------------------------------------------------------------------ construction
 
 
 def induction_sequences(block_size: int, count: int, seed: int, vocab: int = EOT) -> tuple[np.ndarray, int]:
@@ -350,8 +347,9 @@ def build_probes(tokenizer, block_size: int, seed: int = PROBE_SEED, induction_c
     (`scripts/experiments/probe_claims.py`) pass a small `induction_vocab` (ids [0, induction_vocab)) and their own
     held-out SQuAD-schema `records` (default: the demo QA generator with `seed`, `num_articles` articles), and the
     trained retrieval control its own `filler_records` (default: the records' other articles)."""
-    if seed == TRAINING_QA_SEED:
-        raise ValueError(f"probe seed {seed} is the training QA generator's seed; probe items must be held out")
+    if seed == training_qa_seed():
+        raise ValueError(f"probe seed {seed} is the training QA generator's seed ({DEMO_SOURCES.name}); probe items "
+                         "must be held out")
     if not 2 <= induction_vocab <= EOT:
         raise ValueError(f"induction_vocab must be in [2, {EOT}] (token ids [0, induction_vocab)), got "
                          f"{induction_vocab}")
@@ -370,242 +368,4 @@ def probes_for_block_size(block_size: int, seed: int = PROBE_SEED) -> ProbeSet |
 
         print0(f"probes: off (block_size {block_size} < {MIN_BLOCK_SIZE} leaves no room for 8 answer positions)")
         return None
-    from data.tokenizer import get_tokenizer
-
     return build_probes(get_tokenizer(), block_size, seed=seed)
-
-
-# ------------------------------------------------------------------------------------------------- evaluation
-
-
-def _takes_logits_index(model) -> bool:
-    forward = getattr(model, "forward", None)
-    try:
-        return forward is not None and "logits_index" in inspect.signature(forward).parameters
-    except (TypeError, ValueError):  # builtins and C extensions have no inspectable signature
-        return False
-
-
-def _logits(model, idx: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (B, T, V), or (B, K, V) at positions `index` (B, K). A model whose forward takes `logits_index` (our
-    Transformer, the hand-built circuits of tests/test_probe_controls.py) computes only those positions; others
-    (Hugging Face) compute all and are gathered: the same numbers either way."""
-    if index is not None and _takes_logits_index(model):
-        return model(idx, logits_index=index)[0]
-    out = model(idx)
-    if isinstance(out, tuple):
-        out = out[0]
-    logits = out.logits if hasattr(out, "logits") else out
-    if index is not None:
-        logits = logits.gather(1, index[..., None].expand(-1, -1, logits.size(-1)))
-    return logits
-
-
-def _padded(rows: list[Sequence[int]], device) -> torch.Tensor:
-    # Right padding: with causal attention no real position sees a pad, so each row's logits are its own.
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), EOT, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out.to(device)
-
-
-@torch.no_grad()
-def answer_loglik(model, prompts: list[Sequence[int]], answers: list[Sequence[int]], device,
-                  batch_size: int = 8) -> list[float]:
-    """Mean log-probability per answer token of `answers[i]` after `prompts[i]` (teacher forced)."""
-    out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
-        rows = [list(p) + list(a) for p, a in zip(prompts[s : s + batch_size], answers[s : s + batch_size],
-                                                  strict=True)]
-        chunk = list(zip(prompts[s : s + batch_size], answers[s : s + batch_size], strict=True))
-        width = max(len(a) for _, a in chunk)
-        # Positions predicting each answer token (padded by repeating the last one; the pads are not read).
-        index = torch.tensor([[len(p) - 1 + min(k, len(a) - 1) for k in range(width)] for p, a in chunk],
-                             device=device)
-        logp = torch.log_softmax(_logits(model, _padded(rows, device), index).float(), dim=-1)  # (B, width, V)
-        for i, (_, a) in enumerate(chunk):
-            target = torch.tensor(list(a), device=logp.device)
-            out.append(float(logp[i, torch.arange(len(a), device=logp.device), target].double().mean()))
-    return out
-
-
-def _can_still_match(tokenizer, generated: list[int], gold: str) -> bool:
-    # Once the normalised text so far is no prefix of the normalised gold answer, no continuation can match:
-    # stopping there saves most of the generation steps of a model that answers wrongly (the common case early).
-    text = normalize_answer(tokenizer.decode(generated))
-    return normalize_answer(gold).startswith(text)
-
-
-@torch.no_grad()
-def greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, device, batch_size: int = 8,
-                   golds: list[str] | None = None) -> list[str]:
-    """Greedy continuation of each prompt up to EOT, a newline or `max_new_tokens`, decoded (newline cut off).
-    With `golds`, a row stops as soon as it can no longer match its gold answer (its text is then cut short).
-    Our Transformer decodes with the KV cache (model/generate.py: one position per new token instead of the whole
-    prompt); other models (the Hugging Face export, hand-built circuits) re-run the forward each token."""
-    if _takes_cache(model):
-        return _cached_greedy_answers(model, prompts, probes, batch_size, golds)
-    texts: list[str] = []
-    for s in range(0, len(prompts), batch_size):
-        rows = [list(p) for p in prompts[s : s + batch_size]]
-        row_golds = golds[s : s + batch_size] if golds is not None else None
-        done = [False] * len(rows)
-        generated: list[list[int]] = [[] for _ in rows]
-        for _ in range(probes.max_new_tokens):
-            active = [i for i in range(len(rows)) if not done[i]]  # finished rows leave the batch
-            index = torch.tensor([[len(rows[i]) - 1] for i in active], device=device)
-            logits = _logits(model, _padded([rows[i] for i in active], device), index)  # (B', 1, V)
-            for j, i in enumerate(active):
-                r = rows[i]
-                token = int(logits[j, 0].float().argmax())
-                if token in probes.stop_ids:
-                    done[i] = True
-                    if token != EOT:  # keep what precedes the newline inside this token
-                        generated[i].append(token)
-                    continue
-                generated[i].append(token)
-                r.append(token)
-                if row_golds is not None and not _can_still_match(probes.tokenizer, generated[i], row_golds[i]):
-                    done[i] = True
-            if all(done):
-                break
-        for g in generated:
-            texts.append(probes.tokenizer.decode(g).split("\n")[0].strip())
-    return texts
-
-
-def _takes_cache(model) -> bool:
-    try:
-        return "cache" in inspect.signature(model.forward).parameters and hasattr(model, "config")
-    except (TypeError, ValueError, AttributeError):
-        return False
-
-
-def _cached_greedy_answers(model, prompts: list[Sequence[int]], probes: ProbeSet, batch_size: int,
-                           golds: list[str] | None) -> list[str]:
-    """`greedy_answers` through the KV-cache generator: the same tokens, the same stops."""
-    from model.generate import generate
-
-    texts: list[str] = []
-    for s in range(0, len(prompts), batch_size):
-        row_golds = golds[s : s + batch_size] if golds is not None else None
-
-        def keep_going(row: int, tokens: list[int], row_golds=row_golds) -> bool:
-            if tokens[-1] in probes.stop_ids:  # a newline inside this token: keep what precedes it, then stop
-                return False
-            return row_golds is None or _can_still_match(probes.tokenizer, tokens, row_golds[row])
-
-        out = generate(model, [list(p) for p in prompts[s : s + batch_size]], probes.max_new_tokens,
-                       stop_ids=(EOT,), keep_going=keep_going)
-        texts += [probes.tokenizer.decode(g.tokens).split("\n")[0].strip() for g in out]
-    return texts
-
-
-def _layout() -> list[str]:
-    """Names of the entries of the sums vector, in order."""
-    names = ["induction_first", "induction_second", "induction_n"]
-    for b in range(NUM_BUCKETS):
-        names += [f"em_{b}", f"ll_with_{b}", f"ll_without_{b}", f"n_{b}"]
-    return names + ["nic", "nic_n"]
-
-
-@torch.no_grad()
-def probe_sums(model, probes: ProbeSet, rank: int, world_size: int, device, batch_size: int = 8,
-               details: list | None = None) -> list[float]:
-    """This rank's sums and counts (see `_layout`); all-reduce them (sum) over ranks and pass to `finalize`.
-    With `details` (a list), one dict per retrieval item of this rank is appended (prompt, answer, greedy)."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        sums = dict.fromkeys(_layout(), 0.0)
-        seq_ids = shard_for_rank(np.arange(len(probes.induction)), rank, world_size)
-        for s in range(0, len(seq_ids), batch_size):
-            seqs = torch.as_tensor(probes.induction[seq_ids[s : s + batch_size]], device=device)
-            x, y = seqs[:, :-1], seqs[:, 1:]
-            logits = _logits(model, x).float()
-            nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            nll = nll.view(y.shape).double()
-            h = probes.half
-            # Targets 0..h-2 are the first copy's tokens 1..h-1; targets h..2h-2 the second copy's tokens 1..h-1
-            # (its first token follows the end of the first copy, which nothing in context predicts).
-            sums["induction_first"] += float(nll[:, : h - 1].mean(dim=1).sum())
-            sums["induction_second"] += float(nll[:, h:].mean(dim=1).sum())
-            sums["induction_n"] += len(seqs)
-
-        item_ids = shard_for_rank(np.arange(len(probes.retrieval)), rank, world_size)
-        items = [probes.retrieval[int(i)] for i in item_ids]
-        greedy = greedy_answers(model, [it.prompt for it in items], probes, device, batch_size,
-                                golds=[it.answer for it in items])
-        answerable = [it for it in items if it.answerable]
-        ll_with = answer_loglik(model, [it.prompt for it in answerable], [it.answer_tokens for it in answerable],
-                                device, batch_size)
-        ll_without = answer_loglik(model, [it.prompt_without for it in answerable],
-                                   [it.answer_tokens for it in answerable], device, batch_size)
-        lls = {id(it): (w, wo) for it, w, wo in zip(answerable, ll_with, ll_without, strict=True)}
-        for it, text in zip(items, greedy, strict=True):
-            correct = normalize_answer(text) == normalize_answer(it.answer)
-            if it.answerable:
-                b = it.bucket
-                sums[f"em_{b}"] += float(correct)
-                sums[f"ll_with_{b}"] += lls[id(it)][0]
-                sums[f"ll_without_{b}"] += lls[id(it)][1]
-                sums[f"n_{b}"] += 1
-            else:
-                sums["nic"] += float(correct)
-                sums["nic_n"] += 1
-            if details is not None:
-                details.append({"id": it.record_id, "bucket": it.bucket, "answerable": it.answerable,
-                                "answer": it.answer, "greedy": text, "correct": correct,
-                                "ll_with": lls.get(id(it), (None, None))[0],
-                                "ll_without": lls.get(id(it), (None, None))[1]})
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
-    return [sums[k] for k in _layout()]
-
-
-def finalize(probes: ProbeSet, summed: Sequence[float]) -> dict[str, float]:
-    """Metrics from the all-reduced sums, keys prefixed `probe/` (nan where a count is 0)."""
-    s = dict(zip(_layout(), summed, strict=True))
-
-    def div(a: float, n: float) -> float:
-        return a / n if n else math.nan
-
-    first = div(s["induction_first"], s["induction_n"])
-    second = div(s["induction_second"], s["induction_n"])
-    out = {"induction_score": first - second, "induction_loss_first": first, "induction_loss_second": second}
-    em = [div(s[f"em_{b}"], s[f"n_{b}"]) for b in range(NUM_BUCKETS)]
-    for b in range(NUM_BUCKETS):
-        out[f"retrieval_em_b{b}"] = em[b]
-        out[f"retrieval_ll_with_b{b}"] = div(s[f"ll_with_{b}"], s[f"n_{b}"])
-        out[f"retrieval_ll_without_b{b}"] = div(s[f"ll_without_{b}"], s[f"n_{b}"])
-    n = sum(s[f"n_{b}"] for b in range(NUM_BUCKETS))
-    valid = [e for e in em if not math.isnan(e)]
-    out["retrieval_em"] = div(sum(s[f"em_{b}"] for b in range(NUM_BUCKETS)), n)
-    out["retrieval_em_worst_bucket"] = min(valid) if valid else math.nan
-    out["retrieval_em_best_bucket"] = max(valid) if valid else math.nan
-    # Position invariance: worst over best bucket; 1.0 = the same accuracy everywhere (undefined when all 0).
-    out["retrieval_position_invariance"] = div(out["retrieval_em_worst_bucket"], out["retrieval_em_best_bucket"])
-    out["retrieval_ll_with"] = div(sum(s[f"ll_with_{b}"] for b in range(NUM_BUCKETS)), n)
-    out["retrieval_ll_without"] = div(sum(s[f"ll_without_{b}"] for b in range(NUM_BUCKETS)), n)
-    out["retrieval_ll_gain"] = out["retrieval_ll_with"] - out["retrieval_ll_without"]
-    out["unanswerable_not_in_context"] = div(s["nic"], s["nic_n"])
-    return {PREFIX + k: v for k, v in out.items()}
-
-
-def run_probes(model, probes: ProbeSet, rank: int, world_size: int, device,
-               all_reduce: Callable[[list[float]], list[float]] | None = None, batch_size: int = 8) -> dict[str, float]:
-    """Probe metrics; call on every rank with a sum all-reduce (e.g. `launcher.distributed.all_reduce`)."""
-    sums = probe_sums(model, probes, rank, world_size, device, batch_size)
-    return finalize(probes, all_reduce(sums) if all_reduce is not None else sums)
-
-
-def probe_summary(metrics: dict[str, float]) -> str:
-    """One console line of the headline probe numbers."""
-    m = {k.removeprefix(PREFIX): v for k, v in metrics.items()}
-    return (f"probes: induction {m['induction_score']:.3f} | retrieval EM {m['retrieval_em']:.2f} (worst bucket "
-            f"{m['retrieval_em_worst_bucket']:.2f}, best {m['retrieval_em_best_bucket']:.2f}) | LL gain from the "
-            f"passage {m['retrieval_ll_gain']:.3f} | unanswerable -> not in context "
-            f"{m['unanswerable_not_in_context']:.2f}")
