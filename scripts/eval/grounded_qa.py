@@ -73,18 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write one JSON line per item (question, answers, prediction, scores)")
     p.add_argument("--show", type=int, default=0, help="print this many items with their predictions")
     args = p.parse_args(argv)
+    if args.count < 0:
+        p.error(f"--count must be >= 0 (0: every item), got {args.count}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     directory = args.items.parent if args.items.name == QA_ITEMS_FILE else args.items
     try:
+        if args.items.is_file() and args.items.name != QA_ITEMS_FILE:
+            raise ValueError(f"{args.items} is a file but not {QA_ITEMS_FILE}: pass the eval set directory the "
+                             f"build wrote (e.g. data/retrieval_eval_tokenized) or its {QA_ITEMS_FILE}")
         items = read_qa_items(directory)
-        if not items:
+        if items is None:
             raise ValueError(f"{directory} holds no {QA_ITEMS_FILE}: pass the retrieval eval set directory of a "
                              "build (e.g. data/retrieval_eval_tokenized), or rebuild it with "
+                             "scripts/unified_build/build_unified_dataset.py")
+        if not items:
+            raise ValueError(f"{directory / QA_ITEMS_FILE} holds no items: rebuild the eval set with "
                              "scripts/unified_build/build_unified_dataset.py")
         if not args.checkpoint.is_dir():
             raise ValueError(f"{args.checkpoint} is not a directory (a GOLD checkpoint, step_<N> folder or export)")
         chosen = items if args.count == 0 else fixed_subset(items, args.count, args.seed)
         model = load_model(args.checkpoint, args.device)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: transformers' message for an export it cannot load
         raise SystemExit(f"grounded_qa: {e}") from None
     details: list[dict] = []
     metrics = score_items(model, chosen, args.device, batch_size=args.batch_size, details=details)
