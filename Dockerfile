@@ -47,7 +47,7 @@ COPY configs/ configs/
 COPY scripts/ scripts/
 COPY tests/ tests/
 COPY docker/ docker/
-COPY Makefile pyproject.toml README.md ./
+COPY Makefile pyproject.toml conftest.py README.md ./
 # The project itself, editable, so `model`, `data` and `launcher` import from any directory (as `make install` does).
 RUN pip install --no-deps -e . && chmod +x docker/entrypoint.py && chown -R trainer:trainer /opt/ragllm
 

@@ -1,4 +1,4 @@
-"""Session-wide settings of the CPU test suite.
+"""Session-wide settings of the CPU test suite (tests/ and the benchmark harness tests in scripts/bench/).
 
 The trainer refuses to run on the CPU unless asked (launcher/device_check.py: a GPU launch never falls back to the CPU
 silently). This suite trains on the CPU on purpose, so on a machine without CUDA it asks the way the demo does, with

@@ -3,7 +3,7 @@
 Each set evaluates `eval_iters x batch.micro_batch_size` samples chosen by `eval_seed` alone (`data.sampler.
 eval_sample_ids`); rank r takes its contiguous share (`shard_for_rank`), sums the token losses of its samples
 and counts their tokens, padding (target -1) left out, and the ranks all-reduce both: the result is the mean token
-loss over the fixed samples' real tokens, whatever the world size (DESIGN, "Evaluation is fixed and sharded").
+loss over the fixed samples' real tokens, whatever the world size (docs/DESIGN.md, "Evaluation is fixed and sharded").
 Packed samples differ in their padding, so a mean of per-sample means would weigh a short sample's tokens more.
 Bits per byte come from the same forward: the losses of the targets that stand for text, over their UTF-8 bytes.
 
@@ -90,7 +90,7 @@ def _micro_batches(sets: list[FixedEvalSet], micro_batch_size: int, pin_memory: 
 
 
 @torch.no_grad()
-def _eval_sums(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size: int, device: torch.device,
+def eval_sums(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size: int, device: torch.device,
                pin_memory: bool = False, prefetch: int = 2) -> list[EvalSums]:
     """Per set: the sums of the token losses over this rank's samples (device tensors, not read here) and the
     counts of tokens and bytes (host, from the batch before it is copied)."""
@@ -133,7 +133,7 @@ def evaluate(model: torch.nn.Module, sets: list[FixedEvalSet], micro_batch_size:
     was_training = model.training
     model.eval()
     try:
-        sums = _eval_sums(model, sets, micro_batch_size, device, pin_memory, prefetch)
+        sums = eval_sums(model, sets, micro_batch_size, device, pin_memory, prefetch)
     finally:
         model.train(was_training)
     host = torch.tensor([[float(s.tokens) for s in sums], [float(s.bytes) for s in sums]], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Run output, rank 0 only: console lines, the two JSONL logs and TensorBoard scalars (DESIGN, "Logs").
+"""Run output, rank 0 only: console lines, the two JSONL logs and TensorBoard scalars (docs/DESIGN.md, "Logs").
 
 - `<log_dir>/<model_name>_train.jsonl`: one record per log interval (loss, lr, grad norm, tokens/s, MFU, data-wait
   share) plus one `{"event": "phase_switch"}` record per curriculum switch;
@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 
-def _clean(value):
+def json_safe(value):
     # Strict JSON has no NaN/inf: write them as null (the record's other fields say what happened).
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -95,7 +95,7 @@ class RunLog:
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
         with open(path, "a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
             f.flush()
 
     def train(self, record: dict[str, Any], scalars: dict[str, float]) -> None:

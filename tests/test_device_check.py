@@ -1,7 +1,7 @@
 """No silent CPU fallback: a run that asks for CUDA (the default) where CUDA is unusable stops at once, before reading
 any input, with one message naming what it found and what to do (launcher/device_check.py); the CPU stays available
 when asked for (--device cpu, DS_ACCELERATOR=cpu). The launches hide CUDA (CUDA_VISIBLE_DEVICES="") and drop the
-suite's DS_ACCELERATOR=cpu (tests/conftest.py), so they are what a user's `deepspeed --num_gpus 8 ...` meets on a pod
+suite's DS_ACCELERATOR=cpu (conftest.py), so they are what a user's `deepspeed --num_gpus 8 ...` meets on a pod
 whose CUDA cannot initialise."""
 
 from __future__ import annotations

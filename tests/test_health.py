@@ -15,7 +15,7 @@ import pytest
 from launcher.config import GoldConfig, HealthConfig
 from launcher.gold import GoldTracker
 from launcher.health import FAILING, NOT_YET, OK, WATCH, judge, newly_failing, scalars, timeline, warning
-from launcher.run_log import RunLog, _clean
+from launcher.run_log import RunLog, json_safe
 from scripts import plot_run, train_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def test_missing_sets_probes_and_null_losses_never_crash():
     assert got["retrieval"] == got["code"] == got["grounding"] == NOT_YET
     assert got["stability"] == got["gold"] == OK
     # A NaN written as null: skipped in the middle of the history, failing when it is the latest eval.
-    records = json.loads(json.dumps(_clean(history())))
+    records = json.loads(json.dumps(json_safe(history())))
     records[10]["losses"]["retrieval"] = None
     assert statuses(records) == ALL_OK
     records[-1]["losses"]["retrieval"] = None
@@ -203,7 +203,7 @@ def test_the_jsonl_round_trip_gives_the_same_verdicts():
     records = history()
     records[5]["losses"]["code"] = math.nan  # in memory NaN (what the trainer judges), in the JSONL null
     records[-1]["losses"]["retrieval"] = math.nan
-    read_back = json.loads(json.dumps(_clean(records)))
+    read_back = json.loads(json.dumps(json_safe(records)))
     live = {n: v.to_dict() for n, v in judge(records, HealthConfig()).items()}
     assert live == {n: v.to_dict() for n, v in judge(read_back, HealthConfig()).items()}
     assert live["retrieval"]["status"] == FAILING and "not finite" in live["retrieval"]["detail"]
@@ -212,7 +212,7 @@ def test_the_jsonl_round_trip_gives_the_same_verdicts():
 
 def _write_log(tmp_path, records, name="run"):
     path = tmp_path / f"{name}_eval.jsonl"
-    path.write_text("".join(json.dumps(_clean(r)) + "\n" for r in records))
+    path.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in records))
     return path
 
 

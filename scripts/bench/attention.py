@@ -21,8 +21,8 @@ Tables:
 
 With --model-step CONFIG only one table: forward + backward of that config's whole model (bf16 on CUDA, fp32 on the
 CPU; --batch rows of its block size) for causal and document attention at dropout 0 and at dropout 0.1 (the
-spec's), so a GPU says what document isolation and dropout each cost per step (scripts/bench/gpu_report.py runs it
-at the 750M config). Each variant is its own model (same init); on CUDA "document" at dropout 0 is FlexAttention
+base config's), so a GPU says what document isolation and dropout each cost per step (scripts/bench/gpu_report.py
+runs it at the 750M config). Each variant is its own model (same init); on CUDA "document" at dropout 0 is FlexAttention
 (compiled on first use, outside the timing) and at 0.1 SDPA's memory-efficient kernel with a mask.
 """
 

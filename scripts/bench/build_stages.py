@@ -25,8 +25,8 @@ import torch
 from data import build
 from data.demo_corpus import docstrings
 from data.quality import QualityFilters
+from data.shuffle import DEFAULT_SHUFFLE
 from data.source_config import Input
-from data.streaming import DEFAULT_SHUFFLE
 
 
 def records(schema: str, megabytes: float) -> list[dict]:

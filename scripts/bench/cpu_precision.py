@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from launcher.engine import cpu_has_native_bf16
-from scripts.bench._run import REPO, bench_config, launch, records
+from scripts.bench.harness import REPO, bench_config, launch, records
 
 
 def matmul_seconds(dtype: torch.dtype, rows: int = 256, width: int = 64, vocab: int = 50304, repeats: int = 5) -> float:

@@ -1,5 +1,5 @@
 """What an eval costs, as a ratio to a training micro-step at the same shapes, and the share of wall time that the
-spec's evaluation settings then take on 8 GPUs.
+base config's evaluation settings then take on 8 GPUs.
 
     python scripts/bench/eval_cost.py                       # 750M width and vocabulary, 2 layers, 4 x 256, CPU fp32
     python scripts/bench/eval_cost.py --layers 4 --batch 2 --seq 512 --repeats 7
@@ -10,7 +10,7 @@ Measured, interleaved in one process (medians of --repeats):
   backward; no optimizer step and no gradient all-reduce, which only make the real step longer);
 - eval: one eval micro-batch as `launcher/evaluation.py` runs it (eval mode, no_grad, the same chunked loss).
 
-Then the prediction for the spec's run (configs/base/750M_unified_v1.json: eval_interval 350, eval_iters 200,
+Then the prediction for the base config's run (configs/base/750M_unified_v1.json: eval_interval 350, eval_iters 200,
 micro-batch 12, 8 GPUs, so 1 micro-step per rank per optimizer step): each eval reads eval_iters x micro = 2,400
 samples of each of 6 sets (val, the four held-out sets, the train sample of the overfit guard), 14,400 in all, 1,800
 per rank = 150 eval micro-batches per rank, against 350 training micro-steps per rank between evals:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- |")
     print(f"| {r['train_s'] * 1e3:.1f} ms | {r['eval_s'] * 1e3:.1f} ms | {r['ratio']:.3f} |")
     six, smaller = predicted_share(r["ratio"]), predicted_share(r["ratio"], sets=5.25)
-    print(f"predicted share of wall time in loss evals at the spec's settings on 8 GPUs: {six:.1%} "
+    print(f"predicted share of wall time in loss evals at the base config's settings on 8 GPUs: {six:.1%} "
           f"(150 eval micro-batches per rank x {r['ratio']:.3f} vs 350 training micro-steps per eval interval); "
           f"{smaller:.1%} with the overfit guard's train sample at a quarter of eval_iters")
     return 0

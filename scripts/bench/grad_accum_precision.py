@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.bench._run import REPO, bench_config, launch, records
+from scripts.bench.harness import REPO, bench_config, launch, records
 
 VARIANTS = {
     "bf16_accum_zero2": "ds_configs/zero2_bf16.json",

@@ -67,7 +67,7 @@ def measure(variant: str, layers: int, batch: int, seq: int, device: str, dtype:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=2, help="transformer blocks of the 750M shape (it has 32)")
-    p.add_argument("--batch", type=int, default=2, help="sequences per step (the spec's micro-batch is 12)")
+    p.add_argument("--batch", type=int, default=2, help="sequences per step (the base config's micro-batch is 12)")
     p.add_argument("--seq", type=int, default=1024, help="tokens per sequence")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype")

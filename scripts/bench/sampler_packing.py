@@ -12,8 +12,9 @@ sample (what the trainer consumes); the padding share says how many of them are 
 
 It also prints, per directory, the share of documents whole in one sample under each layout (retrieval documents of
 a built mix; the TriviaQA-length documents of the synthetic stream) and the padding share. The synthetic stream
-(`synthetic_dir`) has TriviaQA-length QA documents (~730 tokens, the spec's 3,000-character cut) among SQuAD-length
-and log-normal documents, at block 1024: the case the issue describes (about a third whole in fixed windows).
+(`synthetic_dir`) has TriviaQA-length QA documents (~730 tokens at the TriviaQA formatter's 3,000-character cut)
+among SQuAD-length and log-normal documents, at block 1024: the case packing is for (about a third whole in fixed
+windows).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def tokens_per_s(read, ds: TokenDataset, num_samples: int, block_size: int, step
 
 def synthetic_dir(root: Path, block_size: int, seed: int = 0) -> tuple[Path, np.ndarray, np.ndarray]:
     """A stream shaped like phase 1 at the document level: ~30% of tokens TriviaQA-length QA documents (~730
-    tokens) with a few SQuAD-length ones (~190, 22% of QA tokens as in the spec's source), the rest documents of
+    tokens) with a few SQuAD-length ones (~190, 22% of QA tokens), the rest documents of
     log-normal length (median ~665 tokens, a long tail: web text, code files, papers). Returns (dir, starts and
     lengths of the TriviaQA-length documents)."""
     rng = np.random.default_rng(seed)
@@ -98,10 +99,10 @@ def main(argv=None) -> int:
     ap.add_argument("--block-size", type=int, default=256,
                     help="block size of --dir (it must have a packing index for it; default 256, the demo's)")
     ap.add_argument("--synthetic-block-size", type=int, default=1024,
-                    help="block size of the synthetic TriviaQA-length stream (default 1024, the spec's; 0: skip)")
+                    help="block size of the synthetic TriviaQA-length stream (default 1024, the base config; 0: skip)")
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps read per timing (default 100)")
-    ap.add_argument("--global-batch", type=int, default=96, help="samples per step (default 96, the spec's)")
-    ap.add_argument("--micro-batch", type=int, default=12, help="samples per micro-batch (default 12, the spec's)")
+    ap.add_argument("--global-batch", type=int, default=96, help="samples per step (default 96, the base config's)")
+    ap.add_argument("--micro-batch", type=int, default=12, help="samples per micro-batch (default 12, the base config)")
     ap.add_argument("--repeats", type=int, default=5, help="alternating before/after timings; medians reported")
     args = ap.parse_args(argv)
     if args.global_batch % args.micro_batch:

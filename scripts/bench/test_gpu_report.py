@@ -1,7 +1,10 @@
 """scripts/bench/gpu_report.py survives its first run on a GPU: no section ends the report (SystemExit included), the
 report file is rewritten after every section, sections that do not fit the budget are skipped and say so, every
 launch is killed at its timeout with its whole process tree, and the throughput run works on a bare machine with
-synthetic token directories. Checked on the CPU through --dry_run, with cheap stand-ins for the slow sections."""
+synthetic token directories. Checked on the CPU through --dry_run, with cheap stand-ins for the slow sections.
+
+These test the measurement harness, so they live beside it: the product's tests (tests/) never import scripts/bench
+(docs/DESIGN.md, "Layout"). `make test` runs both."""
 
 from __future__ import annotations
 
@@ -15,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.bench import _run, gpu_report
+from scripts.bench import gpu_report, harness
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -107,8 +110,8 @@ def test_a_launch_past_its_timeout_is_killed_with_its_whole_tree(tmp_path):
         time.sleep(120)
     """))
     t0 = time.monotonic()
-    with pytest.raises(_run.LaunchError, match="ran past its 3 s timeout"):
-        _run.launch(tmp_path / "cfg.json", "x", 1, [], cwd=tmp_path, device="cpu", timeout=3)
+    with pytest.raises(harness.LaunchError, match="ran past its 3 s timeout"):
+        harness.launch(tmp_path / "cfg.json", "x", 1, [], cwd=tmp_path, device="cpu", timeout=3)
     assert time.monotonic() - t0 < 30
     assert _wait_gone(int(pid_file.read_text())), "the launch's grandchild outlived the timeout"
 
@@ -116,8 +119,8 @@ def test_a_launch_past_its_timeout_is_killed_with_its_whole_tree(tmp_path):
 def test_a_failed_launch_is_a_launch_error_not_systemexit(tmp_path):
     (tmp_path / "launcher").mkdir()
     (tmp_path / "launcher" / "train.py").write_text("import sys; print('no data'); sys.exit(3)\n")
-    with pytest.raises(_run.LaunchError, match=r"failed \(exit 3\)"):
-        _run.launch(tmp_path / "cfg.json", "x", 1, [], cwd=tmp_path, device="cpu", timeout=60)
+    with pytest.raises(harness.LaunchError, match=r"failed \(exit 3\)"):
+        harness.launch(tmp_path / "cfg.json", "x", 1, [], cwd=tmp_path, device="cpu", timeout=60)
 
 
 def test_run_kills_a_hanging_command_with_its_children(monkeypatch):
@@ -162,3 +165,10 @@ def test_kernel_ab_run_uses_torchs_adamw_and_builds_no_deepspeed_op(tmp_path):
     assert proc.returncode == 0 and "losses" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     built = [p.name for p in extensions.rglob("*")] if extensions.exists() else []
     assert not built, f"DeepSpeed JIT-built an op: {built}"
+
+
+def test_gpu_report_without_a_gpu_says_so_and_exits_0(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_report.main(["--out", str(tmp_path)]) == 0
+    assert "no GPU" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # measured nothing, wrote nothing

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.bench._run import REPO, bench_config, launch, records
+from scripts.bench.harness import REPO, bench_config, launch, records
 
 
 def main(argv: list[str] | None = None) -> int:
