@@ -6,10 +6,10 @@ Usage (as the image's ENTRYPOINT; the command is whatever follows the image name
     docker run IMAGE tensorboard --logdir runs --bind_all
     python docker/entrypoint.py deepspeed --num_gpus 2 launcher/train.py ...     # the same outside Docker
 
-Why this exists (measured with deepspeed 0.19.8, see DESIGN "Stopping on a signal"): RunPod and `docker stop` send
-SIGTERM to PID 1 only, and everything dies when PID 1 exits. The `deepspeed` runner forwards nothing on one node
-(it dies and orphans `deepspeed.launcher.launch` and the ranks), and `launch` stops ranks one at a time. So this
-process:
+Why this exists (measured with deepspeed 0.19.8, see docs/DESIGN.md "Stopping on a signal"): RunPod and
+`docker stop` send SIGTERM to PID 1 only, and everything dies when PID 1 exits. The `deepspeed` runner forwards
+nothing on one node (it dies and orphans `deepspeed.launcher.launch` and the ranks), and `launch` stops ranks one at
+a time. So this process:
   1. starts the command in its own process group (a new session);
   2. on SIGTERM/SIGINT/SIGHUP sends the signal to that whole group, so every rank hears it at once (the trainer
      then agrees on a step, saves a checkpoint together and exits 0);

@@ -118,7 +118,8 @@ def all_reduce(values: list[float], op: str = "sum") -> list[float]:
 
 def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """All-reduce a small device tensor as float64 on the collective's device, without reading it on the host: the
-    caller decides when to read (DESIGN, "The GPU never waits on the host"). Identity without a process group."""
+    caller decides when to read (docs/DESIGN.md, "The GPU never waits on the host"). Identity without a process
+    group."""
     t = t.to(device=comm_device() if is_initialized() else t.device, dtype=torch.float64)
     if is_initialized():
         torch.distributed.all_reduce(t, op={"sum": torch.distributed.ReduceOp.SUM,

@@ -1,7 +1,7 @@
 """All DeepSpeed wiring: the engine JSON filled from the training config, AdamW parameter groups, the LR schedule,
 `deepspeed.initialize`, and what the run says about its gradient accumulation.
 
-The training config owns every hyperparameter (DESIGN, "One source of truth per value"). A ds_config in
+The training config owns every hyperparameter (docs/DESIGN.md, "One source of truth per value"). A ds_config in
 `ds_configs/` holds engine settings only; `build_ds_config` fills DeepSpeed's batch, clipping, optimizer and
 scheduler fields and refuses a ds_config that sets one of them to a different value.
 """
@@ -131,7 +131,7 @@ def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_c
         raise ValueError(f"DeepSpeed config {ds_path}: ZeRO stage 3 is not supported by this trainer (GOLD saves and "
                          "eval read full weights on every rank); use stage 1 or 2")
     if user.get("fp16", {}).get("enabled"):
-        raise ValueError(f"DeepSpeed config {ds_path}: fp16 is not supported (the spec trains in bf16); use bf16")
+        raise ValueError(f"DeepSpeed config {ds_path}: fp16 is not supported (training is bf16); use bf16")
     merged = copy.deepcopy(user)
     merged.update(ours)
     merged.setdefault("steps_per_print", 10**9)  # our own logger reports progress; DeepSpeed's would duplicate it
@@ -139,7 +139,7 @@ def build_ds_config(cfg: TrainConfig, ds_path: str | Path, world_size: int, on_c
 
 
 def accumulation_summary(ds_config: dict[str, Any]) -> dict[str, Any]:
-    """Micro-steps per optimizer step and the dtype gradients are accumulated in (DESIGN, "Gradient accumulation
+    """Micro-steps per optimizer step and the dtype gradients are accumulated in (docs/DESIGN.md, "Gradient accumulation
     precision").
 
     bf16 parameters accumulate in bf16 unless `data_types.grad_accum_dtype` is fp32, which DeepSpeed 0.19.8 honours at
@@ -193,8 +193,8 @@ def cpu_has_native_bf16() -> bool:
     x86: AVX512-BF16 or AMX (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later); the same
     `torch.cpu._is_avx512_bf16_supported()` check torch's own inductor uses (torch/_inductor/cpu_vec_isa.py).
     Without them torch emulates bf16 through fp32 conversions: a bf16 matmul of the demo's output layer took
-    675 ms against 80 ms in fp32 on an AVX2 machine (issue 15). ARM: torch's SVE capability (Graviton 3/4, Grace),
-    whose cores have BF16.
+    675 ms against 80 ms in fp32 on an AVX2 machine (docs/TRAINING.md, "Precision on the CPU"). ARM: torch's SVE
+    capability (Graviton 3/4, Grace), whose cores have BF16.
     """
     cpu = torch.cpu
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):

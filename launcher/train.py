@@ -2,7 +2,7 @@
 
 Usage (from the repository root):
 
-    # 8 GPUs, the spec's run (gradient accumulation 1 at 8 GPUs; 8 on one GPU)
+    # 8 GPUs, the base config's run (gradient accumulation 1 at 8 GPUs; 8 on one GPU)
     deepspeed --num_gpus 8 launcher/train.py --config_file configs/base/750M_unified_v1.json \\
         --model_name unified_v1_llama --dataset_dir data/unified_phase1_circuit
 

@@ -26,9 +26,10 @@ Kernels (`model.attention_backend`, "auto" picks per device and dropout):
 
 On the CPU FlexAttention has no backward and its eager forward is 7-33x slower than SDPA with a mask
 (`scripts/bench/attention.py`, docs/PERFORMANCE.md), so the CPU always runs SDPA. On CUDA, FlexAttention skips the
-blocks the mask empties (torchtitan's default for document masks), but it takes no dropout, so the spec's dropout 0.1
-runs SDPA's memory-efficient kernel, which takes a mask and dropout. `varlen_attn` (flash varlen) is not offered: it
-takes no dropout either, and its per-batch `cu_seqlens` length is a new shape for `torch.compile` at every batch.
+blocks the mask empties (torchtitan's default for document masks), but it takes no dropout, so the base config's
+dropout 0.1 runs SDPA's memory-efficient kernel, which takes a mask and dropout. `varlen_attn` (flash varlen) is not
+offered: it takes no dropout either, and its per-batch `cu_seqlens` length is a new shape for `torch.compile` at
+every batch.
 
 The mask is built once per forward (per micro-batch) by `build_attention_mask` and handed to every layer: a few
 elementwise ops on the device, no host read, and tensors of a fixed shape, so a compiled block does not recompile.

@@ -22,7 +22,7 @@ GPT2_TOKENIZER_VOCAB = 50257
 # boundaries of a packed row from the ids alone (model/attention.py). data/tokenizer.py's EOT, read from tiktoken, is
 # the same id (tests/test_attention.py).
 EOT_ID = GPT2_TOKENIZER_VOCAB - 1
-# The architectures `Transformer` builds: the spec's LLaMA-2-style model and the GPT-2 model it replaces.
+# The architectures `Transformer` builds: the LLaMA-2-style model and the GPT-2 model it replaces (an ablation).
 ARCHS = ("llama", "gpt2")
 # What a query may read (model/attention.py): its own document, or the whole packed row.
 ATTENTION_KINDS = ("document", "causal")
@@ -55,12 +55,12 @@ def dataclass_from_dict(cls, values: dict[str, Any], where: str):
 
 @dataclass
 class ModelConfig:
-    """Architecture of the decoder. Defaults are the spec's 750M model (~699M parameters)."""
+    """Architecture of the decoder. Defaults are the base config's 750M model (698,860,800 parameters)."""
 
     n_embd: int = 1280
     """Width of the residual stream (hidden size)."""
     n_head: int = 20
-    """Attention heads; head_dim = n_embd / n_head (64 in the spec, the usual choice for RoPE)."""
+    """Attention heads; head_dim = n_embd / n_head (64 in the base config, the usual choice for RoPE)."""
     n_layer: int = 32
     """Transformer blocks."""
     block_size: int = 1024
@@ -97,7 +97,7 @@ class ModelConfig:
     FlexAttention on CUDA at dropout 0), "sdpa" or "flex" to force one. Computes the same numbers either way, so it
     is not part of the run's fingerprint. "causal" always runs SDPA's causal flash path."""
     arch: str = "llama"
-    """"llama" (RoPE, SwiGLU, RMSNorm) or "gpt2", the spec's old architecture kept as an ablation: learned absolute
+    """"llama" (RoPE, SwiGLU, RMSNorm) or "gpt2", the GPT-2 architecture kept as an ablation: learned absolute
     positions, GELU MLP of 4 * n_embd, LayerNorm (with biases when `bias`); no fused kernels."""
 
     def __post_init__(self):

@@ -1,8 +1,8 @@
 """Linear + cross-entropy in row chunks: the loss of `F.cross_entropy((h @ W.T).float(), targets)` without the full
 (rows, vocab) logits.
 
-At the spec's micro-batch (12 x 1024 rows, vocabulary 50,304) the plain path holds the bf16 logits (1.2 GB) through
-backward and makes a 2.5 GB fp32 copy for the loss, plus the fp32 gradient of that copy. Here the rows are split
+At the base config's micro-batch (12 x 1024 rows, vocabulary 50,304) the plain path holds the bf16 logits (1.2 GB)
+through backward and makes a 2.5 GB fp32 copy for the loss, plus the fp32 gradient of that copy. Here the rows are split
 into chunks; each chunk's logits are computed, turned into its loss and its logits gradient (softmax - one-hot) at
 once, and that gradient is multiplied into the input and weight gradients before the next chunk, so the largest
 transient is one chunk of logits. The gradients are computed during the forward, as Liger-Kernel's fused linear
@@ -83,7 +83,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         # compute and hold both gradients (the fp32 weight gradient alone is vocab x n_embd x 4 bytes, 257 MB at 750M).
         need_h, need_w = track and ctx.needs_input_grad[0], track and ctx.needs_input_grad[1]
         need_grad = need_h or need_w
-        n_valid = (target != IGNORE_INDEX).sum()  # a device tensor: no host read (DESIGN, "The GPU never waits")
+        # A device tensor: no host read (docs/DESIGN.md, "The GPU never waits on the host").
+        n_valid = (target != IGNORE_INDEX).sum()
         # An all-ignored batch gives NaN, as F.cross_entropy's mean over zero targets does.
         scale = 1.0 / n_valid.to(torch.float32)
         grad_h = torch.empty_like(hidden) if need_h else None

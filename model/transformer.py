@@ -1,7 +1,7 @@
 """The LLaMA-2-style decoder: RMSNorm, RoPE, document-isolated causal attention, SwiGLU, pre-norm blocks, tied
 embeddings.
 
-`ModelConfig.arch = "gpt2"` builds the spec's old architecture from the same blocks for the ablation
+`ModelConfig.arch = "gpt2"` builds the GPT-2 architecture from the same blocks for the ablation
 (`scripts/experiments/ablation_tiny.py`): learned absolute positions (`pos_embeddings`), LayerNorm and a GELU MLP
 (`feed_forward.w1`/`w2`, hidden 4 * n_embd), everything else (attention, pre-norm, init, tying) shared.
 

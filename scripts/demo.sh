@@ -2,7 +2,7 @@
 # The CPU demo (`make demo`): build the offline demo data, train the tiny config on 2 CPU ranks through the real
 # `deepspeed` launcher (240 steps, the curriculum switch at step 120, an eval every 40 steps, GOLD saves), then print
 # the first and last eval, where the outputs are, and the wall time. Training takes about 1.5 min on 2 cores
-# (README, "Two commands", for the figures and the CPUs they were measured on).
+# (docs/RESULTS.md, "The demo and the test suite", for the figures and the CPUs they were measured on).
 #
 #   bash scripts/demo.sh                                     # from the repository root
 #   PYTHON=python DEEPSPEED=deepspeed bash scripts/demo.sh   # other interpreters than .venv/

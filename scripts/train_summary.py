@@ -1,6 +1,6 @@
 """Summarise a run's eval log: the first and last eval (loss and bits per byte per set, grounded QA), every GOLD
 save and every refused new best, and the run
-health (the spec's five success criteria, `launcher/health.py`) at the last eval with the evals where it changed.
+health (the five success criteria, `launcher/health.py`) at the last eval with the evals where it changed.
 
     python scripts/train_summary.py logs/train/demo_cpu_eval.jsonl
     python scripts/train_summary.py logs/train/demo_cpu_eval.jsonl --config_file configs/tiny/demo_cpu.json

@@ -1,4 +1,4 @@
-"""Architecture smoke test: build the model of a training config and verify what the spec promises.
+"""Architecture smoke test: build the model of a training config and verify what the base config promises.
 
 Usage:
     python scripts/model/smoke_test_arch.py --config configs/tiny/demo_cpu.json
@@ -6,7 +6,7 @@ Usage:
     python scripts/model/smoke_test_arch.py --config configs/base/750M_unified_v1.json --full   # everything (~8 GB RAM)
 
 Checks, printed as a table; the exit code is 1 if any fails:
-  params        parameter count (on the meta device: no memory) equals the closed form of DESIGN's scale notes
+  params        parameter count (on the meta device: no memory) equals the closed form of docs/DESIGN.md "Scale notes"
   tied          embedding and lm_head are one tensor (when tie_weights)
   shapes        logits are (batch, seq, vocab_size)
   causal        changing token t changes no logit before t (and does change logits at t)
