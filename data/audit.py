@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data.formats import SkipRecord, get_formatter
+from data.input_loaders import iter_records
 from data.quality import (
     LANGUAGES,
     NearDuplicateIndex,
@@ -45,8 +46,6 @@ def sample_source(defs: Definitions, source: str, n: int) -> tuple[list[str], di
     """The first `n` documents of a source in stream order (inputs in proportion to their share), through the
     build's loader, loader filter and formatter; quality filters are NOT applied (the audit measures what they
     would remove). Returns (texts, {"records_read", "skipped", "paths"})."""
-    from data.build import iter_records  # here: build imports this module's neighbours, not the other way round
-
     if source not in defs.sources:
         raise ValueError(f"unknown source {source!r}; known sources in {', '.join(defs.files)}: "
                          f"{', '.join(sorted(defs.sources))}")

@@ -1,9 +1,9 @@
 """Build steps of the dataset pipeline, each usable alone, all driven by
 `scripts/unified_build/build_unified_dataset.py`:
 
-1. fetch     stream records from each input's loader (seeded shuffle, data/streaming.py), format them into
-             documents, write `fetch-NNNNN.jsonl` parts of `docs_per_part` documents (temp name, then rename: a
-             rerun resumes after the last complete part, from the stream state saved with it);
+1. fetch     stream records from each input's loader (data/input_loaders.py; seeded shuffle, data/shuffle.py),
+             format them into documents, write `fetch-NNNNN.jsonl` parts of `docs_per_part` documents (temp name,
+             then rename: a rerun resumes after the last complete part, from the stream state saved with it);
 2. holdback  split each fetched part into train / val / eval documents by a stable hash of (source, group key):
              the group is a field of the record (SQuAD article title, TriviaQA question id, StackExchange question
              id, code repository or file content; `data.formats.group_field`) or else the document text -- before
@@ -20,14 +20,15 @@
              holds whole, from the "qa" the fetch put in each part line (data/qa_items.py), for evaluation by
              generation without a download.
 
-Work files live in `<work_dir>/<input>/`; every step's output is a complete file or absent.
+Work files live in `<work_dir>/<input>/`; every step's output is a complete file or absent. How much each input
+fetches, in how many rounds and processes, is data/fetch_rounds.py; the stamps that stale work files built under
+another config are data/stamps.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import itertools
 import json
 import multiprocessing as mp
@@ -35,13 +36,12 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from data.demo_corpus import expand_path
+from data.atomic import atomic_write, atomic_write_text, replace_dir
 from data.formats import (
     REPOSITORY_KEY,
     RETRIEVAL_FORMATTERS,
@@ -55,6 +55,7 @@ from data.formats import (
     record_id,
     repository_key,
 )
+from data.input_loaders import guard_records, iter_records, loader_error, resumable, resume_records
 from data.lineage import build_node, root_node
 from data.qa_items import MANIFEST_KEY as QA_MANIFEST_KEY
 from data.qa_items import write_qa_items
@@ -66,18 +67,12 @@ from data.quality import (
     minhash_signatures,
     ngram_hashes,
 )
-from data.source_config import LOGIN_COMMAND, Definitions, Input, input_targets
-from data.streaming import read_stamp, resumable, shuffled
-from data.token_dataset import DTYPE, _replace_dir, sha256_file, write_manifest
+from data.source_config import Definitions, Input, input_targets
+from data.stamps import read_stamp
+from data.token_dataset import DTYPE, sha256_file, write_manifest
 from data.tokenizer import EOT, get_tokenizer, tokenizer_info
 
 SPLITS = ("train", "val", "eval")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:
@@ -85,95 +80,6 @@ def _read_json(path: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ 1. fetch
-
-
-def iter_records(loader: dict) -> Iterator[dict]:
-    """Records of one loader in their dataset's own schema, in a stable order (shuffled with a seed where the
-    loader asks, data/streaming.py). Hub and json/parquet loaders return a `datasets.IterableDataset`, whose
-    state_dict() the fetch saves per part to resume from."""
-    kind = loader["type"]
-    if kind == "hf":
-        return shuffled(_hf(loader), loader)
-    if kind in ("jsonl", "parquet"):
-        import datasets
-
-        path = Path(expand_path(loader["path"]))
-        files = sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() else [str(path)]
-        files = [f for f in files if os.path.getsize(f)]  # datasets' json builder dies on an empty file
-        if not files:
-            return iter([])
-        return shuffled(datasets.load_dataset("json" if kind == "jsonl" else "parquet", data_files=files,
-                                              split="train", streaming=True), loader)
-    if kind in ("text", "code_dir"):
-        root = Path(expand_path(loader["path"]))
-        exts = tuple(loader.get("extensions", [".txt"] if kind == "text" else [".py"]))
-        exclude = [re.compile(p) for p in loader.get("exclude", [])]
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*")
-                                                     if p.is_file() and p.name.endswith(exts))
-        field = "text" if kind == "text" else "content"
-
-        def gen():
-            for p in files:
-                rel = p.relative_to(root).as_posix() if p != root else p.name
-                if any(x.search(rel) for x in exclude):
-                    continue
-                yield {field: p.read_text(encoding="utf-8", errors="replace"), "path": f"{root.name}/{rel}"}
-
-        return gen()
-    if kind == "python":
-        module, _, func = loader["callable"].partition(":")
-        return iter(getattr(importlib.import_module(module), func)(**loader.get("kwargs", {})))
-    raise ValueError(f"unknown loader type {kind!r}")
-
-
-class LoaderError(RuntimeError):
-    """An input's loader could not open or stream its dataset; the message names the input and the fix."""
-
-
-def loader_error(inp: Input, e: BaseException) -> LoaderError:
-    """One clear message for a loader failure: which input, what went wrong (first line), and what to do."""
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    what = f"{type(e).__name__}: {first}"
-    where = f"source {inp.source!r} input {inp.name!r} ({inp.loader.get('path') or inp.loader.get('callable')})"
-    if "scripts are no longer supported" in first:
-        fix = ("the dataset repository ships a loading script, which the pinned `datasets` refuses; load its data "
-               "files instead: loader.builder (json/parquet) + loader.data_files (paths inside the repository) + "
-               "loader.revision, as the pes2o input does (docs/DATASET.md)")
-    elif "gated" in first.lower() or "authenticated" in first.lower() or "ask for access" in first.lower():
-        fix = (f"the dataset is gated: accept its terms on {inp.card or 'its dataset page'}, then run "
-               f"`{LOGIN_COMMAND}` (or export HF_TOKEN)")
-    elif isinstance(e, ConnectionError) or "offline" in first.lower() or "couldn't reach" in first.lower():
-        fix = "the Hugging Face hub cannot be reached from here: check the network (HF_HUB_OFFLINE must be unset)"
-    else:
-        fix = f"check loader.path/name/split/revision against the dataset card {inp.card or ''}".rstrip()
-    return LoaderError(f"{where}: cannot load records: {what}. Fix: {fix}")
-
-
-def _guarded(records, inp: Input):
-    """The records, with any loader failure while streaming turned into a LoaderError naming the input."""
-    it = iter(records)
-    while True:
-        try:
-            record = next(it)
-        except StopIteration:
-            return
-        except Exception as e:  # datasets/hub/fsspec raise many types; each is the same stop for the user
-            raise loader_error(inp, e) from e
-        yield record
-
-
-def _resume(records, state: dict):
-    """The records after those the complete parts consumed: from the library's stream state saved with the last
-    part when there is one (data/streaming.py says what it restores), else by reading past them."""
-    if state["stream_state"] is not None and resumable(records):
-        records.load_state_dict(state["stream_state"])
-        return records
-    n = state["records_read"]
-    if not n:
-        return records
-    if hasattr(records, "skip"):  # a part written before stream states: IterableDataset.skip reads past them
-        return records.skip(n)
-    return itertools.islice(records, n, None)
 
 
 def fetch_state(work: Path) -> dict:
@@ -232,7 +138,7 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     shares `seen` with; default: this input's own earlier parts). Before a part is written, the share of
     records each reason removed is checked against `filters.max_removed_share` (FilterShareError with the
     numbers). Resumable: complete parts are kept, and the stream continues from the state saved with the last one
-    (data/streaming.py). `records`: the input's stream, already opened (default: open `inp.loader`)."""
+    (data/input_loaders.py). `records`: the input's stream, already opened (default: open `inp.loader`)."""
     work.mkdir(parents=True, exist_ok=True)
     state = fetch_state(work)
     if state["exhausted"] or state["chars"] >= target_chars:
@@ -247,9 +153,9 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
     filt_re = re.compile(filt["regex"]) if filt else None
     retrieval = inp.formatter in RETRIEVAL_FORMATTERS  # its part lines carry the document's QA item ("qa")
     try:
-        stream = _resume(iter_records(inp.loader) if records is None else records, state)
+        stream = resume_records(iter_records(inp.loader) if records is None else records, state)
         resumed = state["parts"] > 0  # the first part written now continues an earlier run (lineage: `resumes`)
-        records = _guarded(stream, inp)
+        records = guard_records(stream, inp)
     except Exception as e:  # load_dataset raises while resolving the repository, before any record
         raise loader_error(inp, e) from e
     part = state["parts"]
@@ -316,20 +222,18 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         name = f"fetch-{part:05d}.jsonl"
         path = work / name
         # the tokenize step reads "text" only: "group" (hold-back) and "qa" (the eval set's QA items) change no token
-        _atomic_write_text(path, "".join(json.dumps({"text": d, **({"group": g} if g else {}),
+        atomic_write_text(path, "".join(json.dumps({"text": d, **({"group": g} if g else {}),
                                                      **({"qa": q} if q else {})}, ensure_ascii=False) + "\n"
                                          for d, g, q in zip(docs, groups, qas, strict=True)))
         hpath = work / f"fetch-{part:05d}.hashes.npy"
-        tmp = hpath.with_name(f".{hpath.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, np.array(hashes, dtype=np.uint64))
-        os.replace(tmp, hpath)
+        atomic_write(hpath, lambda tmp, h=hashes: np.save(tmp, np.array(h, dtype=np.uint64)), suffix=".npy")
         chars = sum(len(d) for d in docs)
         meta = {"file": name, "sha256": sha256_file(path), "records_read": read, "documents": len(docs),
                 "chars": chars, "skipped": dict(skipped), "filtered": filtered, "modified": modified,
                 "exhausted": state["exhausted"], "stream_state": stream.state_dict() if resumable(stream) else None,
                 "resumed": resumed}
         resumed = False
-        _atomic_write_text(work / f"fetch-{part:05d}.meta.json", json.dumps(meta))  # the part counts from here on
+        atomic_write_text(work / f"fetch-{part:05d}.meta.json", json.dumps(meta))  # the part counts from here on
         state["parts"] += 1
         state["records_read"] += read
         state["documents"] += len(docs)
@@ -342,30 +246,6 @@ def fetch(inp: Input, work: Path, target_chars: int, docs_per_part: int = 2000, 
         if bar is not None:
             bar.update(chars)
     return state
-
-
-def hub_data_files(loader: dict) -> list[str]:
-    """`hf://` URLs of loader.data_files inside the dataset repository, at loader.revision when given."""
-    files = loader["data_files"]
-    files = [files] if isinstance(files, str) else list(files)
-    at = f"@{loader['revision']}" if loader.get("revision") else ""
-    return [f"hf://datasets/{loader['path']}{at}/{f}" for f in files]
-
-
-def _hf(loader: dict):
-    """An HF streaming dataset object (not an iterator), so resuming can use its `.skip()`.
-
-    With `builder` (json, parquet, ...) the repository's data files are read by that packaged builder, never by
-    the repository's own loading script: the pinned `datasets` refuses scripts even when data_files are given
-    (datasets/load.py raises "Dataset scripts are no longer supported" if `<name>.py` exists in the repo)."""
-    import datasets  # imported here: the demo and --dry-run never load the hub client
-
-    split, streaming = loader.get("split", "train"), loader.get("streaming", True)
-    if loader.get("builder"):
-        return datasets.load_dataset(loader["builder"], data_files={split: hub_data_files(loader)}, split=split,
-                                     streaming=streaming)
-    kwargs = {k: loader[k] for k in ("name", "data_dir", "data_files", "revision") if loader.get(k)}
-    return datasets.load_dataset(loader["path"], split=split, streaming=streaming, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- 2. holdback
@@ -398,10 +278,24 @@ def holdback(inp: Input, work: Path, eval_share: float, val_share: float) -> lis
                     key = repository_key(doc.get("group")) or doc["text"]
                     buckets[holdback_split(inp.source, key, eval_share, val_share)].append(line)
             for s in SPLITS:
-                _atomic_write_text(work / f"split-{part}.{s}.jsonl", "".join(buckets[s]))
-            _atomic_write_text(out_meta, json.dumps({s: len(buckets[s]) for s in SPLITS}))
+                atomic_write_text(work / f"split-{part}.{s}.jsonl", "".join(buckets[s]))
+            atomic_write_text(out_meta, json.dumps({s: len(buckets[s]) for s in SPLITS}))
         metas.append(out_meta)
     return metas
+
+
+def remove_fetched_text(work: Path) -> int:
+    """Delete `fetch-NNNNN.jsonl` of every part whose split files are complete: the split files hold exactly its
+    documents (partitioned by hold-back), so keeping both doubled the text on disk. The part's meta (counts,
+    sha256 of the deleted text, stream state) and content hashes (deduplication state) stay. Not compressed: no
+    stage reads it again, and the split text is kept as it is for re-tokenizing and audits. Returns bytes freed."""
+    freed = 0
+    for meta in sorted(Path(work).glob("split-*.meta.json")):
+        text = meta.with_name(meta.name.replace("split-", "fetch-").replace(".meta.json", ".jsonl"))
+        if text.is_file():
+            freed += text.stat().st_size
+            text.unlink()
+    return freed
 
 
 # --------------------------------------------------------------------------------------------- 3. tokenize
@@ -425,12 +319,10 @@ def _tokenize_part(job: tuple[str, str]) -> tuple[str, str, dict]:
             texts = [json.loads(line)["text"] for line in f]
         tokens = tokenize_texts(texts)
         out = work / f"tok-{part}.{s}.bin"
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tokens.tofile(tmp)
-        os.replace(tmp, out)
+        atomic_write(out, tokens.tofile)
         meta[s] = {"file": out.name, "documents": len(texts), "tokens": int(tokens.size),
                    "sha256": hashlib.sha256(tokens.tobytes()).hexdigest()}
-    _atomic_write_text(work / f"tok-{part}.meta.json", json.dumps(meta))
+    atomic_write_text(work / f"tok-{part}.meta.json", json.dumps(meta))
     return job[0], part, meta
 
 
@@ -474,7 +366,8 @@ def split_documents(tokens: np.ndarray) -> list[np.ndarray]:
     return [d for d in np.split(tokens, ends) if d.size]
 
 
-def _read_split(work: Path, meta: dict, split: str) -> np.ndarray:
+def read_split(work: Path, meta: dict, split: str) -> np.ndarray:
+    """The tokens of one split of a tokenized part (`meta`: its `tok-NNNNN.meta.json`), empty when it has none."""
     entry = meta[split]
     return np.fromfile(work / entry["file"], dtype=DTYPE) if entry["tokens"] else np.zeros(0, DTYPE)
 
@@ -505,15 +398,13 @@ def held_out_documents(works: list[Path]) -> tuple[list[np.ndarray], list]:
         for meta_path in sorted(work.glob("tok-*.meta.json")):
             meta = _read_json(meta_path)
             for s in HELD_OUT:
-                docs += [d[:-1] for d in split_documents(_read_split(work, meta, s))]
+                docs += [d[:-1] for d in split_documents(read_split(work, meta, s))]
                 ids.append([work.name, meta_path.name, s, meta[s]["sha256"]])
     return docs, ids
 
 
 def _save_ngrams(path: Path, hashes: np.ndarray) -> str:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-    np.save(tmp, hashes)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.save(tmp, hashes), suffix=".npy")
     return str(path)
 
 
@@ -521,7 +412,7 @@ def _scan_train(job: tuple[str, str, str, bool]) -> tuple[str, str, np.ndarray |
     """One train part: MinHash signatures of its documents (when asked) and how often it holds each held-out n-gram
     (indices into the saved sorted n-gram set, with counts)."""
     work, meta_name, ngram_path, signatures = Path(job[0]), job[1], job[2], job[3]
-    tokens = _read_split(work, _read_json(work / meta_name), "train")
+    tokens = read_split(work, _read_json(work / meta_name), "train")
     sigs = minhash_signatures([d[:-1] for d in split_documents(tokens)]) if signatures else None
     found = NgramSet(np.load(ngram_path), presorted=True).find(ngram_hashes([tokens], CONTAINMENT["ngram"])[0])
     idx, counts = np.unique(found[found >= 0], return_counts=True)
@@ -565,7 +456,7 @@ def _clean_train(job: tuple) -> tuple[str, str, dict | None, dict, dict]:
     changed) and the counts of both removals."""
     work, meta_name, near, ngram_path, whole, fp = Path(job[0]), job[1], job[2], job[3], job[4], job[5]
     meta = _read_json(work / meta_name)
-    tokens = _read_split(work, meta, "train")
+    tokens = read_split(work, meta, "train")
     docs = split_documents(tokens)
     covered = contaminated_spans(tokens, NgramSet(np.load(ngram_path), presorted=True))
     near_counts = {"documents": 0, "tokens": 0}
@@ -590,9 +481,7 @@ def _clean_train(job: tuple) -> tuple[str, str, dict | None, dict, dict]:
     out_tokens = np.concatenate(kept) if kept else np.zeros(0, DTYPE)
     part = meta_name[len("tok-") : -len(".meta.json")]
     out = work / f"tok-{part}.train.{fp[:8]}.bin"
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out_tokens.tofile(tmp)
-    os.replace(tmp, out)
+    atomic_write(out, out_tokens.tofile)
     entry = {"file": out.name, "documents": len(kept), "tokens": int(out_tokens.size),
              "sha256": hashlib.sha256(out_tokens.tobytes()).hexdigest()}
     return job[0], meta_name, entry, near_counts, contained
@@ -671,7 +560,7 @@ def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, b
                 meta["decontaminated"] = {"against": fp, "held_out_documents": len(index), "threshold": threshold,
                                           "held_out_ngrams": len(held), "contaminating_ngrams": int(contaminating.size),
                                           **CONTAINMENT}
-                _atomic_write_text(work / meta_name, json.dumps(meta))  # the cleaned part counts from here on
+                atomic_write_text(work / meta_name, json.dumps(meta))  # the cleaned part counts from here on
                 if meta["train"]["file"] != old:
                     (work / old).unlink(missing_ok=True)
                 if bar is not None:
@@ -692,6 +581,13 @@ def decontamination_state(work: Path) -> dict:
             for k, v in meta.get(key, {}).items():
                 out[reason][k] += v
     return out
+
+
+def undecontaminated_parts(inputs: list[Input], work_dir: Path) -> list[Path]:
+    """The token part metas of these inputs that the decontaminate step never checked (a mix built from them could
+    hold near duplicates of held-out documents)."""
+    return [m for i in inputs for m in sorted((work_dir / i.name).glob("tok-*.meta.json"))
+            if "decontaminated" not in _read_json(m)]
 
 
 def token_state(work: Path) -> dict:
@@ -884,7 +780,7 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
             os.replace(sub_dir, tmp / sub)
             lineage.setdefault("contains", {})[sub] = _read_json(tmp / sub / "manifest.json")["fingerprint"]
         manifest = write_manifest(tmp, files, lineage=lineage, extra=extra)
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -938,7 +834,7 @@ def _build_output(directory: Path, name: str, plan: dict, key: str, work_dir: Pa
     # the plan hash (a mix's covers its val split too) lets an unchanged rerun skip the directory as a whole
     m = _read_json(directory / "manifest.json")
     m["plan_hash"] = key
-    _atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
+    atomic_write_text(directory / "manifest.json", json.dumps(m, indent=1) + "\n")
     return m
 
 
@@ -971,3 +867,10 @@ def targets(defs: Definitions) -> dict[str, dict]:
     for t in out.values():
         t.setdefault("eval", 0)
     return out
+
+
+def output_dirs(defs: Definitions, out_root: Path) -> list[Path]:
+    """Every token directory the mix step writes under `out_root`: the mixes, the eval sets, then each mix's val/
+    that exists (the directories the pack step indexes)."""
+    dirs = [out_root / m for m in defs.mixes] + [out_root / e for e in defs.eval_sets]
+    return dirs + [d / "val" for d in dirs[: len(defs.mixes)] if (d / "val").is_dir()]

@@ -70,7 +70,8 @@ def _place(rng: random.Random) -> dict:
     }
 
 
-_FACTS = {
+# fact key -> (statement, question, answer) templates filled from a place; tests read it to check the probes
+FACTS = {
     "founded": ("{name} was founded in {founded}.", "In which year was {name} founded?", "{founded}"),
     "founder": ("Its founder, {founder}, chose the site for its shelter from the wind.", "Who founded {name}?",
                 "{founder}"),
@@ -94,21 +95,21 @@ def squad_v2_records(num_articles: int = 1000, seed: int = 1234, questions_per_a
     rng = random.Random(seed)
     for a in range(num_articles):
         place = _place(rng)
-        keys = list(_FACTS)
+        keys = list(FACTS)
         rng.shuffle(keys)
         stated, missing = keys[: rng.randint(4, 7)], keys[7:] or keys[-1:]
-        sentences = [f"{place['name']} is a {place['kind']}."] + [_FACTS[k][0].format(**place) for k in stated]
+        sentences = [f"{place['name']} is a {place['kind']}."] + [FACTS[k][0].format(**place) for k in stated]
         context = " ".join(sentences)
         for q in range(questions_per_article):
             record = {"id": f"demo-{seed}-{a}-{q}", "title": place["name"], "context": context}
             if rng.random() < unanswerable_share:
                 key = rng.choice([k for k in keys if k not in stated] or missing)
-                record["question"] = _FACTS[key][1].format(**place)
+                record["question"] = FACTS[key][1].format(**place)
                 record["answers"] = {"text": [], "answer_start": []}
             else:
                 key = rng.choice(stated)
-                answer = _FACTS[key][2].format(**place)
-                start = context.index(_FACTS[key][0].format(**place)) + _FACTS[key][0].format(**place).index(answer)
-                record["question"] = _FACTS[key][1].format(**place)
+                answer = FACTS[key][2].format(**place)
+                start = context.index(FACTS[key][0].format(**place)) + FACTS[key][0].format(**place).index(answer)
+                record["question"] = FACTS[key][1].format(**place)
                 record["answers"] = {"text": [answer], "answer_start": [start]}
             yield record

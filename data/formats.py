@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 # One fixed retrieval layout (context, question, answer). Changing it changes what evaluation measures: don't.
 RETRIEVAL_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}\nAnswer:"
-# The explicit answer to an unanswerable question (SQuAD v2): the spec's negative retrieval signal.
+# The explicit answer to an unanswerable question (SQuAD v2): the negative retrieval signal.
 NOT_IN_CONTEXT = "The answer is not in the context."
 
 
@@ -190,7 +190,7 @@ def format_code(record: dict, text_field: str = "content", path_field: str | Non
 
 # SQuAD v2's train split: 130,319 questions (card, dataset_info.splits), about a third of them unanswerable ("the
 # train data has roughly twice as many answerable questions as unanswerable ones": Rajpurkar et al. 2018, "Know What
-# You Don't Know", https://arxiv.org/abs/1806.03822, section 4). The spec wants ~20%.
+# You Don't Know", https://arxiv.org/abs/1806.03822, section 4). The mix aims at ~20%.
 SQUAD_V2_TRAIN_UNANSWERABLE_SHARE = 1 / 3
 
 
@@ -211,7 +211,7 @@ def format_squad_v2(record: dict, unanswerable_share: float | None = None,
     answers {text: [str], answer_start: [int]}: a dict of lists, empty lists for an unanswerable question).
     Unanswerable questions get the explicit NOT_IN_CONTEXT answer.
 
-    With `unanswerable_share` (the spec's ~0.2) unanswerable questions are kept at the share that brings them to that
+    With `unanswerable_share` (~0.2) unanswerable questions are kept at the share that brings them to that
     share of the kept questions, given that they are `split_unanswerable_share` of the split (train: ~1/3); each
     question's draw comes from a hash of its `id`, so a rebuild keeps the same ones. Dropped ones are counted as
     "unanswerable_over_share"; the built share is in the audit ("QA unanswerable docs") and the mix report.
@@ -243,7 +243,7 @@ def format_squad_v2(record: dict, unanswerable_share: float | None = None,
 def _exact_case(candidate: str) -> bool:
     """Whether `candidate` must match in its own case: a short one (3 characters or fewer) or an abbreviation (every
     letter a capital, two or more letters). TriviaQA's aliases hold US, IN, OR, ME, ...: matched case-insensitively,
-    "IN" grounds an answer on the word "in" of "People in the state" (issue 24)."""
+    "IN" grounds an answer on the word "in" of "People in the state"."""
     letters = [c for c in candidate if c.isalpha()]
     return len(candidate) <= 3 or (len(letters) >= 2 and all(c.isupper() for c in letters))
 
@@ -252,7 +252,7 @@ def _find_answer(passages: list[str], candidates: list[str]) -> tuple[int, int, 
     """(passage index, start, end) of the first candidate found as a whole word in any passage: the answer value
     first, then the aliases longest first (a long alias is specific, a short one is the likeliest to hit a common
     word), each searched across all passages before the next is tried, so a short alias ("Aar") cannot ground an
-    example on a fragment ("Aarhus") while the value itself is in another passage. A match is the spec's
+    example on a fragment ("Aarhus") while the value itself is in another passage. A match is the grounding filter's
     `answer.lower() in passage.lower()` that also starts and ends at a word boundary (a non-word character or the
     text's end on either side; `\b` would fail on "U.S."), and for short candidates and abbreviations
     (`_exact_case`) in their own case only."""
@@ -338,7 +338,7 @@ def format_triviaqa_rc(record: dict, max_context_chars: int = 3000, max_tokens: 
     filename, rank, title, url, search_context} as dicts of lists, answer {aliases, normalized_aliases,
     matched_wiki_entity_name, normalized_matched_wiki_entity_name, normalized_value, type, value}).
 
-    Grounding filter (spec): keep the example only if `answer.lower() in passage.lower()` for one of its passages,
+    Grounding filter: keep the example only if `answer.lower() in passage.lower()` for one of its passages,
     matched as a whole word, short candidates and abbreviations in their own case: the answer value across all
     passages first, then each alias, longest first, across all passages (`_find_answer`); the passage it is found
     in, cut to `max_context_chars` with the answer at a per-question position, is the context. Ungrounded examples
@@ -461,7 +461,7 @@ def format_reddit_thread(record: dict, text_field: str = "text", min_messages: i
     REDDIT_threaded: start_date, end_date, thread_id, subreddit, subreddit_id, total_score, text, num_messages,
     avg_score; one split per subreddit, no `train`). The card gives a whole thread as one `text` string and
     does not document how its messages are joined, so the text is kept as it is: no re-threading. The
-    quote-reply signal the spec keeps Reddit for is the users' own markdown quotes (`> ...` lines followed by a
+    quote-reply signal Reddit is kept for is the users' own markdown quotes (`> ...` lines followed by a
     reply), which the source's `quote_reply_keep_share` filter finds line by line (data/quality.py).
 
     Reddit dumps store bodies HTML-escaped (`&gt;` for a quote marker); unescaping is a no-op on text that is not
@@ -492,7 +492,7 @@ def format_reddit_thread(record: dict, text_field: str = "text", min_messages: i
 GROUP_FIELDS = {"squad_v2": "title", "triviaqa_rc": "question_id", "stackexchange": "qid"}
 # The fields that name a GitHub repository ("owner/name") in the code datasets' schemas: CodeParrot's `repo_name`,
 # The Stack / StarCoder's `max_stars_repo_name` (and its issues/forks siblings). A repository is one hold-back group
-# whatever field, schema or source holds its files (DESIGN, "Hold-back before tokenization"; issue 24): its key is
+# whatever field, schema or source holds its files (DESIGN, "Hold-back before tokenization"): its key is
 # `repo=<owner/name>` in lower case (GitHub names are case-insensitive), and its split is hashed without the source.
 REPOSITORY_FIELDS = ("repo_name", "max_stars_repo_name", "max_issues_repo_name", "max_forks_repo_name")
 REPOSITORY_KEY = "repo="
@@ -539,9 +539,9 @@ def holdback_group(record: dict, field: str) -> str | None:
 
 
 # A formatter whose output changed for the same record gets a version here: the fetch stamp
-# (data/streaming.py `stage_configs`) carries it, so an existing work directory refetches that input alone (the
+# (data/stamps.py `stage_configs`) carries it, so an existing work directory refetches that input alone (the
 # others' stamps are unchanged: the key is left out at version 1). triviaqa_rc 2: exact-case short aliases and
-# abbreviations, aliases longest first (issue 24).
+# abbreviations, aliases longest first.
 FORMATTER_VERSIONS: dict[str, int] = {"triviaqa_rc": 2}
 
 FORMATTERS: dict[str, Callable[..., str]] = {

@@ -12,7 +12,7 @@ lock file `inputs.lock.json` in the output root, next to the datasets built from
 
 Every later run reads the sha from the lock, never from the hub: the loader gets `revision=<sha>` (and `ref`, the
 name it was resolved from), so the fetch, its resume, the preflight's sample and the lineage (`fetched.revision`) all
-name the same commit. The loader is part of the fetch stamp (data/streaming.py), so a changed lock (the file edited
+name the same commit. The loader is part of the fetch stamp (data/stamps.py), so a changed lock (the file edited
 or deleted and re-resolved to a newer commit) is a changed stamp: that input's work files are refetched, and only
 its. An entry whose path or ref no longer matches the definitions is resolved again (the build says so). To move an
 input to the hub's newest commit on purpose: delete its entry (or the file) and rerun.
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+from data.atomic import atomic_write_text
+from data.input_loaders import loader_error
+from data.preflight import is_offline_error
 from data.source_config import Definitions
 
 LOCK_NAME = "inputs.lock.json"
@@ -63,9 +65,6 @@ def lock_inputs(defs: Definitions, path: Path, resolve: Callable[[str, str | Non
     those stay unpinned and the build must not start). An unreachable hub raises (the caller says "offline").
     `resolve` None: apply the lock's entries only (a step that reads no hub, e.g. `--steps mix`, must still see the
     loaders the fetch stamped)."""
-    from data.build import loader_error
-    from data.preflight import is_offline_error
-
     entries = read_lock(path)
     lines, problems, changed = [], [], False
     for inp in defs.inputs():
@@ -97,7 +96,6 @@ def lock_inputs(defs: Definitions, path: Path, resolve: Callable[[str, str | Non
         inp.loader = {**loader, "revision": entry["sha"], "ref": ref}
     if changed:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"version": LOCK_VERSION, "inputs": dict(sorted(entries.items()))}, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"version": LOCK_VERSION, "inputs": dict(sorted(entries.items()))},
+                                           indent=1) + "\n")
     return lines, problems

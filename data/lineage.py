@@ -2,8 +2,8 @@
 
 Schema (docs/DATASET_LINEAGE.md): a lineage node is a dict with `kind` (mix | eval_set | val_split | tokenized |
 fetched), a `name`, counts, `files` [{path, sha256, ...}] and `inputs` [child nodes]. The mix node also records the
-command, the build time, the definitions files and their sha256, and the tokenizer. The spec calls this module
-`core/dataset_lineage.py`; here it lives next to the data code.
+command, the build time, the definitions files and their sha256, and the tokenizer. It lives next to the data code
+(elsewhere it is often `core/dataset_lineage.py`).
 
     python -m data.lineage data/demo/unified_6B          # print the tree
     python -m data.lineage data/demo/unified_6B --json   # the raw lineage JSON

@@ -30,8 +30,8 @@ The result is an index per block size, two `.npy` files next to the shards: `off
 offsets[i] .. offsets[i+1], padded to S. No segment crosses a shard file. `data.token_dataset.TokenDataset` reads
 it; `add_packing` writes it and records it in `manifest.json` (`packing`).
 
-    python -m data.packing data/demo/unified_6B data/demo/unified_6B/val --block-size 256   # add an index
-    python -m data.packing data/unified_6B --block-size 1024 --report                       # print its figures
+    python scripts/unified_build/pack_tokens.py data/demo/unified_6B data/demo/unified_6B/val --block-size 256
+    python scripts/unified_build/pack_tokens.py data/unified_6B --block-size 1024 --report   # print its figures
 
 The index is a pure function of (token stream, block size, document boundaries, method): the sampler's and
 resume guarantees (DESIGN, "Data order is a pure function of the optimizer step") hold over samples as before.
@@ -39,9 +39,7 @@ resume guarantees (DESIGN, "Data order is a pure function of the optimizer step"
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 
 import numpy as np
 
@@ -336,43 +334,3 @@ def whole_in_packing(starts: np.ndarray, lengths: np.ndarray, offsets: np.ndarra
     ok = k >= 0
     kk = np.clip(k, 0, None)
     return ok & (rs[kk] <= starts) & (need_end <= re[kk])
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Add a grounding-safe packing index to token directories (see the "
-                                             "module docstring), or print its figures.",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("dirs", nargs="+", metavar="DIR", help="token directories (each with manifest.json)")
-    ap.add_argument("--block-size", type=int, nargs="+", required=True,
-                    help="model.block_size(s) of the training configs that will read these directories")
-    ap.add_argument("--document-boundaries", choices=["auto", BOUNDARIES_EOT, BOUNDARIES_EOT_FILES],
-                    default="auto",
-                    help="where documents start: after each EOT, or also at each shard file start (auto: the "
-                         "latter for directories the build pipeline assembled, whose manifest has 'sources')")
-    ap.add_argument("--report", action="store_true",
-                    help="also print the grounding figures (whole retrieval documents, before vs after) per DIR")
-    args = ap.parse_args(argv)
-    if any(b < 1 for b in args.block_size):
-        ap.error(f"--block-size must be >= 1, got {args.block_size}")
-    from data.token_dataset import add_packing, grounding_report  # the reader imports this module
-
-    for d in args.dirs:
-        try:
-            boundaries = None if args.document_boundaries == "auto" else args.document_boundaries
-            for b in args.block_size:
-                entry = add_packing(d, b, boundaries=boundaries)
-                print(f"{d}: block_size {b}: {entry['num_samples']:,} samples, padding "
-                      f"{100 * entry['padding_share']:.2f}% ({entry['documents']:,} documents, "
-                      f"{entry['long_documents']:,} long)")
-                if args.report:
-                    rep = grounding_report(d, b)
-                    for cat, r in rep["categories"].items():
-                        print(f"    {cat}: {r['documents']:,} documents, whole in one sample: fixed windows "
-                              f"{100 * r['whole_fixed_windows']:.1f}% -> packed {100 * r['whole_packed']:.1f}%")
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

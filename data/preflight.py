@@ -43,8 +43,9 @@ from pathlib import Path
 
 from data import build
 from data.demo_corpus import expand_path
+from data.input_loaders import LoaderError, guard_records, hub_data_files, iter_records, loader_error
+from data.shuffle import shuffle_settings
 from data.source_config import LOGIN_COMMAND, Definitions, Input, fetch_needs
-from data.streaming import shuffle_settings
 from data.tokenizer import get_tokenizer
 
 SAMPLE_RECORDS = 300
@@ -181,7 +182,7 @@ def _stages(inp: Input, records: int, removed: Counter) -> list[tuple[str, int, 
 
 
 def check_input(inp: Input, need: int, sample: int = SAMPLE_RECORDS,
-                open_records: Callable[[dict], object] = build.iter_records,
+                open_records: Callable[[dict], object] = iter_records,
                 hub: Callable[[str, str | None], dict] | None = hub_status, token: bool = True,
                 accepted: bool = False, files: Callable | None = None) -> InputCheck:
     """Open one input, read `sample` records, run them through `build.fetch` (formatter, filters, deduplication,
@@ -196,7 +197,7 @@ def check_input(inp: Input, need: int, sample: int = SAMPLE_RECORDS,
         try:
             c.hub = hub(inp.loader["path"], inp.loader.get("revision"))
         except Exception as e:  # not found, revision not found, or an unreachable hub (the caller checks first)
-            c.problems.append(str(build.loader_error(inp, e)))
+            c.problems.append(str(loader_error(inp, e)))
             return c
         if c.hub.get("gated") and not inp.gated:
             c.problems.append(f"{head}: the hub says the dataset is gated ({c.hub['gated']}) but the definitions do "
@@ -212,12 +213,12 @@ def check_input(inp: Input, need: int, sample: int = SAMPLE_RECORDS,
         records = open_records(loader)
         c.rows = _card_rows(records, loader)
         c.rows_from = "card" if c.rows else ""
-        got = list(itertools.islice(build._guarded(records, inp), sample))
-    except build.LoaderError as e:
+        got = list(itertools.islice(guard_records(records, inp), sample))
+    except LoaderError as e:
         c.problems.append(str(e))
         return c
     except Exception as e:  # load_dataset raises while resolving the repository, before any record
-        c.problems.append(str(build.loader_error(inp, e)))
+        c.problems.append(str(loader_error(inp, e)))
         return c
     c.fields, c.records, c.exhausted = _fields(got), len(got), len(got) < sample
     if not c.rows and inp.available_rows:
@@ -280,9 +281,9 @@ def _data_files(loader: dict) -> list[str]:
     the repository at the revision and applies the config's / data_dir's / data_files' patterns, no data read
     (datasets 5.2.0 `builder.py` `_create_builder_config` calls `builder_config._resolve_data_files`, which turns the
     patterns into a `DataFilesDict` of `hf://datasets/<repo>@<sha>/...` files). A `builder` loader names its files:
-    `build.hub_data_files`."""
+    `data.input_loaders.hub_data_files`."""
     if loader.get("builder"):
-        return build.hub_data_files(loader)
+        return hub_data_files(loader)
     if loader["type"] in ("jsonl", "parquet"):  # a local file or folder, listed as the loader lists it
         path = Path(expand_path(loader["path"]))
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -349,7 +350,7 @@ def file_rows(loader: dict, inp: Input | None = None) -> tuple[int | None, str]:
                                          f"{nbytes / 1e6:,.1f} MB measured in {len(picks)} of them")
 
 
-def run(defs: Definitions, sample: int = SAMPLE_RECORDS, open_records=build.iter_records, hub=hub_status,
+def run(defs: Definitions, sample: int = SAMPLE_RECORDS, open_records=iter_records, hub=hub_status,
         token: bool | None = None, names: list[str] | None = None, accept: frozenset[str] = frozenset(),
         files: Callable | None = None) -> tuple[list[InputCheck], list[str]]:
     """Check every input (or those in `names`); `accept`: inputs the user lets through unprojected

@@ -33,6 +33,8 @@ import json
 import os
 from pathlib import Path
 
+from data.atomic import atomic_write_bytes
+
 QA_ITEMS_FILE = "qa_items.jsonl"
 MANIFEST_KEY = "qa_items"
 REBUILD = ("rebuild the eval set with scripts/unified_build/build_unified_dataset.py (its mix step rewrites "
@@ -95,9 +97,7 @@ def write_qa_items(directory: str | os.PathLike, items: list[dict]) -> dict:
         path.unlink(missing_ok=True)
         return entry
     data = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items).encode()
-    tmp = directory / f".{QA_ITEMS_FILE}.tmp-{os.getpid()}"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return {**entry, "file": QA_ITEMS_FILE, "sha256": hashlib.sha256(data).hexdigest()}
 
 

@@ -1,12 +1,12 @@
-"""Document quality: the measurements behind the spec's source audits and the filters they imply.
+"""Document quality: the measurements behind the source audits and the filters they imply.
 
 Measurements (used by `scripts/unified_build/audit_source.py` and `report_mix.py`):
 - `detect_language(text)`: en / de / zh / other / unknown, from character scripts and stopword counts (no model,
   no dependency; see the function for the rule);
 - `duplicated_line_share`, `has_front_matter`, `is_changelog`, `quote_reply_stats`, `grounded_answer`: the
-  structures the spec's audit talks about (OpenSubtitles' repeated lines, README front matter and changelogs,
+  structures the source audit looks at (OpenSubtitles' repeated lines, README front matter and changelogs,
   Reddit quote-reply, grounded QA answers);
-- `copyable_stats(docs)`: the share of tokens an ideal induction head would predict (the spec's "induction
+- `copyable_stats(docs)`: the share of tokens an ideal induction head would predict (the "induction
   signal", measured), for k = 1..4, with the distance back to the copied occurrence;
 - `near_duplicate_flags(docs)`: MinHash over token 5-shingles with LSH banding (Jaccard >= 0.8);
   `NearDuplicateIndex(held_out).matches(docs)`: the same test of documents against a fixed set (the build removes
@@ -27,6 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+
+from data.formats import NOT_IN_CONTEXT, parse_retrieval
 
 # ------------------------------------------------------------------------------------------------ language
 
@@ -150,21 +152,19 @@ def quote_reply_stats(text: str) -> tuple[int, int, bool]:
     return sum(quoted), len(lines), reply
 
 
-_RETRIEVAL = re.compile(r"\AContext:\n(?P<context>.*)\n\nQuestion: (?P<question>.*?)\nAnswer: (?P<answer>.*)\Z", re.S)
-
-
 def grounded_answer(text: str) -> str | None:
     """For a document in the retrieval template: 'grounded' (answer found in the context), 'unanswerable'
     (the explicit not-in-context answer) or 'ungrounded'; None for any other document."""
-    from data.formats import NOT_IN_CONTEXT  # here: formats imports this module
-
-    m = _RETRIEVAL.match(text.strip())
-    if not m:
+    try:  # the template's one parser (data/formats.py), not a second copy of it as a pattern
+        context, _, answer = parse_retrieval(text.strip())
+    except ValueError:
         return None
-    answer = m.group("answer").strip()
+    if answer is None:  # a prompt, not a document
+        return None
+    answer = answer.strip()
     if answer == NOT_IN_CONTEXT:
         return "unanswerable"
-    return "grounded" if answer and answer.lower() in m.group("context").lower() else "ungrounded"
+    return "grounded" if answer and answer.lower() in context.lower() else "ungrounded"
 
 
 def stable_unit(text: str, salt: str = "") -> float:

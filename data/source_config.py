@@ -23,13 +23,14 @@ from pathlib import Path
 from data.demo_corpus import expand_path
 from data.formats import (
     REPOSITORY_FIELDS,
+    RETRIEVAL_FORMATTERS,
     SQUAD_V2_TRAIN_UNANSWERABLE_SHARE,
     get_formatter,
     group_field,
     unanswerable_keep_share,
 )
 from data.quality import QualityFilters
-from data.streaming import check_shuffle
+from data.shuffle import check_shuffle
 
 LOADER_TYPES = {"hf", "jsonl", "parquet", "text", "code_dir", "python"}
 HF_LOADER_KEYS = {"type", "path", "name", "split", "data_dir", "data_files", "builder", "revision", "streaming",
@@ -286,6 +287,24 @@ def load_definitions(*paths: str | os.PathLike) -> Definitions:
     if not mixes:
         raise ValueError(f"{where0}: no mixes defined")
     return Definitions(files=paths_str, sources=sources, mixes=mixes, eval_sets=eval_sets, raw=merged)
+
+
+def size_retrieval_documents(defs: Definitions, block_sizes: list[int]) -> None:
+    """Give every retrieval-template input (`RETRIEVAL_FORMATTERS`) `formatter_options.max_tokens` = the largest
+    block size packed + 1 unless its definition sets one, so each passage, question and answer fits one sample and
+    is packed whole. The option is part of the fetch stamp: building for a larger block size later refetches these
+    inputs, and only these. A definition's larger value is a ValueError naming the input."""
+    cap = max(block_sizes) + 1
+    for inp in defs.inputs():
+        if inp.formatter not in RETRIEVAL_FORMATTERS:
+            continue
+        have = inp.formatter_options.get("max_tokens")
+        if have is None:
+            inp.formatter_options = {**inp.formatter_options, "max_tokens": cap}
+        elif not isinstance(have, int) or not 2 <= have <= cap:
+            raise ValueError(f"input {inp.name!r} formatter_options.max_tokens {have!r} must be an integer in "
+                             f"[2, {cap}] (the largest --block-size {cap - 1} + 1): a longer retrieval document is "
+                             f"split across samples; remove it to size documents by --block-size")
 
 
 def missing_local_paths(defs: Definitions) -> list[str]:

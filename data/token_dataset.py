@@ -12,7 +12,7 @@ one sample is always inside one sample. Every build step and every test writes t
     ds = TokenDataset("/tmp/toy")               # verify="size": cheap checks on open
     ds.sample(0, block_size=4)                  # int64 array of 5 tokens, -1 where padded
     TokenDataset("/tmp/toy", verify="full")     # also sha256 and max token id of every shard, sha256 of the index
-    python -m data.packing /tmp/toy --block-size 8    # index another block size (data/packing.py)
+    python scripts/unified_build/pack_tokens.py /tmp/toy --block-size 8    # index another block size (data/packing.py)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data import packing as packing_mod
+from data.atomic import atomic_write, atomic_write_text, replace_dir
 from data.tokenizer import EOT, N_VOCAB, tokenizer_info
 
 MANIFEST_NAME = "manifest.json"
@@ -37,6 +38,8 @@ FORMAT_VERSION = 2  # 2: samples come from the packing index (manifest "packing"
 DTYPE = np.dtype("<u2")
 DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens = 128 MiB per shard: few files, and cheap to hash or hard-link
 BUILD_HINT = "run scripts/unified_build/build_unified_dataset.py first (see docs/DATASET.md)"
+# the command the reader's errors name to add a packing index in place (its CLI lives in scripts/, not here)
+PACK_COMMAND = "python scripts/unified_build/pack_tokens.py"
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 24) -> str:
@@ -101,21 +104,8 @@ def write_manifest(directory: str | os.PathLike, files: Sequence[dict], *, linea
         **(extra or {}),
         "lineage": lineage or {},
     }
-    tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, directory / MANIFEST_NAME)
+    atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temp directory into place; an old directory of that name is removed only afterwards."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_token_dir(directory: str | os.PathLike, arrays_or_token_lists: Iterable[Sequence[int] | np.ndarray], *,
@@ -172,7 +162,7 @@ def write_token_dir(directory: str | os.PathLike, arrays_or_token_lists: Iterabl
         write_manifest(tmp, files, lineage=lineage, extra=extra)
         for block_size in pack_block_sizes:
             add_packing(tmp, block_size, boundaries=packing_mod.BOUNDARIES_EOT, method=pack_method)
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         if fh is not None:
             fh.close()
@@ -243,11 +233,11 @@ class TokenDataset:
                 path = self.directory / entry[role]["path"]
                 if not path.is_file():
                     raise ValueError(f"{path} (packing index for block_size {block}) is listed in {mpath} but "
-                                     f"missing; re-copy the directory or re-add it with `python -m data.packing "
+                                     f"missing; re-copy the directory or re-add it with `{PACK_COMMAND} "
                                      f"{self.directory} --block-size {block}`")
                 if verify == "full" and sha256_file(path) != entry[role]["sha256"]:
                     raise ValueError(f"{path}: sha256 does not match {mpath}; re-copy the directory or re-add the "
-                                     f"index with `python -m data.packing {self.directory} --block-size {block}`")
+                                     f"index with `{PACK_COMMAND} {self.directory} --block-size {block}`")
         self._starts_list = [int(x) for x in self._starts]
         self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._maps: list[np.memmap | None] = [None] * len(self._paths)
@@ -261,7 +251,7 @@ class TokenDataset:
             raise ValueError(
                 f"{mpath}: format version 1 (samples were fixed windows of the stream, which cut documents at sample "
                 f"boundaries); this reader needs version {FORMAT_VERSION}, with a grounding-safe packing index. The "
-                f"shards are still good: add the index in place with `python -m data.packing {self.directory} "
+                f"shards are still good: add the index in place with `{PACK_COMMAND} {self.directory} "
                 f"--block-size <model.block_size>` (docs/DATASET.md, \"Packing\"), or rebuild the directory"
             )
         if m["format"] != FORMAT or m["format_version"] != FORMAT_VERSION or m["dtype"] != "uint16":
@@ -300,20 +290,20 @@ class TokenDataset:
         if entry is None:
             have = sorted(int(b) for b in self.packing.get("block_sizes", {}))
             raise ValueError(f"{self.directory} has no packing index for block_size {block_size} (it has "
-                             f"{have or 'none'}); add one with `python -m data.packing {self.directory} "
+                             f"{have or 'none'}); add one with `{PACK_COMMAND} {self.directory} "
                              f"--block-size {block_size}` (docs/DATASET.md, \"Packing\")")
         where = f"{self.directory}: packing index for block_size {block_size}"
         try:
             offsets = np.load(self.directory / entry["offsets"]["path"], mmap_mode="r")
             segments = np.load(self.directory / entry["segments"]["path"], mmap_mode="r")
         except (OSError, ValueError) as e:
-            raise ValueError(f"{where} is unreadable ({e}); re-add it with `python -m data.packing "
+            raise ValueError(f"{where} is unreadable ({e}); re-add it with `{PACK_COMMAND} "
                              f"{self.directory} --block-size {block_size}`") from e
         n, m = int(entry["num_samples"]), int(entry["num_segments"])
         if (offsets.shape != (n + 1,) or segments.shape != (m, 2) or offsets.dtype != np.int64
                 or segments.dtype != np.int64 or int(offsets[0]) != 0 or int(offsets[-1]) != m):
             raise ValueError(f"{where}: shapes {offsets.shape} / {segments.shape} do not match the manifest "
-                             f"({n} samples, {m} segments); re-add it with `python -m data.packing "
+                             f"({n} samples, {m} segments); re-add it with `{PACK_COMMAND} "
                              f"{self.directory} --block-size {block_size}`")
         self._index[block_size] = (offsets, segments)
         return offsets, segments
@@ -363,7 +353,7 @@ class TokenDataset:
             if i >= len(self._paths) or lo + length > starts[i + 1] - starts[i] or pos + length > block_size + 1:
                 raise ValueError(f"{self.directory}: sample {index} of the packing for block_size {block_size} "
                                  f"names tokens [{start}, {start + length}) that cross a shard or overflow the "
-                                 f"sample; the index is corrupt: re-add it with `python -m data.packing "
+                                 f"sample; the index is corrupt: re-add it with `{PACK_COMMAND} "
                                  f"{self.directory} --block-size {block_size}`")
             out[pos : pos + length] = self._map(i)[lo : lo + length]
             if length and int(out[pos : pos + length].max()) >= N_VOCAB:
@@ -424,9 +414,7 @@ def add_packing(directory: str | os.PathLike, block_size: int, *, boundaries: st
     manifest = json.loads(mpath.read_text())
     if manifest.get("format_version") == 1:  # the shards are the same in v1 and v2: upgrading is adding the index
         manifest["format_version"] = FORMAT_VERSION
-        tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.replace(tmp, mpath)
+        atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
     ds = TokenDataset(directory)
     boundaries = boundaries or ds.packing.get("document_boundaries") or _default_boundaries(ds.manifest)
     if boundaries not in (packing_mod.BOUNDARIES_EOT, packing_mod.BOUNDARIES_EOT_FILES):
@@ -451,17 +439,13 @@ def add_packing(directory: str | os.PathLike, block_size: int, *, boundaries: st
     entry = {"stream_fingerprint": ds.stream_fingerprint, **packed.stats}
     for role, arr in (("offsets", packed.offsets), ("segments", packed.segments)):
         path = sub / f"b{block_size}.{role}.npy"
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-        np.save(tmp, np.ascontiguousarray(arr, dtype=np.int64))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp, arr=arr: np.save(tmp, np.ascontiguousarray(arr, dtype=np.int64)), suffix=".npy")
         entry[role] = {"path": path.relative_to(directory).as_posix(), "sha256": sha256_file(path)}
     section = {"method": method, "document_boundaries": boundaries,
                "block_sizes": {**section.get("block_sizes", {}), str(block_size): entry}}
     manifest = dict(ds.manifest, format_version=FORMAT_VERSION, packing=section)
     manifest["lineage"] = manifest.pop("lineage", {})  # keep the long lineage last, as write_manifest does
-    tmp = directory / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, mpath)
+    atomic_write_text(mpath, json.dumps(manifest, indent=1) + "\n")
     return entry
 
 

@@ -307,19 +307,15 @@ def test_filter_removing_too_much_stops_before_tokenizing(tmp_path):
 def test_retrieval_documents_are_sized_by_the_largest_block_size_built(tmp_path):
     """The build gives retrieval-template inputs max_tokens = largest --block-size + 1 (a definition may set less,
     never more); it is in their fetch stamp only, so building for another block size refetches them alone."""
-    import importlib.util
-
-    from data import streaming
+    from data import stamps
     from data.formats import RETRIEVAL_FORMATTERS
+    from data.source_config import size_retrieval_documents
 
-    spec = importlib.util.spec_from_file_location("build_unified_dataset", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     prod = ROOT / "data" / "sources" / "unified_from_scratch.json"
 
     def sized(block_sizes, path=prod):
         defs = load_definitions(str(path))
-        script.size_retrieval_documents(defs, block_sizes)
+        size_retrieval_documents(defs, block_sizes)
         return defs, {i.name: i.formatter_options.get("max_tokens") for i in defs.inputs()}
 
     defs, got = sized([256, 1024])
@@ -328,12 +324,12 @@ def test_retrieval_documents_are_sized_by_the_largest_block_size_built(tmp_path)
     assert all(v is None for n, v in got.items() if n not in retrieval)
     small, _ = sized([256])
     changed = {i.name for i, j in zip(defs.inputs(), small.inputs(), strict=True)
-               if streaming.stamps(i, defs.sources[i.source])["fetch"]["hash"]
-               != streaming.stamps(j, small.sources[j.source])["fetch"]["hash"]}
+               if stamps.stamps(i, defs.sources[i.source])["fetch"]["hash"]
+               != stamps.stamps(j, small.sources[j.source])["fetch"]["hash"]}
     assert changed == retrieval
     raw = json.loads((ROOT / "data" / "sources" / "demo.json").read_text())
     raw["sources"]["demo_qa"]["inputs"][0]["formatter_options"] = {"max_tokens": 2000}
     (tmp_path / "demo.json").write_text(json.dumps(raw))
-    with pytest.raises(SystemExit, match=r"input 'demo_qa' formatter_options.max_tokens 2000 must be an integer in "
+    with pytest.raises(ValueError, match=r"input 'demo_qa' formatter_options.max_tokens 2000 must be an integer in "
                                          r"\[2, 257\]"):
         sized([256], tmp_path / "demo.json")

@@ -99,7 +99,7 @@ def test_near_duplicate_of_an_eval_document_is_removed_and_a_different_one_kept(
     enc = get_tokenizer()
     assert removed[build.NEAR_DUPLICATE_REASON] == {"documents": 2, "tokens": 2 * (len(enc.encode_ordinary(near)) + 1)}
     kept = {w.name: [enc.decode(d[:-1].tolist()) for d in build.split_documents(
-        build._read_split(w, json.loads((w / "tok-00000.meta.json").read_text()), "train"))]
+        build.read_split(w, json.loads((w / "tok-00000.meta.json").read_text()), "train"))]
         for w in (eval_dir, train_dir)}
     # `other` shares the template's sentences with the eval document (runs of up to ~30 tokens between the facts):
     # template boilerplate, not a copied passage, so containment keeps it too
@@ -285,7 +285,7 @@ def test_a_repository_lands_on_one_side_across_schemas_inputs_and_sources(tmp_pa
 
 def test_a_part_fetched_before_repository_keys_splits_with_the_new_key(tmp_path):
     """An existing work directory's parts carry "repo_name=Owner/Name": the hold-back reads them as the repository
-    key (the stamp change re-splits them; data/streaming.py)."""
+    key (the stamp change re-splits them; data/stamps.py)."""
     assert build.holdback_split("python_code", "repo=owner/x", 0.5, 0.2) == build.holdback_split(
         "js_java_code", "repo=owner/x", 0.5, 0.2)
     from data.formats import repository_key
@@ -314,7 +314,7 @@ def _train_texts(work):
     out = []
     for m in sorted(work.glob("tok-*.meta.json")):
         out += [enc.decode(d[:-1].tolist()) for d in build.split_documents(
-            build._read_split(work, json.loads(m.read_text()), "train"))]
+            build.read_split(work, json.loads(m.read_text()), "train"))]
     return out
 
 

@@ -7,7 +7,8 @@ import json
 import datasets
 import pytest
 
-from data import build, streaming
+from data import build, stamps
+from data.input_loaders import open_hub_dataset
 from data.input_lock import LOCK_NAME, is_commit_sha, lock_inputs, read_lock
 from data.source_config import load_definitions
 
@@ -51,7 +52,7 @@ def test_unpinned_hub_inputs_are_locked_once_and_read_at_the_lock(tmp_path, monk
     seen = {}
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: seen.update(k))
     squad = next(i for i in later.inputs() if i.name == "squad_v2")
-    build._hf(squad.loader)
+    open_hub_dataset(squad.loader)
     assert seen["revision"] == entries["squad_v2"]["sha"]
     # the lineage names the commit read
     node = build.input_lineage(squad, tmp_path / "work", later)["inputs"][0]
@@ -64,8 +65,8 @@ def test_unpinned_hub_inputs_are_locked_once_and_read_at_the_lock(tmp_path, monk
     edited = load_definitions(DEFS)
     lock_inputs(edited, lock, None)
     changed = {a.name for a, b in zip(later.inputs(), edited.inputs(), strict=True)
-               if streaming.stamps(a, later.sources[a.source])["fetch"]["hash"]
-               != streaming.stamps(b, edited.sources[b.source])["fetch"]["hash"]}
+               if stamps.stamps(a, later.sources[a.source])["fetch"]["hash"]
+               != stamps.stamps(b, edited.sources[b.source])["fetch"]["hash"]}
     assert changed == {"squad_v2"}
 
 

@@ -69,7 +69,7 @@ def test_every_short_document_is_whole_inside_one_sample(tmp_path, block_size, m
 
 
 def test_padding_targets_are_masked_and_add_nothing_to_the_loss(tmp_path):
-    from launcher.evaluation import FixedEvalSet, _eval_sums
+    from launcher.evaluation import FixedEvalSet, eval_sums
     from model.config import ModelConfig
     from model.transformer import Transformer
 
@@ -97,7 +97,7 @@ def test_padding_targets_are_masked_and_add_nothing_to_the_loss(tmp_path):
         assert float(padded) == pytest.approx(float(unpadded), rel=1e-6)
         _, other = model(x[1:, :19], y[1:, :19])
         # Evaluation: the token-weighted mean over both samples' real targets (7 + 19), padding left out.
-        sums = _eval_sums(model, [FixedEvalSet("s", ds, block_size, 2, 0, 0, 1)], 2, torch.device("cpu"))[0]
+        sums = eval_sums(model, [FixedEvalSet("s", ds, block_size, 2, 0, 0, 1)], 2, torch.device("cpu"))[0]
     total, count = sums.nats, sums.tokens
     assert count == 7 + 19
     assert float(total) / count == pytest.approx((7 * float(unpadded) + 19 * float(other)) / 26, rel=1e-6)
@@ -105,14 +105,15 @@ def test_padding_targets_are_masked_and_add_nothing_to_the_loss(tmp_path):
 
 def test_format_version_and_missing_index_errors_say_what_to_do(tmp_path):
     d = write_token_dir(tmp_path / "ds", [np.arange(300) % 100], pack_block_sizes=[16])
-    with pytest.raises(ValueError, match=r"no packing index for block_size 32 .*python -m data.packing .* "
-                                         r"--block-size 32"):
+    with pytest.raises(ValueError, match=r"no packing index for block_size 32 .*scripts/unified_build/pack_tokens\.py "
+                                         r".* --block-size 32"):
         TokenDataset(d).num_samples(32)
     # A directory written before packing (format 1): refused, with the command that upgrades it in place.
     m = json.loads((d / "manifest.json").read_text())
     old = {k: v for k, v in m.items() if k != "packing"} | {"format_version": 1}
     (d / "manifest.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match=r"format version 1 .* `python -m data.packing .* --block-size"):
+    with pytest.raises(ValueError, match=r"format version 1 .* `python scripts/unified_build/pack_tokens\.py .*"
+                                          r" --block-size"):
         TokenDataset(d)
     add_packing(d, 16)
     assert TokenDataset(d).num_samples(16) == 19  # 18 chunks of 17 tokens every 16, the 12-token rest

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from data import build, preflight
+from data.input_loaders import iter_records
 from data.source_config import Input, load_definitions
 from tests.test_source_schemas import EXPECTED, FIX, FIXTURE_OF, REAL
 
@@ -30,7 +31,7 @@ def open_local(loader: dict):
     the preflight asks (so the same IterableDataset code path as on the hub)."""
     if loader["type"] == "hf":
         loader = {"type": "jsonl", "path": str(FIXTURE_OF_DATASET[loader["path"]]), "shuffle": loader.get("shuffle")}
-    return build.iter_records(loader)
+    return iter_records(loader)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -83,38 +84,38 @@ def test_projection_from_row_counts_meets_or_misses_the_budget(tmp_path):
     # 4 of 6 kept, equal lengths: the projection's standard error is the kept share's alone, sqrt((1/3) / (2/3 x 6))
     projected = int(1_000_000 * 4 / 6 * t)
     low = int(projected * (1 - 2 * (1 / 12) ** 0.5))
-    ok = preflight.check_input(inp, need=low, sample=6, open_records=build.iter_records)
+    ok = preflight.check_input(inp, need=low, sample=6, open_records=iter_records)
     assert (ok.records, ok.kept, ok.exhausted, ok.kept_tokens) == (6, 4, False, 4 * t) and not ok.problems
     assert ok.projected == projected and ok.rows_from == "declared" and ok.projected_low == low
     assert ok.relative_error == pytest.approx((1 / 12) ** 0.5)
     # inside the sample's noise: a problem, with the larger sample that narrows it
-    noisy = preflight.check_input(inp, need=low + 1, sample=6, open_records=build.iter_records)
+    noisy = preflight.check_input(inp, need=low + 1, sample=6, open_records=iter_records)
     assert noisy.problems == [f"source 'corpus' input 'corpus': can supply about {projected:,} tokens (-2 standard "
                               f"errors of the 6-record sample: {low:,}) (1,000,000 rows (declared) x 4/6 kept x "
                               f"{t:,} tokens per kept record) but needs {low + 1:,} before hold-back; within the "
                               f"sample's noise: --preflight-records 24 narrows it; lower its percentage, raise "
                               f"upsample, or add data"]
-    short = preflight.check_input(inp, need=projected + 1, sample=6, open_records=build.iter_records)
+    short = preflight.check_input(inp, need=projected + 1, sample=6, open_records=iter_records)
     assert len(short.problems) == 1 and "narrows" not in short.problems[0]
-    whole = preflight.check_input(inp, need=1, sample=50, open_records=build.iter_records)  # stream read whole
+    whole = preflight.check_input(inp, need=1, sample=50, open_records=iter_records)  # stream read whole
     assert whole.exhausted and whole.projected == 6 * t and whole.projected_from.startswith("the whole stream")
     assert whole.relative_error == 0 and not whole.problems
     # no row count anywhere: projected from the data file (the jsonl file read whole: its 8 rows) ...
     undeclared = dataclasses.replace(inp, available_rows=None)
-    files = preflight.check_input(undeclared, need=1, sample=6, open_records=build.iter_records)
+    files = preflight.check_input(undeclared, need=1, sample=6, open_records=iter_records)
     assert files.rows == 8 and files.projected == int(8 * 4 / 6 * t) and not files.problems
     assert files.rows_from == "1 data files, 0.00 GB x 8 rows per 0.0 MB measured in 1 of them"
     # ... and where nothing can project it, a problem unless the user names it
     def no_files(loader, inp):
         return None, "a 'python' loader has no data files to measure"
 
-    unknown = preflight.check_input(undeclared, need=10**12, sample=6, open_records=build.iter_records,
+    unknown = preflight.check_input(undeclared, need=10**12, sample=6, open_records=iter_records,
                                     files=no_files)
     assert unknown.projected is None and unknown.problems == [
         "source 'corpus' input 'corpus': cannot project: no row count on the card or in the definitions, a 'python' "
         "loader has no data files to measure; the preflight cannot judge it. Declare its rows "
         "(available_tokens_estimate.rows), or build anyway with --accept-unprojected corpus"]
-    accepted = preflight.check_input(undeclared, need=10**12, sample=6, open_records=build.iter_records,
+    accepted = preflight.check_input(undeclared, need=10**12, sample=6, open_records=iter_records,
                                      files=no_files, accepted=True)
     assert accepted.accepted and not accepted.problems
     assert "accepted unprojected" in preflight.report([accepted], 6)
@@ -131,7 +132,7 @@ def test_schema_mismatch_loader_failure_and_undeclared_gating_are_problem_lines(
         del r["answers"]  # another dataset's schema behind the same name
     bad = tmp_path / "squad.jsonl"
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    c = preflight.check_input(squad, need=1, open_records=lambda ld: build.iter_records(
+    c = preflight.check_input(squad, need=1, open_records=lambda ld: iter_records(
         {"type": "jsonl", "path": str(bad)}), hub=None)
     assert len(c.problems) == 1 and "input 'squad_v2' record 0 (id " in c.problems[0]
     assert "field 'answers': missing" in c.problems[0] and c.fields == {k: "str" for k in rows[0]}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from data import build
+from data import build, input_loaders
 from data.formats import NOT_IN_CONTEXT, record_id
 from data.quality import stable_unit
 from data.source_config import budget_problems, load_definitions
@@ -74,14 +74,14 @@ def test_every_hub_input_has_a_card_and_a_fixture():
 def test_loader_delivers_the_cards_nesting():
     """What the formatters see is the json builder's view of the card schema: Sequence-of-struct columns are
     dicts of lists (TriviaQA), SQuAD's answers a dict of lists, StackExchange's answers a list of structs."""
-    trivia = list(build.iter_records({"type": "jsonl", "path": str(FIX / "trivia_qa_rc.jsonl")}))
+    trivia = list(input_loaders.iter_records({"type": "jsonl", "path": str(FIX / "trivia_qa_rc.jsonl")}))
     assert isinstance(trivia[0]["entity_pages"], dict) and isinstance(trivia[0]["entity_pages"]["wiki_context"], list)
     assert trivia[0]["search_results"]["search_context"] == [] and isinstance(trivia[0]["answer"]["aliases"], list)
-    squad = list(build.iter_records({"type": "jsonl", "path": str(FIX / "squad_v2.jsonl")}))
+    squad = list(input_loaders.iter_records({"type": "jsonl", "path": str(FIX / "squad_v2.jsonl")}))
     assert squad[1]["answers"] == {"text": [], "answer_start": []}
-    se = list(build.iter_records({"type": "jsonl", "path": str(FIX / "stack_exchange_preferences.jsonl")}))
+    se = list(input_loaders.iter_records({"type": "jsonl", "path": str(FIX / "stack_exchange_preferences.jsonl")}))
     assert isinstance(se[0]["answers"], list) and se[0]["answers"][1]["selected"] is True
-    reddit = list(build.iter_records({"type": "jsonl", "path": str(FIX / "reddit_threaded.jsonl")}))
+    reddit = list(input_loaders.iter_records({"type": "jsonl", "path": str(FIX / "reddit_threaded.jsonl")}))
     assert isinstance(reddit[0]["text"], str) and isinstance(reddit[0]["num_messages"], int)
 
 
@@ -249,11 +249,11 @@ def failing_stream(**_):
 def test_loader_failures_are_one_clear_line(tmp_path):
     inp = dataclasses.replace(local_copy("pes2o"), loader={"type": "python",
                                                            "callable": "tests.test_source_schemas:refusing_loader"})
-    with pytest.raises(build.LoaderError, match=r"source 'pes2o' input 'pes2o' .*scripts are no longer supported.*"
-                                                r"Fix: .*loader.builder"):
+    with pytest.raises(input_loaders.LoaderError,
+                       match=r"source 'pes2o' input 'pes2o' .*scripts are no longer supported.*Fix: .*loader.builder"):
         build.fetch(inp, tmp_path / "a", 10**9)
     inp = dataclasses.replace(inp, loader={"type": "python", "callable": "tests.test_source_schemas:failing_stream"})
-    with pytest.raises(build.LoaderError, match="ConnectionError.*Fix: the Hugging Face hub cannot be reached"):
+    with pytest.raises(input_loaders.LoaderError, match="ConnectionError.*Fix: the Hugging Face hub cannot be reached"):
         build.fetch(inp, tmp_path / "b", 10**9)
 
 
@@ -273,7 +273,7 @@ def test_script_refusal_through_the_build_has_no_traceback(tmp_path):
 def test_pes2o_reads_its_data_files_at_the_pinned_revision_not_its_script():
     inp = next(i for i in DEFS.inputs() if i.name == "pes2o")
     assert inp.loader["builder"] == "json" and len(inp.loader["revision"]) == 40
-    assert build.hub_data_files(inp.loader) == [
+    assert input_loaders.hub_data_files(inp.loader) == [
         "hf://datasets/allenai/peS2o@787e75b30fcd4cfcecb76971e2200e843950915f/data/v1/train-00010-of-00020.json.gz"]
 
 

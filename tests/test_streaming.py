@@ -1,8 +1,9 @@
-"""Streaming (data/streaming.py) on local data in a real schema: `datasets`' json builder with streaming=True gives a
-real IterableDataset, the same class and code path as a hub stream. Shuffle deterministic and not storage order;
-a resumed fetch continues from the library's saved state (exactly the uninterrupted stream when unshuffled; with a
-shuffle, deterministic and without repeats, as the library documents); stamps that remove what a config change
-makes stale; cross-input deduplication that does not depend on the worker count; fetched text removed once split."""
+"""Streaming (data/shuffle.py, data/input_loaders.py, data/stamps.py, data/fetch_rounds.py, data/cross_dedup.py) on
+local data in a real schema: `datasets`' json builder with streaming=True gives a real IterableDataset, the same
+class and code path as a hub stream. Shuffle deterministic and not storage order; a resumed fetch continues from the
+library's saved state (exactly the uninterrupted stream when unshuffled; with a shuffle, deterministic and without
+repeats, as the library documents); stamps that remove what a config change makes stale; cross-input deduplication
+that does not depend on the worker count; fetched text removed once split."""
 
 import dataclasses
 import json
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from data import build, streaming
+from data import build, cross_dedup, fetch_rounds, stamps
+from data.input_loaders import iter_records
 from data.quality import QualityFilters
 from data.source_config import Input, Source
 
@@ -47,7 +49,7 @@ SHUFFLE = {"seed": 7, "buffer_size": 16}
 
 def test_shuffle_is_deterministic_and_not_storage_order(tmp_path):
     root = _corpus(tmp_path)
-    ids = [[r["id"] for r in build.iter_records(_input(root, s).loader)]
+    ids = [[r["id"] for r in iter_records(_input(root, s).loader)]
            for s in (SHUFFLE, SHUFFLE, {"seed": 8, "buffer_size": 16}, None)]
     assert ids[0] == ids[1] and sorted(ids[0]) == list(range(N))  # same seed, same stream, every record once
     assert ids[3] == list(range(N))  # no shuffle: storage order
@@ -113,31 +115,31 @@ def test_changed_config_removes_what_it_makes_stale(tmp_path):
     inp = _input(root, SHUFFLE)
     src = _source(inp)
     work = tmp_path / "w"
-    assert streaming.refresh_stamp(inp, src, work) == []
+    assert stamps.refresh_stamp(inp, src, work) == []
     _fetch(inp, work, 10**9)
     build.holdback(inp, work, src.eval_share, src.val_share)
     build.tokenize([work])
     counts = {p: len(list(work.glob(f"{p}-*"))) for p in ("fetch", "split", "tok")}
-    assert streaming.refresh_stamp(inp, src, work) == []  # unchanged: nothing removed
+    assert stamps.refresh_stamp(inp, src, work) == []  # unchanged: nothing removed
     assert {p: len(list(work.glob(f"{p}-*"))) for p in counts} == counts
     lineage = build.input_lineage(inp, work, type("D", (), {"sources": {inp.source: src}})())
-    assert lineage["inputs"][0]["stamp"] == {k: v["hash"] for k, v in streaming.stamps(inp, src).items()}
+    assert lineage["inputs"][0]["stamp"] == {k: v["hash"] for k, v in stamps.stamps(inp, src).items()}
 
-    lines = streaming.refresh_stamp(inp, _source(inp, val_share=0.2), work)  # hold-back share: split + tok stale
+    lines = stamps.refresh_stamp(inp, _source(inp, val_share=0.2), work)  # hold-back share: split + tok stale
     assert [ln.split(":")[1].strip().split(" config")[0] for ln in lines] == ["holdback", "tokenize"]
     assert "changed: val" in lines[0] and list(work.glob("fetch-*")) and not list(work.glob("split-*"))
     assert not list(work.glob("tok-*"))
 
     changed = dataclasses.replace(inp, formatter_options={"min_chars": 10})  # formatter option: everything stale
-    lines = streaming.refresh_stamp(changed, src, work)
+    lines = stamps.refresh_stamp(changed, src, work)
     assert lines[0].startswith("input 'corpus': fetch config changed: formatter_options.min_chars; removed its")
     assert not list(work.glob("fetch-*"))
     reseeded = dataclasses.replace(changed, loader={**changed.loader, "shuffle": {"seed": 9, "buffer_size": 16}})
     _fetch(changed, work, 10**9)
-    assert "changed: loader.shuffle.seed, shuffle.seed" in streaming.refresh_stamp(reseeded, src, work)[0]
+    assert "changed: loader.shuffle.seed, shuffle.seed" in stamps.refresh_stamp(reseeded, src, work)[0]
     _fetch(reseeded, work, 10**9)
     regrouped = dataclasses.replace(reseeded, holdback_group="id")  # the parts carry each document's group
-    assert "changed: holdback_group" in streaming.refresh_stamp(regrouped, src, work)[0]
+    assert "changed: holdback_group" in stamps.refresh_stamp(regrouped, src, work)[0]
 
 
 def test_fetched_text_removed_once_split_and_a_later_holdback_change_refetches(tmp_path):
@@ -145,14 +147,14 @@ def test_fetched_text_removed_once_split_and_a_later_holdback_change_refetches(t
     inp = _input(root)
     src = _source(inp)
     work = tmp_path / "w"
-    streaming.refresh_stamp(inp, src, work)
+    stamps.refresh_stamp(inp, src, work)
     _fetch(inp, work, 10**9)
     text_bytes = sum(p.stat().st_size for p in work.glob("fetch-*.jsonl"))
     build.holdback(inp, work, src.eval_share, src.val_share)
-    assert streaming.remove_fetched_text(work) == text_bytes and not list(work.glob("fetch-*.jsonl"))
+    assert build.remove_fetched_text(work) == text_bytes and not list(work.glob("fetch-*.jsonl"))
     metas = list(work.glob("fetch-*.meta.json"))
     assert build.fetch_state(work)["documents"] == N and len(metas) == 13  # 12 parts of 10 + an empty last one
-    lines = streaming.refresh_stamp(inp, _source(inp, eval_share=0.2), work)
+    lines = stamps.refresh_stamp(inp, _source(inp, eval_share=0.2), work)
     assert "fetch config unchanged, but its text was removed once split" in lines[0]
     assert not list(work.glob("fetch-*")) and not list(work.glob("split-*"))
 
@@ -172,12 +174,12 @@ def test_dedup_across_inputs_in_definitions_order(tmp_path, workers):
                             formatter="text", filters=QualityFilters()))
     a, b = inputs
     jobs = [(b, str(tmp_path / "w" / "b"), 10**9, 4), (a, str(tmp_path / "w" / "a"), 10**9, 4)]  # b first
-    assert sorted(n for n, _ in streaming.fetch_inputs(jobs, workers)) == ["a", "b"]
-    assert streaming.dedup_across([a, b], tmp_path / "w") == {"b": 5}
+    assert sorted(n for n, _ in fetch_rounds.fetch_inputs(jobs, workers)) == ["a", "b"]
+    assert cross_dedup.dedup_across([a, b], tmp_path / "w") == {"b": 5}
     assert _ids(tmp_path / "w" / "a") == list(range(12)) and _ids(tmp_path / "w" / "b") == list(range(12))
     fs = build.fetch_state(tmp_path / "w" / "b")
     assert fs["documents"] == 12 and fs["filtered"]["duplicate"]["documents"] == 5
-    assert streaming.dedup_across([a, b], tmp_path / "w") == {}  # checked parts are not touched again
+    assert cross_dedup.dedup_across([a, b], tmp_path / "w") == {}  # checked parts are not touched again
 
 
 def test_a_formatter_version_refetches_that_input_alone(tmp_path, monkeypatch):
@@ -188,14 +190,14 @@ def test_a_formatter_version_refetches_that_input_alone(tmp_path, monkeypatch):
     root = _corpus(tmp_path)
     inp = _input(root)
     src = _source(inp)
-    before = streaming.stamps(inp, src)
+    before = stamps.stamps(inp, src)
     work = tmp_path / "w"
-    streaming.refresh_stamp(inp, src, work)
+    stamps.refresh_stamp(inp, src, work)
     _fetch(inp, work, 10**9)
     monkeypatch.setitem(formats.FORMATTER_VERSIONS, inp.formatter, 1)  # version 1: nothing changes
-    assert streaming.stamps(inp, src) == before and streaming.refresh_stamp(inp, src, work) == []
+    assert stamps.stamps(inp, src) == before and stamps.refresh_stamp(inp, src, work) == []
     monkeypatch.setitem(formats.FORMATTER_VERSIONS, inp.formatter, 2)
-    lines = streaming.refresh_stamp(inp, src, work)
+    lines = stamps.refresh_stamp(inp, src, work)
     assert lines and "fetch config changed: formatter_version" in lines[0] and not list(work.glob("fetch-*"))
     assert formats.FORMATTER_VERSIONS["triviaqa_rc"] == 2  # the grounding change of issue 24
 
@@ -207,9 +209,9 @@ def test_repository_grouped_inputs_get_a_new_holdback_stamp_and_the_others_keep_
     root = _corpus(tmp_path)
     plain = _input(root)
     grouped = dataclasses.replace(plain, holdback_group="repo_name")
-    plain_cfg = streaming.stage_configs(plain, _source(plain))
-    grouped_cfg = streaming.stage_configs(grouped, _source(grouped))
+    plain_cfg = stamps.stage_configs(plain, _source(plain))
+    grouped_cfg = stamps.stage_configs(grouped, _source(grouped))
     assert "group_key" not in plain_cfg["holdback"]
     assert grouped_cfg["holdback"]["group_key"] == "repository, across sources"
     without = {k: v for k, v in grouped_cfg["holdback"].items() if k != "group_key"}
-    assert streaming._hash(without) != streaming._hash(grouped_cfg["holdback"])  # a changed stamp: re-split
+    assert stamps.stamp_hash(without) != stamps.stamp_hash(grouped_cfg["holdback"])  # a changed stamp: re-split

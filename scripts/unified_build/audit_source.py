@@ -1,4 +1,4 @@
-"""Audit sources or token directories: the numbers behind the spec's "Source Audit Decisions".
+"""Audit sources or token directories: the numbers behind the source audit decisions.
 
 For each SOURCE_NAME (read through the build's own loader and formatter, first N documents in stream order) or
 token DIR (a seeded random sample of N whole documents), prints one column of: tokens per document, share
@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 # runnable as a plain script from the repository root
+from data.atomic import atomic_write_text
 from data.audit import audit_documents, format_table, sample_source, token_dir_documents
 from data.source_config import load_definitions
 
@@ -38,10 +38,10 @@ def parse_args(argv=None):
     ap.add_argument("targets", nargs="+", metavar="SOURCE_NAME|DIR",
                     help="source names from the definitions, or token directories (hold manifest.json)")
     ap.add_argument("--sources", nargs="+", default=DEFAULT_SOURCES,
-                    help="source definitions JSON file(s) for SOURCE_NAME targets (default: the spec's two phases)")
+                    help="source definitions JSON file(s) for SOURCE_NAME targets (default: both phases of the mix)")
     ap.add_argument("-n", "--num-docs", type=int, default=1000, help="documents sampled per target (default 1000)")
     ap.add_argument("--context", type=int, default=1024,
-                    help="context window for the 'longer than context' share (default 1024, the spec's block_size)")
+                    help="context window for the 'longer than context' share (default 1024, the model's block_size)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed for token directories (default 0)")
     ap.add_argument("--out-root", default="data", help="source audits go to <out-root>/audits/ (default: data)")
     ap.add_argument("--no-write", action="store_true", help="print only; write no JSON")
@@ -54,9 +54,7 @@ def parse_args(argv=None):
 
 def _write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def audit_target(target: str, args, defs_cache: dict) -> tuple[str, dict, Path]:

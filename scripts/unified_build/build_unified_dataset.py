@@ -32,9 +32,9 @@ One step alone (each resumes from what is on disk):
     python scripts/unified_build/build_unified_dataset.py --steps mix,pack
 
 The pack step writes each output's grounding-safe packing index for the training block size (default 1024, the
-spec's; the CPU demo trains at 256): `--block-size 256`, or several, `--block-size 256 1024`. Retrieval documents
+real model's; the CPU demo trains at 256): `--block-size 256`, or several, `--block-size 256 1024`. Retrieval documents
 are sized to fit the largest of them (their fetch refetches when it grows). Another block size
-later: `python -m data.packing DIR --block-size N` (docs/DATASET.md, "Packing").
+later: `python scripts/unified_build/pack_tokens.py DIR --block-size N` (docs/DATASET.md, "Packing").
 
 Inputs are fetched in parallel, one process each (the result does not depend on the count):
     python scripts/unified_build/build_unified_dataset.py --fetch-workers 8
@@ -42,7 +42,7 @@ Inputs are fetched in parallel, one process each (the result does not depend on 
 Outputs under --out-root: unified_phase1_circuit/ and unified_6B/ (each with val/ inside),
 code_eval_tokenized/, retrieval_eval_tokenized/, general_eval_tokenized/, domain_eval_tokenized/;
 intermediate files under <out-root>/unified_work/. Rerunning resumes: complete parts are kept, up-to-date
-directories are skipped; work files made under a different config (data/streaming.py stamps) are removed and
+directories are skipped; work files made under a different config (data/stamps.py) are removed and
 rebuilt, one line each. Print a directory's lineage with `python -m data.lineage DIR`.
 """
 
@@ -56,8 +56,8 @@ from pathlib import Path
 # runnable as a plain script from the repository root
 from tqdm import tqdm
 
-from data import build, input_lock, preflight, streaming
-from data.formats import RETRIEVAL_FORMATTERS, group_field
+from data import build, fetch_rounds, input_lock, preflight
+from data.formats import group_field
 from data.paths import resolve
 from data.source_config import (
     budget_problems,
@@ -66,8 +66,9 @@ from data.source_config import (
     load_definitions,
     login_instructions,
     missing_local_paths,
+    size_retrieval_documents,
 )
-from data.token_dataset import sha256_file
+from data.token_dataset import TokenDataset, add_packing, sha256_file
 
 DEFAULT_SOURCES = ["data/sources/unified_phase1_circuit.json", "data/sources/unified_from_scratch.json"]
 STEPS = ("fetch", "holdback", "tokenize", "decontaminate", "mix", "pack")
@@ -77,7 +78,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--sources", nargs="+", default=DEFAULT_SOURCES,
-                    help="source definitions JSON file(s), merged (default: both phases of the spec's mix)")
+                    help="source definitions JSON file(s), merged (default: both phases of the real mix)")
     ap.add_argument("--out-root", default="data",
                     help="where the token directories go (default: data; under $RAGLLM_WORKSPACE if set)")
     ap.add_argument("--work-dir", default=None,
@@ -97,7 +98,7 @@ def parse_args(argv=None):
     ap.add_argument("--max-rounds", type=int, default=8,
                     help="fetch/tokenize rounds per input while its token counts are short of the budget")
     ap.add_argument("--block-size", type=int, nargs="+", default=[1024],
-                    help="model.block_size(s) to write the packing index for (default: 1024, the spec's; the CPU "
+                    help="model.block_size(s) to write the packing index for (default: 1024, the real model's; the CPU "
                          "demo: 256); a trainer reads only the block sizes indexed")
     ap.add_argument("--dry-run", action="store_true",
                     help="print the plan, budget feasibility and gated inputs; touch nothing (exit 1 if infeasible)")
@@ -190,25 +191,6 @@ def run_preflight(defs, args, problems: list[str]) -> list[str]:
     return problems + found
 
 
-def size_retrieval_documents(defs, block_sizes: list[int]) -> None:
-    """Give every retrieval-template input (`RETRIEVAL_FORMATTERS`) `formatter_options.max_tokens` = the largest
-    block size packed + 1 unless its definition sets one, so each passage, question and answer fits one sample and
-    is packed whole (DESIGN, "The demo exercises grounding"). The option is part of the fetch stamp: building for a
-    larger block size later refetches these inputs, and only these. A definition's larger value is an error."""
-    cap = max(block_sizes) + 1
-    for inp in defs.inputs():
-        if inp.formatter not in RETRIEVAL_FORMATTERS:
-            continue
-        have = inp.formatter_options.get("max_tokens")
-        if have is None:
-            inp.formatter_options = {**inp.formatter_options, "max_tokens": cap}
-        elif not isinstance(have, int) or not 2 <= have <= cap:
-            raise SystemExit(f"error in source definitions: input {inp.name!r} formatter_options.max_tokens {have!r} "
-                             f"must be an integer in [2, {cap}] (the largest --block-size {cap - 1} + 1): a longer "
-                             f"retrieval document is split across samples; remove it to size documents by "
-                             f"--block-size")
-
-
 def lock_hub_inputs(defs, out_root: Path, resolve_now: bool, offline_ok: bool) -> list[str]:
     """Pin the unpinned hub inputs to the commits in `<out_root>/inputs.lock.json`, resolving the missing ones when
     `resolve_now` (data/input_lock.py); prints what it resolved, returns problem lines. An unreachable hub is left to
@@ -231,13 +213,48 @@ def lock_hub_inputs(defs, out_root: Path, resolve_now: bool, offline_ok: bool) -
     return problems
 
 
+class ConsoleProgress(fetch_rounds.RoundsProgress):
+    """The build's rounds on the console: tqdm bars (none with --quiet), a line per input fetched, per input's
+    duplicates of another input, per stale stamp, and what decontamination removed (on stderr)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def bar(self, **kwargs):
+        return tqdm(disable=self.quiet, **kwargs)
+
+    def stamp(self, line: str) -> None:
+        print(line)
+
+    def fetched(self, bar, name: str, totals: dict) -> None:
+        if not self.quiet:
+            bar.write(f"  {name}: {totals['documents']:,} documents, {totals['chars']:,} characters from "
+                      f"{totals['records_read']:,} records{' (exhausted)' if totals['exhausted'] else ''}")
+
+    def duplicates(self, name: str, removed: int) -> None:
+        print(f"  {name}: {removed:,} documents removed as duplicates of another input's")
+
+    def decontaminated(self, removed: dict) -> None:
+        near, contained = removed[build.NEAR_DUPLICATE_REASON], removed[build.CONTAINMENT_REASON]
+        if near["documents"] and not self.quiet:
+            print(f"removed {near['documents']:,} training documents ({near['tokens']:,} tokens) that are "
+                  f"near duplicates of held-out documents", file=sys.stderr)
+        if contained["tokens"] and not self.quiet:
+            print(f"removed {contained['tokens']:,} training tokens holding held-out 13-grams: "
+                  f"{contained['documents']:,} documents whole, {contained['documents_cut']:,} cut "
+                  f"(per source: the mixes' manifests, filtered.{build.CONTAINMENT_REASON})", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         defs = load_definitions(*args.sources)
     except ValueError as e:
         raise SystemExit(f"error in source definitions: {e}") from None
-    size_retrieval_documents(defs, args.block_size)
+    try:
+        size_retrieval_documents(defs, args.block_size)
+    except ValueError as e:
+        raise SystemExit(f"error in source definitions: {e}") from None
     tg = build.targets(defs)
     infeasible = budget_problems(defs)
     problems = missing_local_paths(defs) + infeasible
@@ -245,7 +262,7 @@ def main(argv=None) -> int:
         print_plan(defs, tg, problems)
         return 1 if infeasible else 0
     out_root = resolve(args.out_root)  # under $RAGLLM_WORKSPACE when set (the Docker image), else the current dir
-    if args.preflight or any(s in args.steps for s in ("fetch", "holdback", "tokenize")):
+    if args.preflight or any(s in args.steps for s in fetch_rounds.WORK_STEPS):
         # the preflight and the fetch resolve unpinned hub inputs (the preflight reports an unreachable hub itself);
         # the other steps apply the lock as it is, so their stamps see the loaders the fetch used
         problems += lock_hub_inputs(defs, out_root, resolve_now=args.preflight or "fetch" in args.steps,
@@ -275,77 +292,15 @@ def main(argv=None) -> int:
     work_dir = resolve(args.work_dir) if args.work_dir else out_root / "unified_work"
     definitions_info = [{"path": f, "sha256": sha256_file(f)} for f in defs.files]
     command = [sys.executable, *sys.argv] if argv is None else ["build_unified_dataset.py", *argv]
-    full = all(s in args.steps for s in ("fetch", "holdback", "tokenize"))
     inputs = defs.inputs()
-    if any(s in args.steps for s in ("fetch", "holdback", "tokenize")):
-        # work files made under another config are stale: remove them (and what was built from them), say so
-        for inp in inputs:
-            for line in streaming.refresh_stamp(inp, defs.sources[inp.source], work_dir / inp.name):
-                print(line)
-    for rnd in range(args.max_rounds if full else 1):
-        short, jobs = [], []
-        for inp in inputs:
-            src, t, work = defs.sources[inp.source], tg[inp.name], work_dir / inp.name
-            ts, fs = build.token_state(work), build.fetch_state(work)
-            have = {s: ts[s]["tokens"] for s in build.SPLITS}
-            if rnd and (fs["exhausted"] or all(have[s] >= t[s] for s in build.SPLITS)):
-                continue
-            tok_total = sum(have.values())
-            bpt = fs["chars"] / tok_total if tok_total and fs["chars"] else src.bytes_per_token
-            fracs = {"train": 1 - src.eval_share - src.val_share, "val": src.val_share, "eval": src.eval_share}
-            need_tokens = max(t[s] / fracs[s] for s in build.SPLITS if fracs[s] > 0)
-            target_chars = int(need_tokens * bpt * (1.05 + 0.1 * rnd)) + 1
-            short.append(inp)
-            if "fetch" in args.steps and not fs["exhausted"] and fs["chars"] < target_chars:
-                per_part = args.docs_per_part or (20000 if t["train"] > 100_000_000 else 500)
-                jobs.append((inp, str(work), target_chars, per_part))
-        if jobs:
-            hub = any(i.loader["type"] == "hf" for i in inputs)
-            workers = min(args.fetch_workers or ((os.cpu_count() or 1) if hub else 1), len(jobs))
-            with tqdm(total=len(jobs), unit="input", desc=f"fetch round {rnd + 1} ({workers} process(es))",
-                      disable=args.quiet) as bar:
-                try:
-                    for name, st in streaming.fetch_inputs(jobs, workers):
-                        bar.update(1)
-                        if not args.quiet:
-                            bar.write(f"  {name}: {st['documents']:,} documents, {st['chars']:,} characters from "
-                                      f"{st['records_read']:,} records{' (exhausted)' if st['exhausted'] else ''}")
-                except (ValueError, build.LoaderError) as e:  # filter share, schema, loader: one line
-                    raise SystemExit(f"fetch stopped: {e}") from None
-            # across inputs, in definitions order: a document kept by an earlier input is a duplicate in a later one
-            for name, n in streaming.dedup_across(inputs, work_dir).items():
-                print(f"  {name}: {n:,} documents removed as duplicates of another input's")
-        if "holdback" in args.steps:
-            for inp in short:
-                work = work_dir / inp.name
-                if work.exists():
-                    src = defs.sources[inp.source]
-                    build.holdback(inp, work, src.eval_share, src.val_share)
-                    streaming.remove_fetched_text(work)  # the split files hold the same documents
-        if "tokenize" in args.steps and short:
-            with tqdm(unit="tok", unit_scale=True, desc=f"tokenize ({args.workers} workers)",
-                      disable=args.quiet) as bar:
-                build.tokenize([work_dir / i.name for i in short if (work_dir / i.name).exists()], args.workers, bar)
-        if "decontaminate" in args.steps:
-            # against the held-out documents of every input: a fetch round adds some, so every round rechecks
-            works = [work_dir / i.name for i in inputs if (work_dir / i.name).exists()]
-            with tqdm(unit="part", desc=f"decontaminate ({args.workers} workers)", disable=args.quiet) as bar:
-                # a retrieval document without its passage would teach an answer without evidence: removed whole
-                whole = frozenset(i.name for i in inputs if defs.sources[i.source].category == "retrieval")
-                removed = build.decontaminate(works, args.workers, bar=bar, whole_document_inputs=whole)
-            near, contained = removed[build.NEAR_DUPLICATE_REASON], removed[build.CONTAINMENT_REASON]
-            if near["documents"] and not args.quiet:
-                print(f"removed {near['documents']:,} training documents ({near['tokens']:,} tokens) that are "
-                      f"near duplicates of held-out documents", file=sys.stderr)
-            if contained["tokens"] and not args.quiet:
-                print(f"removed {contained['tokens']:,} training tokens holding held-out 13-grams: "
-                      f"{contained['documents']:,} documents whole, {contained['documents_cut']:,} cut "
-                      f"(per source: the mixes' manifests, filtered.{build.CONTAINMENT_REASON})", file=sys.stderr)
-        if not short:
-            break
+    try:
+        fetch_rounds.run_rounds(defs, tg, work_dir, args.steps, max_rounds=args.max_rounds, workers=args.workers,
+                                fetch_workers=args.fetch_workers, docs_per_part=args.docs_per_part,
+                                progress=ConsoleProgress(args.quiet))
+    except fetch_rounds.FetchStopped as e:  # filter share, schema, loader: one line
+        raise SystemExit(f"fetch stopped: {e}") from None
     if "mix" in args.steps and "decontaminate" not in args.steps:
-        unchecked = [m for i in inputs for m in sorted((work_dir / i.name).glob("tok-*.meta.json"))
-                     if "decontaminated" not in build._read_json(m)]
+        unchecked = build.undecontaminated_parts(inputs, work_dir)
         if unchecked:
             print(f"WARNING: {len(unchecked)} token parts (e.g. {unchecked[0]}) were never checked for near duplicates "
                   f"of held-out documents; run --steps decontaminate before mixing", file=sys.stderr)
@@ -363,8 +318,6 @@ def main(argv=None) -> int:
                 print(f"    {s:22s} target {v['target_tokens']:>13,} actual {v['actual_tokens']:>13,} "
                       f"({dev:+.2%}) repeats {v['repeats']}")
             if (out_root / name / "val").is_dir():
-                from data.token_dataset import TokenDataset
-
                 print(f"    val/: {TokenDataset(out_root / name / 'val').num_tokens:,} tokens")
             min_tokens = next((e.min_tokens for e in defs.eval_sets.values() if e.name == name), 0)
             if m["num_tokens"] < min_tokens:
@@ -376,11 +329,7 @@ def main(argv=None) -> int:
 
 def pack_outputs(defs, out_root: Path, block_sizes: list[int]) -> None:
     """Add the packing index for each block size to every output (a mix's val/ too); up-to-date ones are kept."""
-    from data.token_dataset import add_packing
-
-    dirs = [out_root / m for m in defs.mixes] + [out_root / e for e in defs.eval_sets]
-    dirs += [d / "val" for d in dirs[: len(defs.mixes)] if (d / "val").is_dir()]
-    for d in dirs:
+    for d in build.output_dirs(defs, out_root):
         if not (d / "manifest.json").is_file():
             raise SystemExit(f"pack: {d} has not been built; run the mix step first (--steps mix,pack)")
         for b in block_sizes:

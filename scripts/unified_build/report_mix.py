@@ -1,12 +1,12 @@
 """Report built mixes: category and source shares (target vs actual) and the measured signal coverage.
 
 For each MIX_DIR: the shares from its manifest, then an audit of a sample of each source's documents AS BUILT
-(the files under MIX_DIR/<source>/), weighted by the source's token share: the measured version of the spec's
+(the files under MIX_DIR/<source>/), weighted by the source's token share: the measured version of the planned
 "Phase 1 signal coverage" table. Induction = share of the mix's tokens an ideal induction head would predict
 (copyable at k = 4: the 4 tokens before it and the token itself occurred earlier in the same document); retrieval
 = share of tokens in grounded / unanswerable QA documents (the retrieval template) and share of copyable tokens
 whose nearest earlier occurrence is >= 128 tokens back (long-range copying). Retrieval sources also get the share
-of unanswerable questions among their QA documents, per input (SQuAD v2: the spec's ~20%).
+of unanswerable questions among their QA documents, per input (SQuAD v2: ~20% planned).
 
 Eval contamination: for each mix and each eval set (default: every `*_eval_tokenized` directory next to the
 mixes), the share of sampled eval documents with a near duplicate in the mix (MinHash Jaccard >= 0.8) and the share
@@ -35,16 +35,17 @@ import time
 from pathlib import Path
 
 # runnable as a plain script from the repository root
+from data.atomic import atomic_write, atomic_write_text
 from data.audit import audit_documents, eval_contamination, token_dir_documents
 from data.quality import grounded_answer
 from data.source_config import CATEGORIES
 from data.token_dataset import TokenDataset, grounding_report
 from data.tokenizer import get_tokenizer
 
-# The spec's "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
+# The planned "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
 SPEC_ESTIMATES = {"unified_phase1_circuit": {"induction": 70.0, "retrieval": 44.0},
                   "unified_6B": {"induction": 43.0, "retrieval": 33.0}}
-SIGNALS = {  # name: (label, category whose share is the spec's "labeled %", how the measured number is read)
+SIGNALS = {  # name: (label, category whose share is the planned "labeled %", how the measured number is read)
     "induction": ("code", "copyable k=4"),
     "retrieval": ("retrieval", "QA-template tokens"),
 }
@@ -197,7 +198,8 @@ def format_report(rep: dict) -> str:
                      f"{r.get('documents', 0):,} | {_pct(r.get('whole_fixed_windows'))} | "
                      f"{_pct(r.get('whole_packed'))} |")
     if not rep["packing"]:
-        lines.append("| (no packing index: run the build's pack step or python -m data.packing) | | | | | |")
+        lines.append("| (no packing index: run the build's pack step or scripts/unified_build/pack_tokens.py) "
+                     "| | | | | |")
     m = rep["measured"]
     lines += ["", f"copyable share of all tokens: k=1 {_pct(m['copyable_k1'])}, k=2 {_pct(m['copyable_k2'])}, "
                   f"k=3 {_pct(m['copyable_k3'])}, k=4 {_pct(m['copyable_k4'])}; long-range (>= 128 back) k=4 "
@@ -242,10 +244,8 @@ def plot(reports: list[dict], path: Path) -> None:
     ax2.set_title("signal coverage: labeled vs measured (dashed: spec estimate)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -262,9 +262,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else Path(os.path.commonpath([Path(d).resolve().parent
                                                                                for d in args.mix_dirs]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".mix_report.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(reports, indent=1) + "\n")
-    os.replace(tmp, out_dir / "mix_report.json")
+    atomic_write_text(out_dir / "mix_report.json", json.dumps(reports, indent=1) + "\n")
     written = [out_dir / "mix_report.json"]
     if not args.no_png:
         plot(reports, out_dir / "mix_report.png")
