@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.atomic import atomic_write_text, fsync_path
 from launcher import distributed as dist
 
 MARKER = "COMPLETE"
@@ -112,24 +113,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
 def fsync_tree(root: Path) -> None:
     """Flush every file under `root` (and the folders) to disk: the COMPLETE marker must never reach the disk before
     the files it vouches for (a power loss after a rename can otherwise leave a marker beside empty files)."""
@@ -140,7 +123,7 @@ def fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(folder))
+        fsync_path(Path(folder))
 
 
 def complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -215,7 +198,7 @@ class CheckpointManager:
             done = complete_checkpoints(self.root)
             if done:  # DeepSpeed's `latest` may already name the removed tag: point it back (its own tools read it)
                 try:
-                    _write_atomic(self.root / "latest", done[-1][1].name)
+                    atomic_write_text(self.root / "latest", done[-1][1].name, durable=True)
                 except OSError:
                     pass  # resume picks the newest COMPLETE folder whatever `latest` says
             first = next(iter(bad.values())).splitlines()[0][:300]
@@ -256,8 +239,8 @@ class CheckpointManager:
         if dist.rank() == 0:
             try:
                 fsync_tree(path)
-                _write_atomic(path / META, json.dumps({**meta, "step": step}, indent=2) + "\n")
-                _write_atomic(path / MARKER, f"{step}\n")
+                atomic_write_text(path / META, json.dumps({**meta, "step": step}, indent=2) + "\n", durable=True)
+                atomic_write_text(path / MARKER, f"{step}\n", durable=True)
             except OSError as e:
                 error = e
         self._agree_on_failure(step, path, error)

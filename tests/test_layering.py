@@ -1,4 +1,4 @@
-"""The import rules of docs/DESIGN.md "Rooms and what each may import", read from the source (every import statement,
+"""The import rules of docs/DESIGN.md "Layout", read from the source (every import statement,
 also inside functions, so a lazy import cannot hide a dependency):
 
 - `model/` imports nothing from `launcher/`, `data/` or `scripts/`; `data/` nothing from `launcher/` or `scripts/`;
