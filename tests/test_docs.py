@@ -10,7 +10,8 @@ fail when
   repository has neither, so say the thing itself or cite docs/ instead.
 
 Only comments and string literals of Python files are read (a variable called `spec` is code, not a citation), and
-every line of shell files, the Makefile and the Dockerfile. Citations in README.md and docs/*.md are checked too.
+every line of shell files, the Makefile and the Dockerfile. Citations in README.md and docs/*.md are checked too, and
+README.md, docs/*.md and docker/README.md must refer to no text outside the repository either.
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ def markdown_files() -> list[Path]:
     return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
+def user_docs() -> list[Path]:
+    """The documents a user reads: the citation-checked markdown files and the Docker image's README."""
+    return [*markdown_files(), REPO / "docker" / "README.md"]
+
+
 def test_code_cites_headings_that_exist():
     bad = broken_citations(code_files())
     assert not bad, "citations of headings that do not exist (fix the heading or the citation):\n" + "\n".join(bad)
@@ -177,6 +183,15 @@ def test_code_refers_to_no_text_outside_the_repository():
     bad = outside_references(code_files())
     assert not bad, ('code cites "the spec" or an issue number, which a reader of the repository does not have; say '
                      'it plainly or cite docs/DESIGN.md "Heading":\n' + "\n".join(bad))
+
+
+def test_docs_refer_to_no_text_outside_the_repository():
+    docs = user_docs()
+    assert all(path.is_file() for path in docs), [rel(path) for path in docs if not path.is_file()]
+    bad = outside_references(docs)
+    assert not bad, ('a document cites "the spec" or an issue number, which a reader of the repository does not have; '
+                     'say the thing itself (e.g. "the base config\'s micro-batch") or cite docs/ instead:\n'
+                     + "\n".join(bad))
 
 
 def test_readme_links_resolve():
