@@ -34,7 +34,8 @@ import sys
 from data.loader import DataReadError
 from launcher import device_check
 from launcher import distributed as dist
-from launcher.trainer import Trainer, dump_plan, plan_run
+from launcher.run_plan import dump_plan, plan_run
+from launcher.trainer import Trainer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ def test_relative_paths_follow_the_workspace(monkeypatch, tmp_path):
 
 
 def test_trainer_reports_a_missing_dataset_under_the_workspace(monkeypatch, tmp_path):
-    from launcher.trainer import open_token_dir
+    from launcher.run_plan import open_token_dir
 
     monkeypatch.setenv("RAGLLM_WORKSPACE", str(tmp_path))
     try:

@@ -80,7 +80,7 @@ def test_readme_runnable_blocks_run_as_written(tmp_path):
     assert (root / "checkpoints" / "demo_cpu" / "gold" / "model.safetensors").is_file()
     evals = [json.loads(line) for line in (root / "logs/train/demo_cpu_eval.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals] == [0, 10, 20]
-    for r in evals:  # grounded QA on the retrieval set's held-out items (launcher/trainer.py plan_grounded_qa)
+    for r in evals:  # grounded QA on the retrieval set's held-out items (launcher/run_plan.py plan_grounded_qa)
         qa = r["qa"]
         assert qa["items"] + qa["too_long"] == 64 and qa["answerable"] + qa["unanswerable"] == qa["items"]
         assert qa["unanswerable"] >= 1 and 0.0 <= qa["exact"] <= qa["f1"] <= 1.0

@@ -525,7 +525,7 @@ def test_resumed_tensorboard_has_no_duplicate_steps(runs):
 
 def test_nan_loss_skips_counts_stops_and_keeps_gold(runs, tmp_path):
     root = runs["root"]
-    # NaN losses injected on every rank (launcher/trainer.py FAULT_NONFINITE_STEPS) at steps 6 and 7 (two in a row:
+    # NaN losses injected on every rank (launcher/faults.py NONFINITE_STEPS) at steps 6 and 7 (two in a row:
     # skipped, the run goes on and evaluates at step 10 with intact weights), then 12, 13 and 14 (three in a row:
     # the run stops).
     cfg = _config(root, optim__max_nonfinite_steps=3)
@@ -850,8 +850,8 @@ def test_resume_checks_eval_sets_and_allows_harmless_changes(runs, monkeypatch, 
                       world=2)
     assert "the val and eval sets" in msg and "--resume_ignore eval" in msg and "training settings" not in msg
 
+    from launcher.run_plan import plan_run
     from launcher.train import parse_args
-    from launcher.trainer import plan_run
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     plan = plan_run(parse_args(["--config_file", str(other_eval), "--model_name", "X", "--resume", step_20,
