@@ -2,7 +2,7 @@
 killed when the test times out, fails, or finishes with some of them still running.
 
 A `deepspeed --num_gpus 2` launch is three processes deep (runner -> launch -> ranks); `subprocess.run(timeout=...)`
-kills only the runner, and the ranks keep training for minutes beside the tests after it (issue 15). Walking the
+kills only the runner, and the ranks keep training for minutes beside the tests after it. Walking the
 process tree is not enough either: a process whose parent died is re-parented to init, and the Docker entrypoint
 starts its command in a session of its own. So each started command gets an environment variable with a token of its
 own, which every descendant inherits (the deepspeed launcher and the entrypoint pass the environment on), and the

@@ -27,7 +27,7 @@ def test_gpt2_parameter_count_matches_the_closed_form(bias, tie):
 def test_gpt2_750m_shape_is_the_specs_old_model_and_llama_count_is_unchanged():
     llama = ModelConfig.from_json("configs/base/750M_unified_v1.json")
     assert llama.arch == "llama" and llama.expected_num_params() == 698_860_800
-    # The spec's old model: GPT-2 architecture at the same width/depth, biases as in GPT-2 ("~695M").
+    # The old model: GPT-2 architecture at the same width/depth, biases as in GPT-2 ("~695M").
     gpt2 = ModelConfig(**{**llama.to_dict(), "arch": "gpt2", "bias": True})
     with torch.device("meta"):
         model = Transformer(gpt2)

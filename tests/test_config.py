@@ -1,4 +1,4 @@
-"""Training configs: the 750M config carries the spec's values; mistakes stop with a message naming the field."""
+"""Training configs: the base config (750M) has the planned values; mistakes stop with a message naming the field."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_750m_config_has_the_spec_values():
     g = c.gold
     assert (g.max_val_train_ratio, g.max_consecutive_rises, g.max_regression) == (5.0, 2, 0.2)
     assert c.gold_baseline_step == 3750  # baseline at the end of warmup
-    # Saves by the clock, not by steps (issue 25): a preempted pod loses at most 30 minutes.
+    # Saves by the clock, not by steps: a preempted pod loses at most 30 minutes.
     assert (c.checkpoint.interval, c.checkpoint.interval_minutes, c.checkpoint.keep_last) == (None, 30, 3)
 
 

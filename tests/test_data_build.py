@@ -187,7 +187,7 @@ def test_interrupted_tokenize_resumes(tmp_path, demo):
     assert data.size == json.loads((work / "tok-00001.meta.json").read_text())["train"]["tokens"]
 
 
-# ------------------------------------------------------------------ filters, audits and the mix report (issue 6)
+# ------------------------------------------------------------------ filters, audits and the mix report
 
 AUDIT = ROOT / "scripts" / "unified_build" / "audit_source.py"
 REPORT = ROOT / "scripts" / "unified_build" / "report_mix.py"

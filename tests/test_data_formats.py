@@ -50,7 +50,7 @@ def test_squad_v2_answerable_and_unanswerable():
 
 
 def test_squad_v2_unanswerable_share_is_controlled():
-    # a third unanswerable, as in SQuAD v2's train split; the spec wants ~20%
+    # a third unanswerable, as in SQuAD v2's train split; the data plan wants ~20%
     recs = [{**SQUAD, "id": f"q{i}", "answers": {"text": [], "answer_start": []}} if i % 3 == 0 else
             {**SQUAD, "id": f"q{i}"} for i in range(3000)]
 
@@ -107,7 +107,7 @@ def test_triviaqa_value_first_across_passages_and_whole_words_only():
     # the value in a later passage wins over an alias (even a whole-word one) in an earlier passage
     rec = _trivia("The Aar is short for it.", value="Aare", aliases=("Aar",), search=["The Aare flows north."])
     assert format_triviaqa_rc(rec).endswith("Answer: Aare")
-    # only the fragment anywhere: not grounded (the spec's substring test alone would keep it)
+    # only the fragment anywhere: not grounded (a plain substring test alone would keep it)
     with pytest.raises(SkipRecord, match="ungrounded"):
         format_triviaqa_rc(_trivia("Aarhus is a city in Denmark.", value="Aare", aliases=("Aar",)))
     # an alias that is a whole word counts when the value is nowhere; punctuation at the edges is a boundary
@@ -220,7 +220,7 @@ def test_unknown_formatter():
 
 
 def test_triviaqa_short_aliases_and_abbreviations_match_in_their_own_case_longest_first():
-    """Issue 24: an alias "IN" (TriviaQA holds US, IN, OR, ME, ...) matched case-insensitively grounded the answer on
+    """Before, an alias "IN" (TriviaQA holds US, IN, OR, ME, ...) matched case-insensitively grounded the answer on
     the word "in"; short candidates and abbreviations now match only in their own case, and aliases longest first."""
     passage = "People in the state voted early."
     with pytest.raises(SkipRecord, match="ungrounded"):
@@ -232,7 +232,7 @@ def test_triviaqa_short_aliases_and_abbreviations_match_in_their_own_case_longes
     doc = format_triviaqa_rc(_trivia("IN is also called the Hoosier State.", value="Indiana",
                                      aliases=("IN", "Hoosier State")))
     assert doc.endswith("Answer: Hoosier State")
-    # Abbreviations of any length: "U.S." is not "u.s."; long ordinary words keep the spec's case-insensitive test.
+    # Abbreviations of any length: "U.S." is not "u.s."; long ordinary words keep the planned case-insensitive test.
     with pytest.raises(SkipRecord, match="ungrounded"):
         format_triviaqa_rc(_trivia("the u.s. mail", value="United States", aliases=("U.S.",)))
     assert format_triviaqa_rc(_trivia("the city of light", value="Paris", aliases=("City of Light",))).endswith(

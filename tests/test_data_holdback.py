@@ -1,4 +1,4 @@
-"""Grouped hold-back and near-duplicate removal (issue 12, DESIGN "Hold-back before tokenization"), on hand-written
+"""Grouped hold-back and near-duplicate removal (DESIGN "Hold-back before tokenization"), on hand-written
 records through the build's own steps (`build.fetch` -> `build.holdback` -> `build.tokenize` ->
 `build.decontaminate`), single process, tiny sizes."""
 
@@ -257,7 +257,7 @@ def starcoder_js_rows():
 
 
 def test_a_repository_lands_on_one_side_across_schemas_inputs_and_sources(tmp_path):
-    """Issue 24: CodeParrot groups by `repo_name`, StarCoder by `max_stars_repo_name`, and the Python and JS/Java
+    """CodeParrot groups by `repo_name`, StarCoder by `max_stars_repo_name`, and the Python and JS/Java
     inputs are different sources; before, each (field, source) hashed on its own and about half of the repositories
     had files in the code eval set and in train. Now one key, one split decision per repository."""
     inputs = [("python_code", "codeparrot_python", "codeparrot_python_rows", "repo_name", "path"),

@@ -11,12 +11,15 @@ fail when
 
 Only comments and string literals of Python files are read (a variable called `spec` is code, not a citation), and
 every line of shell files, the Makefile and the Dockerfile. Citations in README.md and docs/*.md are checked too, and
-README.md, docs/*.md and docker/README.md must refer to no text outside the repository either.
+README.md, docs/*.md and docker/README.md must refer to no text outside the repository either; nor may the tests'
+comments and strings (tests/*.py, except this file, whose examples must contain the patterns) or the string values
+of the source definitions (data/sources/*.json: descriptions, notes, derivations).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import tokenize
 from pathlib import Path
@@ -150,14 +153,44 @@ def broken_citations(paths: list[Path], as_prose=prose) -> list[str]:
     return bad
 
 
-def outside_references(paths: list[Path]) -> list[str]:
+def outside_references(paths: list[Path], as_prose=prose) -> list[str]:
     bad = []
     for path in paths:
         lines = path.read_text().splitlines()
         found = sorted({line_of(start, text, m.start()): " ".join(m.group(0).split())
-                        for start, text in prose(path) for m in OUTSIDE_TEXT.finditer(text)}.items())
+                        for start, text in as_prose(path) for m in OUTSIDE_TEXT.finditer(text)}.items())
         bad += [f"{rel(path)}:{lineno}: {hit!r} in: {lines[lineno - 1].strip()}" for lineno, hit in found]
     return bad
+
+
+def python_test_files() -> list[Path]:
+    """The tests' Python files, without this one: its examples of what the checks catch must contain the patterns."""
+    return [path for path in sorted((REPO / "tests").glob("*.py")) if path.resolve() != Path(__file__).resolve()]
+
+
+def source_definitions() -> list[Path]:
+    return sorted((REPO / "data" / "sources").glob("*.json"))
+
+
+def json_strings(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every string value of a JSON file (keys are names, not prose), at the line the value starts."""
+    lines = path.read_text().splitlines()
+    found: list[tuple[int, str]] = []
+
+    def walk(obj) -> None:
+        if isinstance(obj, dict):
+            for value in obj.values():
+                walk(value)
+        elif isinstance(obj, list):
+            for value in obj:
+                walk(value)
+        elif isinstance(obj, str):
+            needles = (json.dumps(obj, ensure_ascii=False), json.dumps(obj))
+            lineno = next((i for i, line in enumerate(lines, 1) if any(n in line for n in needles)), 1)
+            found.append((lineno, obj))
+
+    walk(json.loads(path.read_text()))
+    return found
 
 
 def markdown_files() -> list[Path]:
@@ -191,6 +224,24 @@ def test_docs_refer_to_no_text_outside_the_repository():
     bad = outside_references(docs)
     assert not bad, ('a document cites "the spec" or an issue number, which a reader of the repository does not have; '
                      'say the thing itself (e.g. "the base config\'s micro-batch") or cite docs/ instead:\n'
+                     + "\n".join(bad))
+
+
+def test_tests_refer_to_no_text_outside_the_repository():
+    files = python_test_files()
+    assert files and REPO / "tests" / "test_docs.py" not in files
+    bad = outside_references(files)
+    assert not bad, ('a test\'s comment or string cites "the spec" or an issue number, which a reader of the '
+                     'repository does not have; say the thing itself (e.g. "the base config\'s dropout") or cite '
+                     'docs/:\n' + "\n".join(bad))
+
+
+def test_source_definitions_refer_to_no_text_outside_the_repository():
+    files = source_definitions()
+    assert files
+    bad = outside_references(files, as_prose=json_strings)
+    assert not bad, ('a source definition\'s text cites "the spec" or an issue number, which a reader of the '
+                     'repository does not have; say the thing itself (e.g. "the data plan\'s ~20%"):\n'
                      + "\n".join(bad))
 
 
@@ -247,3 +298,11 @@ def test_outside_check_reads_comments_and_strings_only(tmp_path):
     path.write_text('spec = "a"  # fine\nfor ty, spec in pairs:\n    pass\n# the spec says so\nhelp_ = "(issue 24)"\n')
     found = outside_references([path])
     assert [f.split(":")[1] for f in found] == ["4", "5"]
+
+
+def test_outside_check_reads_json_string_values(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{\n  "spec": "fine",\n  "a": {"description": "as the spec says"},\n'
+                    '  "b": [1, "see issue 24"]\n}\n')
+    found = outside_references([path], as_prose=json_strings)
+    assert [f.split(":")[1] for f in found] == ["3", "4"]

@@ -1,4 +1,4 @@
-"""Evaluation costs what it must (issue 25): an eval reads the device once for all its sets, not twice per
+"""Evaluation costs what it must: an eval reads the device once for all its sets, not twice per
 micro-batch, and gives the same numbers as before."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tests/process_group.py: no process a test starts outlives it (issue 15: a timed-out `make demo` kept its launcher and
+"""tests/process_group.py: no process a test starts outlives it (once, a timed-out `make demo` kept its launcher and
 both ranks training for 16 minutes beside the tests after it)."""
 
 from __future__ import annotations

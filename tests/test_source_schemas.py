@@ -146,7 +146,7 @@ def test_holdback_groups_come_from_the_cards_fields(tmp_path):
     assert groups["squad_v2"] == ["title=Beyonce"] * 3
     assert groups["triviaqa_rc"] == ["question_id=qb_1", "question_id=qb_2"]
     assert groups["stackexchange"] == ["qid=11227809"]
-    # A repository is one key whatever the schema's field (issue 24): CodeParrot's repo_name, StarCoder's
+    # A repository is one key whatever the schema's field: CodeParrot's repo_name, StarCoder's
     # max_stars_repo_name.
     assert groups["codeparrot_python"] == ["repo=someone/tools"]
     assert groups["starcoder_java"] == ["repo=someone/walker", "repo=someone/adder", "repo=someone/counter"]
@@ -202,7 +202,7 @@ def _real_defs_with(tmp_path, edit) -> Path:
 def test_dry_run_stops_with_one_line_per_infeasible_input(tmp_path):
     def shrink(raw):
         raw["sources"]["reddit_threaded"]["inputs"][0]["available_tokens_estimate"]["tokens"] = 10_000_000
-        raw["sources"]["domain_itsec_swisslaw"]["upsample"] = 2.6  # the spec's 2.6x: 404M < 420M
+        raw["sources"]["domain_itsec_swisslaw"]["upsample"] = 2.6  # the planned 2.6x: 404M < 420M
     proc = run([sys.executable, str(SCRIPT), "--dry-run", "--sources", str(_real_defs_with(tmp_path, shrink))],
                cwd=ROOT, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -199,11 +199,11 @@ def test_a_formatter_version_refetches_that_input_alone(tmp_path, monkeypatch):
     monkeypatch.setitem(formats.FORMATTER_VERSIONS, inp.formatter, 2)
     lines = stamps.refresh_stamp(inp, src, work)
     assert lines and "fetch config changed: formatter_version" in lines[0] and not list(work.glob("fetch-*"))
-    assert formats.FORMATTER_VERSIONS["triviaqa_rc"] == 2  # the grounding change of issue 24
+    assert formats.FORMATTER_VERSIONS["triviaqa_rc"] == 2  # grounding: short aliases in their own case
 
 
 def test_repository_grouped_inputs_get_a_new_holdback_stamp_and_the_others_keep_theirs(tmp_path):
-    """Issue 24's cross-source repository key changes the split of code inputs grouped by a repository field only:
+    """The cross-source repository key changes the split of code inputs grouped by a repository field only:
     their holdback (and so tokenize) stamp changes, which re-splits them in an existing work directory; every other
     input's stamps are what they were."""
     root = _corpus(tmp_path)

@@ -233,7 +233,7 @@ def _atol(runs) -> dict:
 
 
 def _run_r(runs) -> dict:
-    # R: dropout 0.1 (the spec's), one rank, 12 steps; then the usual move after a loss spike, a resume from an
+    # R: dropout 0.1 (the base config's), one rank, 12 steps; then the usual move after a loss spike, a resume from an
     # older checkpoint (step 5) of the same run: the newer checkpoints and logs must be set aside, not lost, and the
     # replayed steps must be bit-identical (the RNG streams of dropout restored).
     root = runs.root
@@ -633,7 +633,7 @@ def test_a_corrupt_token_in_a_shard_stops_the_run_with_the_file_sample_and_fix(r
     assert "Traceback" not in out, out[-3000:]
 
 
-# -- a full checkpoint volume: a clear stop, nothing lost, a warning before it happens (issue 25) ---------------------
+# -- a full checkpoint volume: a clear stop, nothing lost, a warning before it happens -------------------------------
 
 
 def _test_model_params() -> int:

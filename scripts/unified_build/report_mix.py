@@ -1,8 +1,8 @@
 """Report built mixes: category and source shares (target vs actual) and the measured signal coverage.
 
 For each MIX_DIR: the shares from its manifest, then an audit of a sample of each source's documents AS BUILT
-(the files under MIX_DIR/<source>/), weighted by the source's token share: the measured version of the planned
-"Phase 1 signal coverage" table. Induction = share of the mix's tokens an ideal induction head would predict
+(the files under MIX_DIR/<source>/), weighted by the source's token share: the measured version of the data plan's
+phase 1 signal coverage table. Induction = share of the mix's tokens an ideal induction head would predict
 (copyable at k = 4: the 4 tokens before it and the token itself occurred earlier in the same document); retrieval
 = share of tokens in grounded / unanswerable QA documents (the retrieval template) and share of copyable tokens
 whose nearest earlier occurrence is >= 128 tokens back (long-range copying). Retrieval sources also get the share
@@ -42,8 +42,8 @@ from data.source_config import CATEGORIES
 from data.token_dataset import TokenDataset, grounding_report
 from data.tokenizer import get_tokenizer
 
-# The planned "Estimated true %" (Cross-Source Signal Analysis), by the mix directory it describes.
-SPEC_ESTIMATES = {"unified_phase1_circuit": {"induction": 70.0, "retrieval": 44.0},
+# The data plan's estimated true share of each signal (% of tokens), by the mix directory it describes.
+PLAN_ESTIMATES = {"unified_phase1_circuit": {"induction": 70.0, "retrieval": 44.0},
                   "unified_6B": {"induction": 43.0, "retrieval": 33.0}}
 SIGNALS = {  # name: (label, category whose share is the planned "labeled %", how the measured number is read)
     "induction": ("code", "copyable k=4"),
@@ -129,7 +129,7 @@ def report_mix(directory: Path, num_docs: int, seed: int, eval_dirs: list[Path] 
         key = "copyable_k4" if signal == "induction" else "qa_template_tokens"
         top = sorted(contributions, key=lambda s, key=key: -contributions[s][key])
         coverage[signal] = {"labeled": categories[label_cat]["actual"],
-                            "spec_estimate": (SPEC_ESTIMATES.get(directory.name, {}).get(signal)),
+                            "spec_estimate": (PLAN_ESTIMATES.get(directory.name, {}).get(signal)),
                             "measured": measured[key],
                             "contributors": {s: contributions[s][key] for s in top if contributions[s][key] > 0}}
     packing = {}
@@ -167,7 +167,7 @@ def format_report(rep: dict) -> str:
             _pct(a["copyable"]["4"]["long_range_share"]), _pct(a["structure"]["qa_token_share"])]
         lines.append(f"| {s} | {r['category']} | {_pct(r['target_share'])} | {_pct(r['actual_share'])} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "| signal | labeled % | spec estimate | measured | measured as | top contributors |",
+    lines += ["", "| signal | labeled % | planned estimate | measured | measured as | top contributors |",
               "| --- | ---: | ---: | ---: | --- | --- |"]
     for signal, c in rep["coverage"].items():
         est = "-" if c["spec_estimate"] is None else f"~{c['spec_estimate']:.0f}%"
@@ -241,7 +241,7 @@ def plot(reports: list[dict], path: Path) -> None:
                 ax2.plot([x[xi] - width / 2, x[xi] + width / 2], [est, est], "k--", lw=1)
     ax2.set_xticks(range(len(bars)), [b for b, _ in bars], rotation=20, fontsize=8)
     ax2.set_ylabel("% of tokens")
-    ax2.set_title("signal coverage: labeled vs measured (dashed: spec estimate)")
+    ax2.set_title("signal coverage: labeled vs measured (dashed: planned estimate)")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")
