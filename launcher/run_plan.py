@@ -24,6 +24,7 @@ from launcher import distributed as dist
 from launcher.checkpointing import complete_checkpoints, read_meta
 from launcher.config import TRAIN_SET, VAL_SET, TrainConfig
 from launcher.engine import build_ds_config, precision_of, resolve_precision, zero_stage
+from launcher.probes import probes_for_block_size
 
 BUILD_COMMAND = "python scripts/unified_build/build_unified_dataset.py"
 
@@ -83,6 +84,9 @@ class RunPlan:
     qa_items: list[dict] | None = None
     """The fixed grounded-QA subset every eval answers (eval.qa_items of the qa_set's qa_items.jsonl); None: off."""
     qa_note: str = ""
+    probes: Any = None
+    """The probe set every eval runs (launcher/probes/items.py ProbeSet; None below its minimum block size), built
+    here so a problem with it stops the run before the engine exists."""
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -172,7 +176,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             resume_universal = True
     qa_items, qa_note = plan_grounded_qa(cfg, eval_sets)
     return RunPlan(cfg, ds_config, str(ds_path), precision_note, world, phases, val, eval_sets, ckpt_root, resume_path,
-                   resume_meta, resume_universal, qa_items, qa_note)
+                   resume_meta, resume_universal, qa_items, qa_note,
+                   probes=probes_for_block_size(cfg.model.block_size))  # induction + retrieval (docs/PROBES.md)
 
 
 def plan_grounded_qa(cfg: TrainConfig, eval_sets: dict[str, TokenDataset]) -> tuple[list[dict] | None, str]:

@@ -48,7 +48,7 @@ from launcher.evaluation import evaluate, fixed_sets
 from launcher.gold import Gold
 from launcher.grounded_qa import score_items
 from launcher.health import HealthMonitor
-from launcher.probes import probe_summary, probes_for_block_size, run_probes
+from launcher.probes import probe_summary, run_probes
 from launcher.run_log import RunLog
 from launcher.run_plan import RunPlan, resume_identity
 from launcher.throughput import ThroughputMeter, flops_per_token, format_seconds
@@ -161,7 +161,7 @@ class Trainer:
         self.document_targets = cfg.model.attention == "document"
         self.eval_sets = fixed_sets(named, cfg.model.block_size, count, cfg.eval.eval_seed, self.rank, self.world,
                                     self.document_targets)
-        self.probes = probes_for_block_size(cfg.model.block_size)  # induction + retrieval probes (docs/PROBES.md)
+        self.probes = plan.probes  # induction + retrieval probes (docs/PROBES.md), built by plan_run
         self._train_eval_cache: dict[int, Any] = {}
         self.gold = Gold(cfg.gold, cfg.gold_baseline_step, plan.ckpt_root / "gold", self.rank)
         precision = precision_of(plan.ds_config)

@@ -5,7 +5,7 @@
 # (docs/RESULTS.md, "The demo and the test suite", for the figures and the CPUs they were measured on).
 #
 #   bash scripts/demo.sh                                     # from the repository root
-#   PYTHON=python DEEPSPEED=deepspeed bash scripts/demo.sh   # other interpreters than .venv/
+#   PYTHON=python DEEPSPEED=deepspeed bash scripts/demo.sh   # other interpreters than .venv/ (with `pip install -e .` done)
 #   DEMO_CONFIG=my_tiny.json bash scripts/demo.sh            # another training config (tests use a shorter run)
 #   DEMO_PRECISION=bf16 bash scripts/demo.sh                 # bf16 even where the CPU has no native bf16 (~8x slower)
 set -euo pipefail

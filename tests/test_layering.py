@@ -184,3 +184,25 @@ def test_a_package_init_that_reexports_its_modules_is_not_a_circle(tmp_path):
                             "launcher/probes/items.py": "import torch\n",
                             "launcher/probes/run.py": "from launcher.probes import items\n"})
     assert import_cycles(root, "launcher") == []
+
+
+def shadowed_packages(root: Path) -> list[str]:
+    """Product packages that a folder of the same name under scripts/ shadows (`python scripts/X.py` puts scripts/ first
+    on sys.path) and whose __init__.py holds code, which would then go missing (docs/DESIGN.md, "Layout")."""
+    bad = []
+    for package in PRODUCT:
+        init = root / package / "__init__.py"
+        if (root / "scripts" / package).is_dir() and init.is_file():
+            body = [n for n in ast.parse(init.read_text()).body
+                    if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]  # a docstring is fine
+            if body:
+                bad.append(package)
+    return bad
+
+
+def test_a_script_folder_named_like_a_package_shadows_nothing_that_matters(tmp_path):
+    assert shadowed_packages(REPO) == []
+    root = write(tmp_path, {"scripts/model/__init__.py": "", "model/__init__.py": '"""Doc."""\n'})
+    assert shadowed_packages(root) == []
+    (root / "model/__init__.py").write_text("from model.config import ModelConfig\n")
+    assert shadowed_packages(root) == ["model"]
