@@ -68,7 +68,7 @@ from data.quality import (
     ngram_hashes,
 )
 from data.source_config import Definitions, Input, input_targets
-from data.stamps import read_stamp
+from data.stamps import read_stamp, stamp_hash
 from data.token_dataset import DTYPE, sha256_file, write_manifest
 from data.tokenizer import EOT, get_tokenizer, tokenizer_info
 
@@ -509,7 +509,7 @@ def decontaminate(works: list[Path], workers: int = 1, threshold: float = 0.8, b
     are read twice, in `workers` processes: signatures and n-gram counts, then the cut (cost: MinHash ~`num_perm`
     array passes per token, the n-gram look-ups ~10; scripts/bench/minhash_throughput.py)."""
     docs, ids = held_out_documents(works)
-    index, fp = NearDuplicateIndex(docs, threshold), _plan_hash([ids, threshold, CONTAINMENT])
+    index, fp = NearDuplicateIndex(docs, threshold), stamp_hash([ids, threshold, CONTAINMENT])
     held = NgramSet(np.concatenate(ngram_hashes(docs, CONTAINMENT["ngram"]) or [np.zeros(0, np.uint64)]))
     del docs
     parts, to_check, total_tokens = [], set(), 0
@@ -680,10 +680,6 @@ def take_tokens(files: list[dict], work: Path, budget: int, max_repeats: float, 
     return entries, {"repeats": rep, **counts}
 
 
-def _plan_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _up_to_date(directory: Path, plan: str, qa_items: bool = False) -> bool:
     """The directory was built from this plan (and, for an eval set with retrieval inputs, `qa_items`, has its QA
     items: one built before the build wrote them is assembled again, its tokens unchanged)."""
@@ -772,7 +768,7 @@ def assemble(directory: Path, parts: list[tuple[str, Input, list[dict], int, flo
             v["skipped"] = dict(v["skipped"])
         total = sum(v["target_tokens"] for v in per_source.values())
         extra = {"name": name, "sources": per_source, "target_tokens": total,
-                 "plan_hash": _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in parts])}
+                 "plan_hash": stamp_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in parts])}
         lineage = root_node(lineage_kind, name, command=command, definitions=definitions_info, inputs=children)
         if with_qa:  # written inside the temp directory: complete with the eval set or absent
             extra[QA_MANIFEST_KEY] = lineage[QA_MANIFEST_KEY] = write_qa_items(tmp, qa_items)
@@ -844,7 +840,7 @@ def mix(defs: Definitions, work_dir: Path, out_root: Path, definitions_info: lis
     results = {}
     for name, plan in mix_plans(defs, work_dir).items():
         directory = out_root / name
-        key = _plan_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in plan["parts"] + plan.get("val_parts", [])])
+        key = stamp_hash([[p[0], p[1].name, p[2], p[3], p[4]] for p in plan["parts"] + plan.get("val_parts", [])])
         qa = plan["kind"] == "eval_set" and any(p[1].formatter in RETRIEVAL_FORMATTERS for p in plan["parts"])
         if _up_to_date(directory, key, qa):
             results[name] = _read_json(directory / "manifest.json")

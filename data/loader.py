@@ -83,14 +83,17 @@ _END = object()
 class PrefetchLoader:
     """Calls `make_batch(step)` for steps [start_step, stop_step) on a background thread, `prefetch` steps ahead.
 
-    Exceptions raised while reading (a corrupt shard, a token id out of range) are re-raised in the consumer with
-    the step they happened at. `prefetch=0` reads synchronously in the caller (for debugging and benchmarks).
+    Exceptions raised while reading (a corrupt shard, a token id out of range) are re-raised in the consumer as a
+    DataReadError with the step they happened at (`step_label` None: with the reader's own message only).
+    `prefetch=0` reads synchronously in the caller (for debugging and benchmarks).
     """
 
-    def __init__(self, make_batch: Callable[[int], StepBatch], start_step: int, stop_step: int, prefetch: int = 4):
+    def __init__(self, make_batch: Callable[[int], StepBatch], start_step: int, stop_step: int, prefetch: int = 4,
+                 step_label: str | None = "step"):
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self.make_batch = make_batch
+        self.step_label = step_label  # how a read error names the item; None: the reader's message says it
         self.next_step = start_step
         self.stop_step = stop_step
         self.prefetch = prefetch
@@ -142,7 +145,8 @@ class PrefetchLoader:
             raise StopIteration
         if isinstance(item, tuple):
             step, error = item
-            raise DataReadError(f"reading the data of step {step} failed: {error}") from error
+            where = f"reading the data of {self.step_label} {step} failed: " if self.step_label else ""
+            raise DataReadError(f"{where}{error}") from error
         assert item.step == self.next_step, f"prefetch out of order: got step {item.step}, want {self.next_step}"
         self.next_step += 1
         return item

@@ -118,11 +118,7 @@ def fsync_tree(root: Path) -> None:
     the files it vouches for (a power loss after a rename can otherwise leave a marker beside empty files)."""
     for folder, _, files in os.walk(root):
         for name in files:
-            fd = os.open(Path(folder) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(Path(folder) / name)
         fsync_path(Path(folder))
 
 
@@ -392,3 +388,26 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
     raise ValueError(f"{path} is neither a GOLD checkpoint (model_config.json, e.g. checkpoints/<model_name>/gold) "
                      "nor a complete step_<N> folder (trainer_meta.json + COMPLETE, e.g. "
                      "checkpoints/<model_name>/step_1000)")
+
+
+def load_model_or_export(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, int, str]:
+    """(model in fp32 eval mode, its block size, what it is) from anything the evaluation CLIs take: a GOLD
+    checkpoint, a complete `step_<N>` folder, or a Hugging Face LlamaForCausalLM export (scripts/export_hf.py)."""
+    path = Path(path)
+    if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
+        hf_config = json.loads((path / "config.json").read_text())
+        if hf_config.get("model_type") != "llama":
+            raise ValueError(f"{path}/config.json has model_type {hf_config.get('model_type')!r}; only Hugging Face "
+                             "'llama' exports (scripts/export_hf.py) are supported")
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        return model, int(hf_config["max_position_embeddings"]), "Hugging Face LlamaForCausalLM"
+    try:
+        model, config, _ = load_trained_model(path, device=device)
+    except ValueError as e:
+        if (path / "model_config.json").is_file() or (path / META).is_file():
+            raise  # a checkpoint that fails to load: its own message says why
+        raise ValueError(f"{path} is neither a model checkpoint nor a Hugging Face export (config.json, written by "
+                         f"scripts/export_hf.py): {e}") from None
+    return model.float().eval(), config.block_size, f"checkpoint (arch {config.arch})"

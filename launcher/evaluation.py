@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from data.loader import DataReadError, PrefetchLoader, StepBatch, read_micro_batch
+from data.loader import PrefetchLoader, StepBatch, read_micro_batch
 from data.sampler import eval_sample_ids, shard_for_rank
 from data.token_dataset import TokenDataset
 from data.tokenizer import EOT, get_tokenizer
@@ -78,13 +78,12 @@ def _micro_batches(sets: list[FixedEvalSet], micro_batch_size: int, pin_memory: 
         x, y = read_micro_batch(s.dataset, ids, s.block_size, pin_memory, document_targets=s.document_targets)
         return StepBatch(step=k, phase=i, step_in_phase=start, micro_batches=[(x, y, ids)])
 
-    loader = PrefetchLoader(read, 0, len(jobs), prefetch)
+    # An eval micro-batch is no training step: a read error carries the reader's message, which names shard and sample.
+    loader = PrefetchLoader(read, 0, len(jobs), prefetch, step_label=None)
     try:
         for batch in loader:
             x, y, _ = batch.micro_batches[0]
             yield batch.phase, x, y
-    except DataReadError as e:  # the loader names a "step", here an eval micro-batch: the reader's message says it
-        raise DataReadError(str(e.__cause__ or e)) from e.__cause__
     finally:
         loader.close()
 

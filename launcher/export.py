@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from data.atomic import replace_dir
 from data.tokenizer import save_hf_tokenizer, tokenizer_info
 from model.hf_llama import hf_config, hf_generation_config, hf_state_dict
 from model.io import load_model_checkpoint
@@ -42,7 +43,5 @@ def export(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = tor
                     "tokenizer": {**tokenizer_info(), "files": tokenizer_files}},
                    indent=2, default=str) + "\n"
     )
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)  # the old export is removed only once the new one is in place
     return out_dir

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data.atomic import atomic_write_text
+
 
 def json_safe(value):
     # Strict JSON has no NaN/inf: write them as null (the record's other fields say what happened).
@@ -57,9 +59,7 @@ def truncate_jsonl(path: Path, after_step: int, aside: Path | None = None) -> in
             f.flush()
             os.fsync(f.fileno())
     if dropped:
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
     return dropped
 
 

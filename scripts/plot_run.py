@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a pod or in CI
 import matplotlib.pyplot as plt
 
+from data.atomic import atomic_write
 from launcher import health
 from launcher.config import HealthConfig, TrainConfig
 
@@ -141,10 +141,8 @@ def plot_run(log_dir: str | Path, model_name: str, out: str | Path, cfg: HealthC
     fig = draw_run(log_dir, model_name, cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")  # the suffix tells savefig the format
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 

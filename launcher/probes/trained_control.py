@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.atomic import atomic_write
 from data.tokenizer import get_tokenizer
 from launcher.probes.synthetic import code_rows, task_token_ids
 from launcher.probes.tiny_training import make_batch, restricted_output, train_steps
@@ -49,11 +51,12 @@ def _untrained_rows_checksum(weight: torch.Tensor, columns: torch.Tensor) -> flo
 
 
 def train(steps: int, lr: float, batch: int, log_every: int = 100, arch: str = "llama", init_seed: int = INIT_SEED,
-          data_seed: int = DATA_SEED, answer_before: int | None = None,
+          data_seed: int = DATA_SEED, answer_before: int | None = None, on_log: Callable[[dict], None] | None = None,
           ) -> tuple[Transformer, torch.Tensor, list[dict]]:
     """The recipe: AdamW (betas 0.9/0.95, no weight decay, clip 1.0), warmup 50 then cosine to lr/10, one thread.
     `arch`, the seeds and `answer_before` (answers only at earlier token positions) are for the position-invariance
-    experiment (`scripts/experiments/position_invariance.py`); the control file uses the defaults."""
+    experiment (`scripts/experiments/position_invariance.py`); the control file uses the defaults. `on_log` receives
+    each log record as it is made (the command lines print it)."""
     torch.set_num_threads(1)
     tokenizer = get_tokenizer()
     model = init_model(arch, init_seed)
@@ -72,7 +75,8 @@ def train(steps: int, lr: float, batch: int, log_every: int = 100, arch: str = "
         def on_step(step: int, loss: float) -> None:
             if (step + 1) % log_every == 0:
                 log.append({"step": step + 1, "loss": round(loss, 4), "seconds": round(time.time() - start, 1)})
-                print(json.dumps(log[-1]), flush=True)
+                if on_log is not None:
+                    on_log(log[-1])
 
         train_steps(model, next_batch, steps, lr=lr, warmup=50, on_step=on_step)
     return model, columns, log
@@ -99,9 +103,7 @@ def save_control(model: Transformer, columns: torch.Tensor, out: Path, metadata:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"model": json.dumps(MODEL), "init_seed": str(INIT_SEED), "untrained_rows_checksum": json.dumps(checksums),
             **{k: json.dumps(v) for k, v in metadata.items()}}
-    tmp = out / (FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out / FILE)
+    atomic_write(out / FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return out / FILE
 
 

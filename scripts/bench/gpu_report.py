@@ -55,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from data.atomic import atomic_write_text
 from scripts.bench.harness import (
     REPO,
     bench_config,
@@ -358,9 +359,7 @@ def section_throughput_compiled(args) -> str:
 
 
 def write_report(path: Path, parts: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)  # a reader never sees half a report
+    atomic_write_text(path, "\n".join(parts))  # a reader never sees half a report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,21 +24,11 @@ from pathlib import Path
 
 import torch
 
+from data.atomic import atomic_write_text
 from data.qa_items import QA_ITEMS_FILE, fixed_subset, read_qa_items
+from launcher.checkpointing import load_model_or_export
 from launcher.config import EvalConfig
 from launcher.grounded_qa import score_items
-
-
-def load_model(path: Path, device: str):
-    """Our Transformer from a GOLD checkpoint or step_<N> folder; LlamaForCausalLM from an export."""
-    if (path / "config.json").is_file() and not (path / "model_config.json").is_file():
-        from transformers import LlamaForCausalLM
-
-        return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    from launcher.checkpointing import load_trained_model
-
-    model, _, _ = load_trained_model(path, device=device)
-    return model.float().eval()
 
 
 def format_report(metrics: dict[str, float]) -> str:
@@ -93,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.checkpoint.is_dir():
             raise ValueError(f"{args.checkpoint} is not a directory (a GOLD checkpoint, step_<N> folder or export)")
         chosen = items if args.count == 0 else fixed_subset(items, args.count, args.seed)
-        model = load_model(args.checkpoint, args.device)
+        model, _, _ = load_model_or_export(args.checkpoint, args.device)
     except (ValueError, OSError) as e:  # OSError: transformers' message for an export it cannot load
         raise SystemExit(f"grounded_qa: {e}") from None
     details: list[dict] = []
@@ -105,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{d['prediction']!r} (EM {d['exact']:.0f}, F1 {d['f1']:.2f})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text("".join(json.dumps(d) + "\n" for d in details))
-        tmp.rename(args.json)
+        atomic_write_text(args.json, "".join(json.dumps(d) + "\n" for d in details))
     return 0
 
 

@@ -19,41 +19,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from data.atomic import atomic_write_text
 from data.tokenizer import get_tokenizer
+from launcher.checkpointing import load_model_or_export
 from launcher.probes import NUM_BUCKETS, PROBE_SEED, build_probes, finalize, probe_sums
-
-
-def load_any(path: str | Path, device: str) -> tuple[torch.nn.Module, int, str]:
-    """(model, block_size, kind) from our checkpoint dir or a Hugging Face llama dir; ValueError otherwise."""
-    path = Path(path)
-    if (path / "model_config.json").is_file():
-        from model.io import load_model_checkpoint
-
-        model, config, _ = load_model_checkpoint(path, device=device)
-        return model.float().eval(), config.block_size, f"checkpoint (arch {config.arch})"
-    if (path / "config.json").is_file():
-        hf_config = json.loads((path / "config.json").read_text())
-        if hf_config.get("model_type") != "llama":
-            raise ValueError(f"{path}/config.json has model_type {hf_config.get('model_type')!r}; only Hugging Face "
-                             "'llama' exports (scripts/export_hf.py) are supported")
-        from transformers import LlamaForCausalLM
-
-        model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-        return model, int(hf_config["max_position_embeddings"]), "Hugging Face LlamaForCausalLM"
-    raise ValueError(f"{path} is neither a model checkpoint (model_config.json) nor a Hugging Face export "
-                     "(config.json); pass checkpoints/<model_name>/gold or an export_hf.py output directory")
+from launcher.run_log import json_safe
 
 
 def probe_checkpoint(path: str | Path, device: str = "cpu", per_bucket: int = 16, unanswerable: int = 4,
                      induction: int = 32, seed: int = PROBE_SEED, batch_size: int = 8
                      ) -> tuple[dict[str, float], list[dict], str]:
-    model, block_size, kind = load_any(path, device)
+    model, block_size, kind = load_model_or_export(path, device)
     probes = build_probes(get_tokenizer(), block_size, seed=seed, induction_count=induction, per_bucket=per_bucket,
                           unanswerable_per_bucket=unanswerable)
     details: list[dict] = []
@@ -110,12 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
         # Strict JSON has no NaN: an undefined metric (e.g. invariance when every bucket scores 0) is null.
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-        tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "metrics": clean, "details": details},
-                                  indent=2) + "\n")
-        tmp.replace(out)
+        record = {"checkpoint": str(args.checkpoint), "metrics": metrics, "details": details}
+        atomic_write_text(out, json.dumps(json_safe(record), indent=2) + "\n")
     return 0
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.atomic import atomic_write_text
 from data.demo_corpus import squad_v2_records
 from data.packing import METHOD_FIXED
 from data.token_dataset import TokenDataset, add_packing, write_token_dir
@@ -229,9 +230,8 @@ def main(argv: list[str] | None = None) -> int:
              "em_first_half": sum(first) / len(first), "em_second_half": sum(second) / len(second)})
         print(f"{name}: GOLD step {meta['step']}; {what}", flush=True)
     print(table(results))
-    tmp = out / f".ablation.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str) + "\n")
-    tmp.replace(out / "ablation.json")
+    atomic_write_text(out / "ablation.json",
+                      json.dumps({"args": vars(args), "results": results}, indent=2, default=str) + "\n")
     return 0
 
 

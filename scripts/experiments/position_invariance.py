@@ -49,7 +49,8 @@ def run_one(arch: str, seed: int, steps: int, lr: float) -> dict:
     start = time.time()
     # The answer token must sit before the first second-half bucket's start position.
     model, _, log = train(steps, lr, 32, log_every=max(1, steps // 10), arch=arch, init_seed=seed,
-                          data_seed=DATA_SEED + 1000 * seed, answer_before=probes.bucket_edges[FIRST_HALF])
+                          data_seed=DATA_SEED + 1000 * seed, answer_before=probes.bucket_edges[FIRST_HALF],
+                          on_log=lambda r: print(json.dumps(r), flush=True))
     metrics = run_probes(model, probes, 0, 1, "cpu")
     em = [metrics[f"probe/retrieval_em_b{b}"] for b in range(NUM_BUCKETS)]
     return {"arch": arch, "seed": seed, "steps": steps, "lr": lr, "em_by_bucket": em,

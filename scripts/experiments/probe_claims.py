@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.atomic import atomic_write_text
 from launcher.probes import NUM_BUCKETS, PROBE_SEED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -406,9 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print(position_table(results["position"]))
     if results.get("curriculum"):
         print(curriculum_table(results["curriculum"], args.induction_threshold))
-    tmp = out / f".probe_claims.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    tmp.replace(out / "probe_claims.json")
+    atomic_write_text(out / "probe_claims.json", json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {out / 'probe_claims.json'}")
     return 0
 

@@ -12,6 +12,7 @@ runs the real retrieval probe on it; this script is how the file was made and ho
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args(argv)
-    model, columns, log = train(args.steps, args.lr, args.batch)
+    model, columns, log = train(args.steps, args.lr, args.batch, on_log=lambda r: print(json.dumps(r), flush=True))
     path = save_control(model, columns, args.out, {
         "recipe": {"task": "code_rows (marked fact)", "steps": args.steps, "lr": args.lr, "warmup": 50,
                    "schedule": "cosine to lr/10", "batch": args.batch, "data_seed": DATA_SEED,
