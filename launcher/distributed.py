@@ -187,15 +187,17 @@ def abort_job(error: BaseException) -> None:
 
     prefix = f"rank {rank()} of {world_size()}: "
     if isinstance(error, SystemExit):
-        print(prefix + str(error), file=sys.stderr)
+        message = prefix + str(error) + "\n"
     elif _peer_failure(error):
         # A collective broke because another rank ended (its own message says why): one line here, not the
         # collective's traceback through DeepSpeed and torch, which would bury that message.
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-        print(prefix + f"stopped: a collective failed because another rank ended (see its message); {first}",
-              file=sys.stderr)
+        message = prefix + f"stopped: a collective failed because another rank ended (see its message); {first}\n"
     else:
-        print(prefix + "".join(traceback.format_exception(error)), file=sys.stderr, end="")
+        message = prefix + "".join(traceback.format_exception(error))
+    # One write, newline included: print() writes the text and its newline separately, and every rank shares the
+    # launcher's stderr, so another rank's line could land between the two (seen: two ranks' lines run together).
+    sys.stderr.write(message)
     sys.stdout.flush()
     sys.stderr.flush()
     # The launcher forwards our output asynchronously (mpirun's proxies, the deepspeed launcher's pipes); an abort
